@@ -1,0 +1,248 @@
+//! The one config file, `tollgate.toml`, and the shared way of reading TOML with errors that
+//! name the file, the key and the reason.
+//!
+//! Paths in the file are relative to the file's own directory, so a config works wherever the
+//! host starts the process from. Without a config file, the defaults point at the repository
+//! layout (`tools/`, `policies/`, `state/` under the working directory).
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+/// The file name looked for in the working directory when `--config` is not given.
+pub const DEFAULT_CONFIG_FILE: &str = "tollgate.toml";
+
+/// One thing wrong with a file tollgate reads at start: which file, which key, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub file: PathBuf,
+    /// Dotted path of the key, e.g. `tool[2].url` or `upstream.timeout_ms`; empty for the
+    /// file as a whole.
+    pub key: String,
+    pub reason: String,
+}
+
+impl Problem {
+    pub fn new(file: &Path, key: impl Into<String>, reason: impl Into<String>) -> Self {
+        Problem { file: file.to_owned(), key: key.into(), reason: reason.into() }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.file.display(), self.reason)
+        } else {
+            write!(f, "{}: {}: {}", self.file.display(), self.key, self.reason)
+        }
+    }
+}
+
+/// Everything wrong with the configuration, each problem on its own line.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigError(pub Vec<Problem>);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, problem) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl From<Problem> for ConfigError {
+    fn from(problem: Problem) -> Self {
+        ConfigError(vec![problem])
+    }
+}
+
+/// Reads `path` as TOML into `T`, refusing unknown keys (`T` uses `deny_unknown_fields`).
+/// The error names the key by its dotted path.
+pub fn read_toml<T: DeserializeOwned>(path: &Path) -> Result<T, Problem> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Problem::new(path, "", format!("cannot read the file: {e}")))?;
+    parse_toml(path, &text)
+}
+
+/// Parses TOML text that came from `path` (used for messages only).
+pub fn parse_toml<T: DeserializeOwned>(path: &Path, text: &str) -> Result<T, Problem> {
+    let table: toml::Table = toml::from_str(text).map_err(|e| {
+        let at = e
+            .span()
+            .map(|span| {
+                let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+                format!("line {line}")
+            })
+            .unwrap_or_default();
+        Problem::new(path, at, format!("not valid TOML: {}", e.message()))
+    })?;
+    serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+        let key = e.path().to_string();
+        let key = if key == "." { String::new() } else { key };
+        Problem::new(path, key, e.into_inner().message().to_owned())
+    })
+}
+
+/// Defaults for every upstream HTTP call; a tool may lower or raise its own timeout and size
+/// limit.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamDefaults {
+    /// Time allowed to open the TCP + TLS connection, in milliseconds.
+    pub connect_timeout_ms: u64,
+    /// Time allowed for the whole call (request, response headers and body), in milliseconds.
+    pub timeout_ms: u64,
+    /// Largest response body read into memory, in bytes.
+    pub max_response_bytes: u64,
+    /// Redirects followed per call (same origin only).
+    pub max_redirects: usize,
+    /// `User-Agent` sent upstream.
+    pub user_agent: String,
+}
+
+impl Default for UpstreamDefaults {
+    fn default() -> Self {
+        UpstreamDefaults {
+            connect_timeout_ms: 5_000,
+            timeout_ms: 30_000,
+            max_response_bytes: 4 * 1024 * 1024,
+            max_redirects: 5,
+            user_agent: concat!("tollgate/", env!("CARGO_PKG_VERSION")).to_owned(),
+        }
+    }
+}
+
+impl UpstreamDefaults {
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+}
+
+/// `tollgate.toml` as written by the user.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    #[serde(default = "default_tools_dir")]
+    tools_dir: PathBuf,
+    #[serde(default = "default_policies_dir")]
+    policies_dir: PathBuf,
+    #[serde(default = "default_state_dir")]
+    state_dir: PathBuf,
+    #[serde(default)]
+    upstream: UpstreamDefaults,
+}
+
+fn default_tools_dir() -> PathBuf {
+    "tools".into()
+}
+fn default_policies_dir() -> PathBuf {
+    "policies".into()
+}
+fn default_state_dir() -> PathBuf {
+    "state".into()
+}
+
+/// The configuration in force: paths resolved, defaults filled in.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from, if any.
+    pub source: Option<PathBuf>,
+    /// Directory of tool definitions (`*.toml`).
+    pub tools_dir: PathBuf,
+    /// Directory of policy files (`*.toml`).
+    pub policies_dir: PathBuf,
+    /// Where tollgate keeps its durable state.
+    pub state_dir: PathBuf,
+    pub upstream: UpstreamDefaults,
+}
+
+impl Config {
+    /// Loads `explicit` if given (it must exist), else `./tollgate.toml` if present, else the
+    /// defaults relative to the working directory.
+    pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+        let path = match explicit {
+            Some(path) => Some(path.to_owned()),
+            None => {
+                let default = PathBuf::from(DEFAULT_CONFIG_FILE);
+                default.exists().then_some(default)
+            }
+        };
+        let Some(path) = path else {
+            let defaults: ConfigFile = parse_toml(Path::new("<defaults>"), "")?;
+            return Ok(Config::resolve(defaults, Path::new(""), None));
+        };
+        let file: ConfigFile = read_toml(&path)?;
+        let base = path.parent().unwrap_or(Path::new(""));
+        let config = Config::resolve(file, base, Some(path.clone()));
+        config.validate().map_err(ConfigError)?;
+        Ok(config)
+    }
+
+    fn resolve(file: ConfigFile, base: &Path, source: Option<PathBuf>) -> Config {
+        let at = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+        Config {
+            source,
+            tools_dir: at(file.tools_dir),
+            policies_dir: at(file.policies_dir),
+            state_dir: at(file.state_dir),
+            upstream: file.upstream,
+        }
+    }
+
+    fn validate(&self) -> Result<(), Vec<Problem>> {
+        let file = self.source.clone().unwrap_or_else(|| DEFAULT_CONFIG_FILE.into());
+        let mut problems = Vec::new();
+        let u = &self.upstream;
+        if u.connect_timeout_ms == 0 {
+            problems.push(Problem::new(&file, "upstream.connect_timeout_ms", "must be above 0"));
+        }
+        if u.timeout_ms == 0 {
+            problems.push(Problem::new(&file, "upstream.timeout_ms", "must be above 0"));
+        }
+        if u.max_response_bytes == 0 {
+            problems.push(Problem::new(&file, "upstream.max_response_bytes", "must be above 0"));
+        }
+        if u.user_agent.is_empty() || u.user_agent.chars().any(|c| c.is_control()) {
+            problems.push(Problem::new(
+                &file,
+                "upstream.user_agent",
+                "must be non-empty printable text",
+            ));
+        }
+        if !self.tools_dir.is_dir() {
+            problems.push(Problem::new(
+                &file,
+                "tools_dir",
+                format!("{} is not a directory", self.tools_dir.display()),
+            ));
+        }
+        if problems.is_empty() { Ok(()) } else { Err(problems) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_is_named_with_its_path() {
+        let err = parse_toml::<ConfigFile>(Path::new("t.toml"), "[upstream]\ntimeout = 3\n")
+            .unwrap_err();
+        assert_eq!(err.key, "upstream");
+        assert!(err.reason.contains("unknown field `timeout`"), "{}", err.reason);
+    }
+
+    #[test]
+    fn syntax_error_names_the_line() {
+        let err = parse_toml::<ConfigFile>(Path::new("t.toml"), "tools_dir = \"a\"\nx = [\n")
+            .unwrap_err();
+        assert!(err.key.starts_with("line "), "{err}");
+    }
+}

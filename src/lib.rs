@@ -1,0 +1,20 @@
+//! tollgate: an MCP server that lets AI agents pay for tools.
+//!
+//! Paid HTTP endpoints appear to an agent as ordinary MCP tools. Where a path through the code
+//! starts, by module:
+//!
+//! * [`config`]: the one config file (`tollgate.toml`) and TOML errors that name file and key.
+//! * [`catalog`]: tool definitions (`tools/*.toml`), checked at start, turned into requests.
+//! * [`upstream`]: one HTTP call with every limit (timeouts, size, same-origin redirects).
+//! * [`pay`]: what a `402 Payment Required` asks for (protocol code: x402, L402, MPP).
+//! * [`server`]: the MCP server (rmcp), the only module that knows MCP.
+//! * [`money`]: integer money (micro-USD); never a float.
+//!
+//! `ARCHITECTURE.md` at the repository root has the bird's-eye view and the invariants.
+
+pub mod catalog;
+pub mod config;
+pub mod money;
+pub mod pay;
+pub mod server;
+pub mod upstream;
