@@ -235,7 +235,7 @@ mod tests {
     fn unknown_key_is_named_with_its_path() {
         let err = parse_toml::<ConfigFile>(Path::new("t.toml"), "[upstream]\ntimeout = 3\n")
             .unwrap_err();
-        assert_eq!(err.key, "upstream");
+        assert_eq!(err.key, "upstream.timeout");
         assert!(err.reason.contains("unknown field `timeout`"), "{}", err.reason);
     }
 

@@ -185,6 +185,7 @@ impl Catalog {
             problems.append(&mut more);
             Catalog::default()
         });
+        problems.sort_by(|a, b| a.file.cmp(&b.file));
         if problems.is_empty() {
             catalog.warnings.sort_by(|a, b| (&a.file, &a.key).cmp(&(&b.file, &b.key)));
             Ok(catalog)
@@ -394,7 +395,8 @@ fn compile(
         None => None,
         Some(Ok(p)) => Some(p),
         Some(Err(e)) => {
-            problem!("max_price", e.to_string());
+            let given = spec.max_price.as_deref().unwrap_or_default();
+            problem!("max_price", format!("{given:?} is not a price: {e}"));
             None
         }
     };

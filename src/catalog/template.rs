@@ -291,14 +291,18 @@ impl UrlTemplate {
         args: &serde_json::Map<String, Value>,
         extra: &[(String, Template)],
     ) -> Result<Url, ArgError> {
-        let encode_path = |value: &str| {
-            // '.' and '..' survive encoding and would be read as path steps.
-            if value == "." || value == ".." {
-                "%2E".repeat(value.len())
-            } else {
-                encode_strict(value)
+        // '.' and '..' survive encoding (even as %2E) and would be read as path steps.
+        for name in &self.path_args {
+            if let Some(Value::String(v)) = args.get(name)
+                && (v == "." || v == "..")
+            {
+                return Err(ArgError {
+                    name: name.clone(),
+                    reason: "may not be \".\" or \"..\": it is a segment of the URL path".to_owned(),
+                });
             }
-        };
+        }
+        let encode_path = encode_strict;
         let mut text = self.path.render(args, encode_path)?.ok_or_else(|| {
             let missing = self.path_args.iter().find(|n| !args.contains_key(*n));
             ArgError {
@@ -432,7 +436,9 @@ mod tests {
     #[test]
     fn values_cannot_change_origin_or_climb_the_path() {
         let t = UrlTemplate::parse("https://api.example.com/v1/users/{id}").unwrap();
-        for evil in ["..", "@evil.com", "//evil.com", "x?admin=1", "x#y", "%2e%2e"] {
+        assert!(t.render(&args(json!({ "id": ".." })), &[]).is_err());
+        assert!(t.render(&args(json!({ "id": "." })), &[]).is_err());
+        for evil in ["...", "@evil.com", "//evil.com", "x?admin=1", "x#y", "%2e%2e", "../x"] {
             let url = t.render(&args(json!({ "id": evil })), &[]).unwrap();
             assert_eq!(url.host_str(), Some("api.example.com"));
             assert!(url.path().starts_with("/v1/users/"), "{evil} -> {url}");

@@ -10,7 +10,7 @@ Tools:
   count(steps, delay_ms)       -> reports progress once per step, then text
   bad_output()                 -> advertises outputSchema {"sum": int} but returns
                                   {"sum": "not-a-number"} (client-side validation failure)
-  echo_meta()                  -> returns the request's _meta as structured content
+  echo_meta()                  -> returns the request's _meta as JSON text (no outputSchema)
 
 Run: target/venv/bin/python tests/clients/sample_server.py
 """
@@ -65,7 +65,7 @@ assert _bad is not None
 _bad.fn_metadata.output_schema = AddResult.model_json_schema()
 
 
-@server.tool(description="Echo the request _meta back as structured content.", structured_output=False)
+@server.tool(description="Echo the request _meta back as JSON text.", structured_output=False)
 def echo_meta(ctx: Context | None = None) -> str:
     import json
 

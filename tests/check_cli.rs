@@ -1,0 +1,62 @@
+//! `tollgate check` validates everything and names each problem with its file and key.
+
+use std::path::Path;
+use std::process::Command;
+
+fn check(config: &Path) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["check", "--config"])
+        .arg(config)
+        .output()
+        .expect("run tollgate check");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn names_every_broken_definition_with_file_and_key() {
+    let (ok, out) = check(Path::new("tests/fixtures/broken/tollgate.toml"));
+    assert!(!ok, "check must fail:\n{out}");
+    let expected = [
+        ("a_unknown_key.toml", "tool[0]", "unknown field `colour`"),
+        ("b_undefined_argument.toml", "tool[0].url", "{town}"),
+        ("c_duplicate.toml", "tool[1].name", "duplicate tool name `twin`"),
+        ("d_invalid_schema.toml", "tool[0].input_schema", "not a valid JSON Schema"),
+        ("e_host_placeholder.toml", "tool[0].url", "scheme, host or port"),
+        ("f_bad_price.toml", "tool[0].max_price", "five dollars"),
+        ("g_not_toml.toml", "line 1", "not valid TOML"),
+    ];
+    for (file, key, reason) in expected {
+        let line = out
+            .lines()
+            .find(|l| l.contains(file))
+            .unwrap_or_else(|| panic!("no problem reported for {file}:\n{out}"));
+        assert!(line.contains(&format!("{file}: {key}")), "{file}: key {key} not named: {line}");
+        assert!(line.contains(reason), "{file}: reason {reason:?} missing: {line}");
+    }
+}
+
+#[test]
+fn passes_on_the_shipped_definitions_and_lists_them() {
+    let (ok, out) = check(Path::new("tollgate.toml"));
+    assert!(ok, "{out}");
+    for row in [
+        ["weather_current", "GET", "api.open-meteo.com", "free"],
+        ["web_search", "GET", "api.search.brave.com", "0.01 USD"],
+        ["translate", "POST", "api-free.deepl.com", "0.02 USD"],
+    ] {
+        let line = out.lines().find(|l| l.starts_with(row[0])).unwrap_or_default();
+        let cells: Vec<&str> = line.split("  ").map(str::trim).filter(|c| !c.is_empty()).collect();
+        assert_eq!(cells, row, "{out}");
+    }
+}
+
+#[test]
+fn refuses_an_unknown_config_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("tollgate.toml");
+    std::fs::create_dir(dir.path().join("tools")).unwrap();
+    std::fs::write(&config, "tools_dir = \"tools\"\n[upstream]\ntimeout = 5\n").unwrap();
+    let (ok, out) = check(&config);
+    assert!(!ok);
+    assert!(out.contains("upstream.timeout: unknown field `timeout`"), "{out}");
+}

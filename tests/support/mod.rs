@@ -1,0 +1,4 @@
+//! Shared test support: a misbehaving-on-demand HTTP server, and running real MCP clients.
+#![allow(dead_code)]
+
+pub mod upstream;
