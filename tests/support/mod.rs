@@ -1,4 +1,5 @@
 //! Shared test support: a misbehaving-on-demand HTTP server, and running real MCP clients.
 #![allow(dead_code)]
 
+pub mod mcp;
 pub mod upstream;

@@ -35,7 +35,8 @@ impl Seen {
 pub enum Reply {
     /// A complete response with Content-Length.
     Full { status: u16, headers: Vec<(String, String)>, body: Vec<u8> },
-    /// Read the request and never answer.
+    /// Read the request and never answer; when the client closes the connection, a `Seen`
+    /// with method `CLOSED` is recorded.
     Hang,
     /// Headers, then `count` chunks of `chunk` with `delay` between them, no Content-Length,
     /// then close.
@@ -135,7 +136,17 @@ async fn serve_connection(
                 stream.write_all(&body).await?;
             }
             Reply::Hang => {
-                tokio::time::sleep(Duration::from_secs(3600)).await;
+                // Wait for the client to give up, and note that it did.
+                let mut sink = [0u8; 1024];
+                while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+                if let Ok(mut s) = seen.lock() {
+                    s.push(Seen {
+                        method: "CLOSED".into(),
+                        target: request.target.clone(),
+                        headers: vec![],
+                        body: vec![],
+                    });
+                }
                 return Ok(());
             }
             Reply::Trickle { status, content_type, chunk, count, delay } => {
