@@ -27,7 +27,11 @@ pub struct Problem {
 
 impl Problem {
     pub fn new(file: &Path, key: impl Into<String>, reason: impl Into<String>) -> Self {
-        Problem { file: file.to_owned(), key: key.into(), reason: reason.into() }
+        Problem {
+            file: file.to_owned(),
+            key: key.into(),
+            reason: reason.into(),
+        }
     }
 }
 
@@ -73,6 +77,11 @@ pub fn read_toml<T: DeserializeOwned>(path: &Path) -> Result<T, Problem> {
 
 /// Parses TOML text that came from `path` (used for messages only).
 pub fn parse_toml<T: DeserializeOwned>(path: &Path, text: &str) -> Result<T, Problem> {
+    // Fast path (basic-toml allocates a third of what `toml` does); on error, parse again
+    // with `toml` and serde_path_to_error to name the line or the key.
+    if let Ok(value) = basic_toml::from_str(text) {
+        return Ok(value);
+    }
     let table: toml::Table = toml::from_str(text).map_err(|e| {
         let at = e
             .span()
@@ -197,17 +206,32 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), Vec<Problem>> {
-        let file = self.source.clone().unwrap_or_else(|| DEFAULT_CONFIG_FILE.into());
+        let file = self
+            .source
+            .clone()
+            .unwrap_or_else(|| DEFAULT_CONFIG_FILE.into());
         let mut problems = Vec::new();
         let u = &self.upstream;
         if u.connect_timeout_ms == 0 {
-            problems.push(Problem::new(&file, "upstream.connect_timeout_ms", "must be above 0"));
+            problems.push(Problem::new(
+                &file,
+                "upstream.connect_timeout_ms",
+                "must be above 0",
+            ));
         }
         if u.timeout_ms == 0 {
-            problems.push(Problem::new(&file, "upstream.timeout_ms", "must be above 0"));
+            problems.push(Problem::new(
+                &file,
+                "upstream.timeout_ms",
+                "must be above 0",
+            ));
         }
         if u.max_response_bytes == 0 {
-            problems.push(Problem::new(&file, "upstream.max_response_bytes", "must be above 0"));
+            problems.push(Problem::new(
+                &file,
+                "upstream.max_response_bytes",
+                "must be above 0",
+            ));
         }
         if u.user_agent.is_empty() || u.user_agent.chars().any(|c| c.is_control()) {
             problems.push(Problem::new(
@@ -223,7 +247,11 @@ impl Config {
                 format!("{} is not a directory", self.tools_dir.display()),
             ));
         }
-        if problems.is_empty() { Ok(()) } else { Err(problems) }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
     }
 }
 
@@ -233,10 +261,14 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named_with_its_path() {
-        let err = parse_toml::<ConfigFile>(Path::new("t.toml"), "[upstream]\ntimeout = 3\n")
-            .unwrap_err();
+        let err =
+            parse_toml::<ConfigFile>(Path::new("t.toml"), "[upstream]\ntimeout = 3\n").unwrap_err();
         assert_eq!(err.key, "upstream.timeout");
-        assert!(err.reason.contains("unknown field `timeout`"), "{}", err.reason);
+        assert!(
+            err.reason.contains("unknown field `timeout`"),
+            "{}",
+            err.reason
+        );
     }
 
     #[test]

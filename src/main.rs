@@ -14,6 +14,8 @@ use tollgate::config::{Config, Problem};
 use tollgate::server::Tollgate;
 use tollgate::upstream::Upstream;
 
+
+
 /// An MCP server that lets AI agents pay for tools.
 #[derive(Debug, Parser)]
 #[command(name = "tollgate", version, about, long_about = None)]
@@ -66,7 +68,9 @@ fn main() -> ExitCode {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("tollgate=info,rmcp=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.with_ansi(false).init(),
         LogFormat::Json => builder.json().init(),
@@ -78,6 +82,17 @@ fn load(config: Option<PathBuf>) -> Result<(Config, Catalog), Vec<Problem>> {
     let config = Config::load(config.as_deref()).map_err(|e| e.0)?;
     let catalog = Catalog::load_dir(&config.tools_dir, &config.upstream)?;
     Ok((config, catalog))
+}
+
+/// `check` goes further than `serve` at start: it compiles every schema.
+fn load_and_compile(config: Option<PathBuf>) -> Result<(Config, Catalog), Vec<Problem>> {
+    let (config, catalog) = load(config)?;
+    let problems = catalog.compile_all();
+    if problems.is_empty() {
+        Ok((config, catalog))
+    } else {
+        Err(problems)
+    }
 }
 
 fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
@@ -93,21 +108,37 @@ fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let upstream = Upstream::new(&config.upstream).context("cannot build the HTTP client")?;
+        let catalog = Arc::new(catalog);
+        let upstream = Upstream::new(&config.upstream);
+        // Loading root certificates takes tens of milliseconds of CPU: do it after the host's
+        // first requests (initialize, tools/list) have been answered, not before or beside
+        // them. A call that comes sooner builds the client itself. Schemas were
+        // meta-validated at load; each compiles on its tool's first call.
+        let warm_upstream = upstream.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            let built = tokio::task::spawn_blocking(move || warm_upstream.warm()).await;
+            if let Ok(Err(e)) = built {
+                tracing::error!("{e}");
+            }
+        });
         tracing::info!(tools = catalog.len(), "serving MCP on stdio");
-        let server = Tollgate::new(Arc::new(catalog), upstream);
+        let server = Tollgate::new(catalog, upstream);
         let running = server
             .serve(rmcp::transport::stdio_pipes())
             .await
             .context("the MCP session did not start")?;
-        running.waiting().await.context("the MCP session ended with an error")?;
+        running
+            .waiting()
+            .await
+            .context("the MCP session ended with an error")?;
         tracing::info!("stdin closed; exiting");
         Ok(())
     })
 }
 
 fn check(config: Option<PathBuf>) -> ExitCode {
-    let (_config, catalog) = match load(config) {
+    let (_config, catalog) = match load_and_compile(config) {
         Ok(loaded) => loaded,
         Err(problems) => {
             for problem in &problems {
@@ -124,7 +155,9 @@ fn check(config: Option<PathBuf>) -> ExitCode {
                 t.name.clone(),
                 t.method.to_string(),
                 t.host(),
-                t.max_price.map(|p| p.to_string()).unwrap_or_else(|| "free".to_owned()),
+                t.max_price
+                    .map(|p| p.to_string())
+                    .unwrap_or_else(|| "free".to_owned()),
             ]
         })
         .collect();
@@ -144,8 +177,11 @@ fn print_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) {
         }
     }
     let line = |cells: [&str; N]| {
-        let parts: Vec<String> =
-            cells.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let parts: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
         println!("{}", parts.join("  ").trim_end());
     };
     line(header);

@@ -114,12 +114,30 @@ mod tests {
 
     #[test]
     fn refuses_prices_it_would_have_to_round_or_guess() {
-        assert!(matches!("0.0000001 USD".parse::<UsdMicros>(), Err(PriceError::TooPrecise(_))));
-        assert!(matches!("0.05".parse::<UsdMicros>(), Err(PriceError::Shape(_))));
-        assert!(matches!("0.05 EUR".parse::<UsdMicros>(), Err(PriceError::Currency(_))));
-        assert!(matches!("-1 USD".parse::<UsdMicros>(), Err(PriceError::Amount(_))));
-        assert!(matches!("1e3 USD".parse::<UsdMicros>(), Err(PriceError::Amount(_))));
-        assert!(matches!(". USD".parse::<UsdMicros>(), Err(PriceError::Amount(_))));
+        assert!(matches!(
+            "0.0000001 USD".parse::<UsdMicros>(),
+            Err(PriceError::TooPrecise(_))
+        ));
+        assert!(matches!(
+            "0.05".parse::<UsdMicros>(),
+            Err(PriceError::Shape(_))
+        ));
+        assert!(matches!(
+            "0.05 EUR".parse::<UsdMicros>(),
+            Err(PriceError::Currency(_))
+        ));
+        assert!(matches!(
+            "-1 USD".parse::<UsdMicros>(),
+            Err(PriceError::Amount(_))
+        ));
+        assert!(matches!(
+            "1e3 USD".parse::<UsdMicros>(),
+            Err(PriceError::Amount(_))
+        ));
+        assert!(matches!(
+            ". USD".parse::<UsdMicros>(),
+            Err(PriceError::Amount(_))
+        ));
         assert!(matches!(
             "99999999999999999999 USD".parse::<UsdMicros>(),
             Err(PriceError::TooLarge(_))

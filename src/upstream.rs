@@ -5,6 +5,7 @@
 //! sorted into what a model can use (JSON, text), a payment challenge (402), or an error that
 //! says what happened.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use reqwest::StatusCode;
@@ -20,9 +21,14 @@ const EXCERPT_CHARS: usize = 300;
 const EXCERPT_READ_BYTES: u64 = 8 * 1024;
 
 /// The shared HTTP client (connection pool) for every tool.
+///
+/// Building it loads the system's root certificates (tens of milliseconds), so it is built
+/// on first use or by [`Upstream::warm`] in the background, never in front of the first
+/// `tools/list`.
 #[derive(Clone)]
 pub struct Upstream {
-    client: reqwest::Client,
+    defaults: UpstreamDefaults,
+    client: Arc<OnceLock<Result<reqwest::Client, String>>>,
 }
 
 /// Per-call limits.
@@ -38,7 +44,10 @@ pub enum Answer {
     Json(Value),
     Text(String),
     /// `402 Payment Required`: headers and (size-limited) body, for the payment code.
-    PaymentRequired { headers: HeaderMap, body: Vec<u8> },
+    PaymentRequired {
+        headers: HeaderMap,
+        body: Vec<u8>,
+    },
 }
 
 /// Where a call is, for progress notifications.
@@ -62,7 +71,11 @@ pub enum UpstreamError {
     )]
     TooLarge { host: String, limit: u64 },
     #[error("{host} answered {status}: {excerpt}")]
-    Status { host: String, status: StatusCode, excerpt: String },
+    Status {
+        host: String,
+        status: StatusCode,
+        excerpt: String,
+    },
     #[error(
         "{host} redirected to {location}, another origin; tollgate follows redirects only within \
          the origin the tool names"
@@ -82,7 +95,28 @@ pub enum UpstreamError {
 }
 
 impl Upstream {
-    pub fn new(defaults: &UpstreamDefaults) -> Result<Upstream, reqwest::Error> {
+    pub fn new(defaults: &UpstreamDefaults) -> Upstream {
+        Upstream {
+            defaults: defaults.clone(),
+            client: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// Builds the HTTP client now (blocking), if it is not built yet.
+    pub fn warm(&self) -> Result<(), String> {
+        self.client().map(|_| ())
+    }
+
+    fn client(&self) -> Result<&reqwest::Client, String> {
+        self.client
+            .get_or_init(|| build_client(&self.defaults).map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(|e| format!("the HTTP client could not be built: {e}"))
+    }
+}
+
+fn build_client(defaults: &UpstreamDefaults) -> Result<reqwest::Client, reqwest::Error> {
+    {
         // One TLS provider for the process (ring); a second install is harmless.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let max_redirects = defaults.max_redirects;
@@ -97,14 +131,15 @@ impl Upstream {
                 attempt.stop()
             }
         });
-        let client = reqwest::Client::builder()
+        reqwest::Client::builder()
             .connect_timeout(defaults.connect_timeout())
             .user_agent(defaults.user_agent.clone())
             .redirect(redirect)
-            .build()?;
-        Ok(Upstream { client })
+            .build()
     }
+}
 
+impl Upstream {
     /// Sends `request` and reads the answer within `limits`. `on_stage` is told when the
     /// request goes out and when the answer's headers have arrived.
     pub async fn call(
@@ -117,7 +152,10 @@ impl Upstream {
         match tokio::time::timeout(limits.timeout, self.call_inner(request, limits, on_stage)).await
         {
             Ok(result) => result,
-            Err(_) => Err(UpstreamError::Timeout { host, timeout: limits.timeout }),
+            Err(_) => Err(UpstreamError::Timeout {
+                host,
+                timeout: limits.timeout,
+            }),
         }
     }
 
@@ -129,12 +167,21 @@ impl Upstream {
     ) -> Result<Answer, UpstreamError> {
         let host = request.url.host_str().unwrap_or_default().to_owned();
         let origin = request.url.origin();
-        let mut builder = self.client.request(request.method, request.url).headers(request.headers);
+        let client = self.client().map_err(|reason| UpstreamError::Transport {
+            host: host.clone(),
+            reason,
+        })?;
+        let mut builder = client
+            .request(request.method, request.url)
+            .headers(request.headers);
         if let Some(body) = request.body {
             builder = builder.body(body);
         }
         on_stage(Stage::Sending);
-        let response = builder.send().await.map_err(|e| transport_error(&host, e))?;
+        let response = builder
+            .send()
+            .await
+            .map_err(|e| transport_error(&host, e))?;
         on_stage(Stage::ReadingBody);
         let status = response.status();
         let headers = response.headers().clone();
@@ -151,7 +198,10 @@ impl Upstream {
             } else {
                 location
             };
-            return Err(UpstreamError::Redirect { host, location: reason });
+            return Err(UpstreamError::Redirect {
+                host,
+                location: reason,
+            });
         }
         if status == StatusCode::PAYMENT_REQUIRED {
             let body = read_limited(response, &host, limits.max_response_bytes, true).await?;
@@ -160,14 +210,28 @@ impl Upstream {
         if !status.is_success() {
             let body = read_limited(response, &host, EXCERPT_READ_BYTES, false).await?;
             let text = excerpt(&body);
-            let excerpt = if text.is_empty() { "(empty body)".to_owned() } else { text };
-            return Err(UpstreamError::Status { host, status, excerpt });
+            let excerpt = if text.is_empty() {
+                "(empty body)".to_owned()
+            } else {
+                text
+            };
+            return Err(UpstreamError::Status {
+                host,
+                status,
+                excerpt,
+            });
         }
 
         let content_type = headers
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
+            .map(|v| {
+                v.split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase()
+            });
         let kind = match content_type.as_deref() {
             None | Some("") => Kind::Sniff,
             Some(ct) if ct == "application/json" || ct.ends_with("+json") => Kind::Json,
@@ -190,7 +254,10 @@ impl Upstream {
         match kind {
             Kind::Json => serde_json::from_slice(&body)
                 .map(Answer::Json)
-                .map_err(|e| UpstreamError::InvalidJson { host, reason: e.to_string() }),
+                .map_err(|e| UpstreamError::InvalidJson {
+                    host,
+                    reason: e.to_string(),
+                }),
             Kind::Text => String::from_utf8(body)
                 .map(Answer::Text)
                 .map_err(|_| UpstreamError::InvalidText { host }),
@@ -221,7 +288,10 @@ async fn read_limited(
     limit: u64,
     strict: bool,
 ) -> Result<Vec<u8>, UpstreamError> {
-    let too_large = || UpstreamError::TooLarge { host: host.to_owned(), limit };
+    let too_large = || UpstreamError::TooLarge {
+        host: host.to_owned(),
+        limit,
+    };
     let declared = response
         .headers()
         .get(CONTENT_LENGTH)
@@ -231,7 +301,11 @@ async fn read_limited(
         return Err(too_large());
     }
     let mut body = Vec::with_capacity(declared.unwrap_or(0).min(limit).min(1 << 20) as usize);
-    while let Some(chunk) = response.chunk().await.map_err(|e| transport_error(host, e))? {
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| transport_error(host, e))?
+    {
         let room = (limit as usize).saturating_sub(body.len());
         if chunk.len() > room {
             if strict {
@@ -256,9 +330,15 @@ fn transport_error(host: &str, e: reqwest::Error) -> UpstreamError {
         source = inner.source();
     }
     if connect {
-        UpstreamError::Connect { host: host.to_owned(), reason }
+        UpstreamError::Connect {
+            host: host.to_owned(),
+            reason,
+        }
     } else {
-        UpstreamError::Transport { host: host.to_owned(), reason }
+        UpstreamError::Transport {
+            host: host.to_owned(),
+            reason,
+        }
     }
 }
 
@@ -278,7 +358,7 @@ pub fn excerpt(bytes: &[u8]) -> String {
 }
 
 fn fmt_duration(d: Duration) -> String {
-    if d.as_millis() % 1000 == 0 {
+    if d.as_millis().is_multiple_of(1000) {
         format!("{} s", d.as_secs())
     } else {
         format!("{} ms", d.as_millis())

@@ -9,7 +9,10 @@ fn check(config: &Path) -> (bool, String) {
         .arg(config)
         .output()
         .expect("run tollgate check");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
 }
 
 #[test]
@@ -19,9 +22,21 @@ fn names_every_broken_definition_with_file_and_key() {
     let expected = [
         ("a_unknown_key.toml", "tool[0]", "unknown field `colour`"),
         ("b_undefined_argument.toml", "tool[0].url", "{town}"),
-        ("c_duplicate.toml", "tool[1].name", "duplicate tool name `twin`"),
-        ("d_invalid_schema.toml", "tool[0].input_schema", "not a valid JSON Schema"),
-        ("e_host_placeholder.toml", "tool[0].url", "scheme, host or port"),
+        (
+            "c_duplicate.toml",
+            "tool[1].name",
+            "duplicate tool name `twin`",
+        ),
+        (
+            "d_invalid_schema.toml",
+            "tool[0].input_schema",
+            "not a valid JSON Schema",
+        ),
+        (
+            "e_host_placeholder.toml",
+            "tool[0].url",
+            "scheme, host or port",
+        ),
         ("f_bad_price.toml", "tool[0].max_price", "five dollars"),
         ("g_not_toml.toml", "line 1", "not valid TOML"),
     ];
@@ -30,8 +45,14 @@ fn names_every_broken_definition_with_file_and_key() {
             .lines()
             .find(|l| l.contains(file))
             .unwrap_or_else(|| panic!("no problem reported for {file}:\n{out}"));
-        assert!(line.contains(&format!("{file}: {key}")), "{file}: key {key} not named: {line}");
-        assert!(line.contains(reason), "{file}: reason {reason:?} missing: {line}");
+        assert!(
+            line.contains(&format!("{file}: {key}")),
+            "{file}: key {key} not named: {line}"
+        );
+        assert!(
+            line.contains(reason),
+            "{file}: reason {reason:?} missing: {line}"
+        );
     }
 }
 
@@ -44,8 +65,15 @@ fn passes_on_the_shipped_definitions_and_lists_them() {
         ["web_search", "GET", "api.search.brave.com", "0.01 USD"],
         ["translate", "POST", "api-free.deepl.com", "0.02 USD"],
     ] {
-        let line = out.lines().find(|l| l.starts_with(row[0])).unwrap_or_default();
-        let cells: Vec<&str> = line.split("  ").map(str::trim).filter(|c| !c.is_empty()).collect();
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(row[0]))
+            .unwrap_or_default();
+        let cells: Vec<&str> = line
+            .split("  ")
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .collect();
         assert_eq!(cells, row, "{out}");
     }
 }
@@ -58,5 +86,8 @@ fn refuses_an_unknown_config_key() {
     std::fs::write(&config, "tools_dir = \"tools\"\n[upstream]\ntimeout = 5\n").unwrap();
     let (ok, out) = check(&config);
     assert!(!ok);
-    assert!(out.contains("upstream.timeout: unknown field `timeout`"), "{out}");
+    assert!(
+        out.contains("upstream.timeout: unknown field `timeout`"),
+        "{out}"
+    );
 }

@@ -88,13 +88,16 @@ async fn upstream() -> TestUpstream {
     .await
 }
 
-fn step<'a>(report: &'a Value, i: usize) -> &'a Value {
+fn step(report: &Value, i: usize) -> &Value {
     &report["steps"][i]
 }
 
 fn error_text(result: &Value) -> String {
     assert_eq!(result["isError"], json!(true), "expected isError: {result}");
-    result["content"][0]["text"].as_str().unwrap_or_default().to_owned()
+    result["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 macro_rules! both_revisions {
@@ -121,24 +124,57 @@ async fn lists_the_definitions_with_their_schemas(mode: Mode) {
     let Some(python) = python() else { return };
     let up = upstream().await;
     let setup = Setup::new(&tools(&up.base()));
-    let report = drive(&python, mode, &setup.config(), &[], json!([{"op": "list_tools"}])).await;
+    let report = drive(
+        &python,
+        mode,
+        &setup.config(),
+        &[],
+        json!([{"op": "list_tools"}]),
+    )
+    .await;
     assert_eq!(report["protocol_version"], mode.revision(), "{report}");
-    assert!(report["capabilities"].get("logging").is_none(), "logging must not be advertised");
+    assert!(
+        report["capabilities"].get("logging").is_none(),
+        "logging must not be advertised"
+    );
 
     let tools = step(&report, 0)["tools"].as_array().expect("tools").clone();
     let names: Vec<&str> = tools.iter().filter_map(|t| t["name"].as_str()).collect();
-    assert_eq!(names, ["broken", "huge", "notes", "paid", "stuck", "stuck_long", "weather"]);
+    assert_eq!(
+        names,
+        [
+            "broken",
+            "huge",
+            "notes",
+            "paid",
+            "stuck",
+            "stuck_long",
+            "weather"
+        ]
+    );
     let weather = &tools[6];
     assert_eq!(weather["title"], "Weather");
     assert_eq!(weather["inputSchema"]["required"], json!(["city"]));
-    assert_eq!(weather["inputSchema"]["properties"]["units"]["enum"], json!(["metric", "imperial"]));
-    assert_eq!(weather["outputSchema"]["properties"]["result"]["required"], json!(["temp"]));
+    assert_eq!(
+        weather["inputSchema"]["properties"]["units"]["enum"],
+        json!(["metric", "imperial"])
+    );
+    assert_eq!(
+        weather["outputSchema"]["properties"]["result"]["required"],
+        json!(["temp"])
+    );
     assert_eq!(weather["annotations"]["readOnlyHint"], json!(true));
     for tool in &tools {
         assert_eq!(tool["outputSchema"]["type"], "object", "{tool}");
     }
     let paid = &tools[3];
-    assert!(paid["description"].as_str().unwrap_or("").contains("at most 0.01 USD"), "{paid}");
+    assert!(
+        paid["description"]
+            .as_str()
+            .unwrap_or("")
+            .contains("at most 0.01 USD"),
+        "{paid}"
+    );
 }
 
 async fn a_free_tool_returns_upstream_json_as_structured_content(mode: Mode) {
@@ -153,18 +189,28 @@ async fn a_free_tool_returns_upstream_json_as_structured_content(mode: Mode) {
 
     let result = &step(&report, 0)["result"];
     assert_ne!(result["isError"], json!(true), "{result}");
-    assert_eq!(result["structuredContent"]["result"]["temp"], json!(-3.5), "{result}");
+    assert_eq!(
+        result["structuredContent"]["result"]["temp"],
+        json!(-3.5),
+        "{result}"
+    );
     assert_eq!(
         result["structuredContent"]["result"]["q"],
         json!("/weather?city=Oslo&units=metric")
     );
     let text: Value = serde_json::from_str(result["content"][0]["text"].as_str().unwrap()).unwrap();
-    assert_eq!(text, result["structuredContent"]["result"], "text copy of the JSON");
+    assert_eq!(
+        text, result["structuredContent"]["result"],
+        "text copy of the JSON"
+    );
 
     let notes = &step(&report, 1)["result"];
     assert_eq!(notes["content"][0]["text"], "buy milk", "{notes}");
     assert_eq!(notes["structuredContent"]["result"], "buy milk");
-    assert_eq!(up.seen().iter().filter(|s| s.path() == "/weather").count(), 1);
+    assert_eq!(
+        up.seen().iter().filter(|s| s.path() == "/weather").count(),
+        1
+    );
 }
 
 async fn failures_are_tool_errors_naming_the_cause(mode: Mode) {
@@ -183,25 +229,56 @@ async fn failures_are_tool_errors_naming_the_cause(mode: Mode) {
     let report = drive(&python, mode, &setup.config(), &[], steps).await;
 
     let invalid = error_text(&step(&report, 0)["result"]);
-    assert!(invalid.contains("/city") && invalid.contains("string"), "{invalid}");
+    assert!(
+        invalid.contains("/city") && invalid.contains("string"),
+        "{invalid}"
+    );
     assert!(invalid.contains("nothing was sent"), "{invalid}");
     let missing = error_text(&step(&report, 1)["result"]);
-    assert!(missing.contains("\"city\" is a required property"), "{missing}");
-    assert!(missing.contains("town"), "the unexpected argument is named: {missing}");
-    assert!(up.seen().iter().all(|s| s.path() != "/weather"), "invalid arguments reached upstream");
+    assert!(
+        missing.contains("\"city\" is a required property"),
+        "{missing}"
+    );
+    assert!(
+        missing.contains("town"),
+        "the unexpected argument is named: {missing}"
+    );
+    assert!(
+        up.seen().iter().all(|s| s.path() != "/weather"),
+        "invalid arguments reached upstream"
+    );
 
     let server_error = error_text(&step(&report, 2)["result"]);
-    assert!(server_error.contains("500") && server_error.contains("database on fire"), "{server_error}");
+    assert!(
+        server_error.contains("500") && server_error.contains("database on fire"),
+        "{server_error}"
+    );
     let timeout = error_text(&step(&report, 3)["result"]);
-    assert!(timeout.contains("no complete answer") && timeout.contains("700 ms"), "{timeout}");
+    assert!(
+        timeout.contains("no complete answer") && timeout.contains("700 ms"),
+        "{timeout}"
+    );
     let too_large = error_text(&step(&report, 4)["result"]);
-    assert!(too_large.contains("larger than this tool's limit of 2048 bytes"), "{too_large}");
+    assert!(
+        too_large.contains("larger than this tool's limit of 2048 bytes"),
+        "{too_large}"
+    );
     let paid = error_text(&step(&report, 5)["result"]);
-    assert!(paid.contains("payment required") && paid.contains("nothing was paid"), "{paid}");
-    assert!(paid.contains("10000") && paid.contains("base-sepolia"), "lists the ask: {paid}");
+    assert!(
+        paid.contains("payment required") && paid.contains("nothing was paid"),
+        "{paid}"
+    );
+    assert!(
+        paid.contains("10000") && paid.contains("base-sepolia"),
+        "lists the ask: {paid}"
+    );
 
     let unknown = step(&report, 6)["error"].as_str().unwrap_or_default();
-    assert!(unknown.contains("unknown tool `no_such_tool`"), "{}", step(&report, 6));
+    assert!(
+        unknown.contains("unknown tool `no_such_tool`"),
+        "{}",
+        step(&report, 6)
+    );
 }
 
 async fn progress_is_reported_and_cancellation_stops_the_upstream_request(mode: Mode) {
@@ -215,16 +292,33 @@ async fn progress_is_reported_and_cancellation_stops_the_upstream_request(mode: 
     ]);
     let report = drive(&python, mode, &setup.config(), &[], steps).await;
 
-    let progress = step(&report, 0)["progress"].as_array().cloned().unwrap_or_default();
-    let values: Vec<f64> = progress.iter().filter_map(|p| p["progress"].as_f64()).collect();
+    let progress = step(&report, 0)["progress"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let values: Vec<f64> = progress
+        .iter()
+        .filter_map(|p| p["progress"].as_f64())
+        .collect();
     assert!(values.len() >= 2, "progress notifications: {progress:?}");
-    assert!(values.windows(2).all(|w| w[0] < w[1]), "progress increases: {values:?}");
+    assert!(
+        values.windows(2).all(|w| w[0] < w[1]),
+        "progress increases: {values:?}"
+    );
 
-    assert_eq!(step(&report, 1)["cancelled"], json!(true), "{}", step(&report, 1));
+    assert_eq!(
+        step(&report, 1)["cancelled"],
+        json!(true),
+        "{}",
+        step(&report, 1)
+    );
     // The upstream connection is closed long before the tool's 60 s timeout.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !up.seen().iter().any(|s| s.method == "CLOSED") {
-        assert!(std::time::Instant::now() < deadline, "upstream request still open after cancel");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "upstream request still open after cancel"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

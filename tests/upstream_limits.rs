@@ -19,10 +19,15 @@ fn get(url: String) -> UpstreamRequest {
     }
 }
 
-const LIMITS: Limits = Limits { timeout: Duration::from_secs(5), max_response_bytes: 1024 };
+const LIMITS: Limits = Limits {
+    timeout: Duration::from_secs(5),
+    max_response_bytes: 1024,
+};
 
 async fn call(url: String, limits: Limits) -> Result<Answer, UpstreamError> {
-    Upstream::new(&UpstreamDefaults::default()).unwrap().call(get(url), limits, |_| {}).await
+    Upstream::new(&UpstreamDefaults::default())
+        .call(get(url), limits, |_| {})
+        .await
 }
 
 #[tokio::test]
@@ -32,9 +37,13 @@ async fn json_and_text_answers_come_back_as_such() {
         _ => Reply::text(200, "text/plain; charset=utf-8", "hello"),
     })
     .await;
-    let Ok(Answer::Json(v)) = call(format!("{}/json", up.base()), LIMITS).await else { panic!() };
+    let Ok(Answer::Json(v)) = call(format!("{}/json", up.base()), LIMITS).await else {
+        panic!()
+    };
     assert_eq!(v, json!({"temp": 21}));
-    let Ok(Answer::Text(t)) = call(format!("{}/text", up.base()), LIMITS).await else { panic!() };
+    let Ok(Answer::Text(t)) = call(format!("{}/text", up.base()), LIMITS).await else {
+        panic!()
+    };
     assert_eq!(t, "hello");
 }
 
@@ -42,7 +51,10 @@ async fn json_and_text_answers_come_back_as_such() {
 async fn refuses_a_body_larger_than_the_limit_by_content_length() {
     let up = TestUpstream::start(|_| Reply::text(200, "text/plain", &"x".repeat(4096))).await;
     let err = call(up.base(), LIMITS).await.unwrap_err();
-    assert!(matches!(err, UpstreamError::TooLarge { limit: 1024, .. }), "{err}");
+    assert!(
+        matches!(err, UpstreamError::TooLarge { limit: 1024, .. }),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -59,13 +71,20 @@ async fn stops_reading_a_streamed_body_at_the_limit() {
     let started = Instant::now();
     let err = call(up.base(), LIMITS).await.unwrap_err();
     assert!(matches!(err, UpstreamError::TooLarge { .. }), "{err}");
-    assert!(started.elapsed() < Duration::from_secs(4), "kept reading: {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "kept reading: {:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
 async fn an_upstream_that_never_answers_times_out() {
     let up = TestUpstream::start(|_| Reply::Hang).await;
-    let limits = Limits { timeout: Duration::from_millis(300), ..LIMITS };
+    let limits = Limits {
+        timeout: Duration::from_millis(300),
+        ..LIMITS
+    };
     let err = call(up.base(), limits).await.unwrap_err();
     assert!(matches!(err, UpstreamError::Timeout { .. }), "{err}");
     assert!(err.to_string().contains("300 ms"), "{err}");
@@ -81,7 +100,10 @@ async fn a_slow_body_counts_against_the_whole_call_timeout() {
         delay: Duration::from_millis(50),
     })
     .await;
-    let limits = Limits { timeout: Duration::from_millis(400), ..LIMITS };
+    let limits = Limits {
+        timeout: Duration::from_millis(400),
+        ..LIMITS
+    };
     let err = call(up.base(), limits).await.unwrap_err();
     assert!(matches!(err, UpstreamError::Timeout { .. }), "{err}");
 }
@@ -89,7 +111,11 @@ async fn a_slow_body_counts_against_the_whole_call_timeout() {
 #[tokio::test]
 async fn server_errors_carry_status_and_a_short_excerpt() {
     let up = TestUpstream::start(|_| {
-        Reply::text(500, "text/plain", &format!("database\x07 on fire {}", "!".repeat(5000)))
+        Reply::text(
+            500,
+            "text/plain",
+            &format!("database\x07 on fire {}", "!".repeat(5000)),
+        )
     })
     .await;
     let err = call(up.base(), LIMITS).await.unwrap_err();
@@ -109,9 +135,13 @@ async fn follows_redirects_within_the_origin_only() {
         _ => Reply::text(302, "text/plain", "").with_header("Location", &format!("{other_url}/x")),
     })
     .await;
-    let Ok(Answer::Json(v)) = call(format!("{}/old", up.base()), LIMITS).await else { panic!() };
+    let Ok(Answer::Json(v)) = call(format!("{}/old", up.base()), LIMITS).await else {
+        panic!()
+    };
     assert_eq!(v, json!({"moved": true}));
-    let err = call(format!("{}/away", up.base()), LIMITS).await.unwrap_err();
+    let err = call(format!("{}/away", up.base()), LIMITS)
+        .await
+        .unwrap_err();
     assert!(matches!(err, UpstreamError::Redirect { .. }), "{err}");
     assert!(other.seen().is_empty(), "the other origin was contacted");
 }
@@ -123,9 +153,13 @@ async fn refuses_binary_and_broken_json() {
         _ => Reply::text(200, "application/json", "{\"a\": "),
     })
     .await;
-    let err = call(format!("{}/png", up.base()), LIMITS).await.unwrap_err();
+    let err = call(format!("{}/png", up.base()), LIMITS)
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("image/png"), "{err}");
-    let err = call(format!("{}/bad", up.base()), LIMITS).await.unwrap_err();
+    let err = call(format!("{}/bad", up.base()), LIMITS)
+        .await
+        .unwrap_err();
     assert!(matches!(err, UpstreamError::InvalidJson { .. }), "{err}");
 }
 

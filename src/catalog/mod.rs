@@ -12,7 +12,7 @@ pub mod template;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -25,8 +25,13 @@ use crate::config::{Problem, UpstreamDefaults, read_toml};
 use crate::money::UsdMicros;
 
 /// Names tollgate's own tools use; definitions may not take them.
-pub const RESERVED_NAMES: &[&str] =
-    &["price_check", "budget_status", "list_receipts", "delegate_budget", "payment_status"];
+pub const RESERVED_NAMES: &[&str] = &[
+    "price_check",
+    "budget_status",
+    "list_receipts",
+    "delegate_budget",
+    "payment_status",
+];
 
 /// A file of tool definitions: one or more `[[tool]]` tables.
 #[derive(Debug, Deserialize)]
@@ -102,7 +107,7 @@ pub struct HttpTool {
     pub query: Vec<(String, Template)>,
     pub body: Option<Value>,
     /// The input schema as given (an object schema).
-    pub input_schema: Map<String, Value>,
+    pub input_schema: Arc<Map<String, Value>>,
     /// The schema of a successful upstream answer, if the owner declared one.
     pub output_schema: Option<Map<String, Value>>,
     pub max_price: Option<UsdMicros>,
@@ -111,31 +116,83 @@ pub struct HttpTool {
     pub annotations: Annotations,
     /// Where it was defined, for messages.
     pub file: PathBuf,
-    input_validator: jsonschema::Validator,
-    output_validator: Option<jsonschema::Validator>,
+    /// Compiled on first use (or by [`Catalog::compile_all`]); the schemas were
+    /// meta-validated at load, so compiling is expected to succeed.
+    input_validator: OnceLock<Result<jsonschema::Validator, String>>,
+    output_validator: OnceLock<Result<jsonschema::Validator, String>>,
 }
 
 impl HttpTool {
+    fn input_validator(&self) -> Result<&jsonschema::Validator, String> {
+        self.input_validator
+            .get_or_init(|| compile_schema(self.input_schema.as_ref()))
+            .as_ref()
+            .map_err(|e| format!("input_schema cannot be compiled: {e}"))
+    }
+
+    fn output_validator(&self) -> Option<Result<&jsonschema::Validator, String>> {
+        let schema = self.output_schema.as_ref()?;
+        Some(
+            self.output_validator
+                .get_or_init(|| compile_schema(schema))
+                .as_ref()
+                .map_err(|e| format!("output_schema cannot be compiled: {e}")),
+        )
+    }
+
+    /// Compiles both schemas now; the problems, if any.
+    pub fn compile(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        if let Err(e) = self.input_validator() {
+            problems.push(Problem::new(
+                &self.file,
+                format!("{}.input_schema", self.name),
+                e,
+            ));
+        }
+        if let Some(Err(e)) = self.output_validator() {
+            problems.push(Problem::new(
+                &self.file,
+                format!("{}.output_schema", self.name),
+                e,
+            ));
+        }
+        problems
+    }
+
     /// Checks arguments against the input schema; each error names where and what.
     pub fn validate_arguments(&self, args: &Value) -> Result<(), Vec<String>> {
-        let errors: Vec<String> = self
-            .input_validator
+        let validator = self.input_validator().map_err(|e| vec![e])?;
+        let errors: Vec<String> = validator
             .iter_errors(args)
             .map(|e| {
                 let at = e.instance_path().to_string();
-                if at.is_empty() { e.to_string() } else { format!("{at}: {e}") }
+                if at.is_empty() {
+                    e.to_string()
+                } else {
+                    format!("{at}: {e}")
+                }
             })
             .collect();
-        if errors.is_empty() { Ok(()) } else { Err(errors) }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
     }
 
     /// Checks an upstream JSON answer against the declared output schema.
     pub fn validate_output(&self, value: &Value) -> Result<(), String> {
-        match &self.output_validator {
+        match self.output_validator() {
             None => Ok(()),
-            Some(v) => v.validate(value).map_err(|e| {
+            Some(Err(e)) => Err(e),
+            Some(Ok(v)) => v.validate(value).map_err(|e| {
                 let at = e.instance_path().to_string();
-                if at.is_empty() { e.to_string() } else { format!("{at}: {e}") }
+                if at.is_empty() {
+                    e.to_string()
+                } else {
+                    format!("{at}: {e}")
+                }
             }),
         }
     }
@@ -164,7 +221,11 @@ impl Catalog {
                 .filter(|p| p.extension().is_some_and(|x| x == "toml"))
                 .collect(),
             Err(e) => {
-                return Err(vec![Problem::new(dir, "", format!("cannot read the tools directory: {e}"))]);
+                return Err(vec![Problem::new(
+                    dir,
+                    "",
+                    format!("cannot read the tools directory: {e}"),
+                )]);
             }
         };
         files.sort();
@@ -174,9 +235,19 @@ impl Catalog {
             match read_toml::<ToolFile>(&file) {
                 Ok(parsed) => {
                     if parsed.tool.is_empty() {
-                        problems.push(Problem::new(&file, "tool", "no [[tool]] tables in this file"));
+                        problems.push(Problem::new(
+                            &file,
+                            "tool",
+                            "no [[tool]] tables in this file",
+                        ));
                     }
-                    specs.extend(parsed.tool.into_iter().enumerate().map(|(i, s)| (file.clone(), i, s)));
+                    specs.extend(
+                        parsed
+                            .tool
+                            .into_iter()
+                            .enumerate()
+                            .map(|(i, s)| (file.clone(), i, s)),
+                    );
                 }
                 Err(problem) => problems.push(problem),
             }
@@ -187,7 +258,9 @@ impl Catalog {
         });
         problems.sort_by(|a, b| a.file.cmp(&b.file));
         if problems.is_empty() {
-            catalog.warnings.sort_by(|a, b| (&a.file, &a.key).cmp(&(&b.file, &b.key)));
+            catalog
+                .warnings
+                .sort_by(|a, b| (&a.file, &a.key).cmp(&(&b.file, &b.key)));
             Ok(catalog)
         } else {
             Err(problems)
@@ -199,15 +272,14 @@ impl Catalog {
         specs: Vec<(PathBuf, usize, ToolSpec)>,
         defaults: &UpstreamDefaults,
     ) -> Result<Catalog, Vec<Problem>> {
-        let mut catalog = Catalog::default();
         let mut problems = Vec::new();
         let mut seen: BTreeMap<String, (PathBuf, usize)> = BTreeMap::new();
+        let mut unique = Vec::with_capacity(specs.len());
         for (file, index, spec) in specs {
-            let key = format!("tool[{index}]");
             if let Some((other_file, other_index)) = seen.get(&spec.name) {
                 problems.push(Problem::new(
                     &file,
-                    format!("{key}.name"),
+                    format!("tool[{index}].name"),
                     format!(
                         "duplicate tool name `{}`: already defined in {} at tool[{other_index}]",
                         spec.name,
@@ -217,14 +289,62 @@ impl Catalog {
                 continue;
             }
             seen.insert(spec.name.clone(), (file.clone(), index));
-            match compile(&file, &key, spec, defaults, &mut catalog.warnings) {
-                Ok(tool) => {
-                    catalog.tools.insert(tool.name.clone(), Arc::new(tool));
+            unique.push((file, index, spec));
+        }
+
+        // Definitions are independent: with hundreds of them, check them on every core.
+        let threads = if unique.len() < 64 {
+            1
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
+        };
+        let per_thread = unique.len().div_ceil(threads).max(1);
+        let mut chunks = Vec::new();
+        let mut rest = unique.into_iter();
+        loop {
+            let chunk: Vec<_> = rest.by_ref().take(per_thread).collect();
+            if chunk.is_empty() {
+                break;
+            }
+            chunks.push(chunk);
+        }
+        let compile_chunk = |chunk: Vec<(PathBuf, usize, ToolSpec)>| {
+            let mut warnings = Vec::new();
+            let results: Vec<_> = chunk
+                .into_iter()
+                .map(|(file, index, spec)| {
+                    compile(&file, &format!("tool[{index}]"), spec, defaults, &mut warnings)
+                })
+                .collect();
+            (results, warnings)
+        };
+        let outcomes: Vec<_> = if chunks.len() <= 1 {
+            chunks.into_iter().map(compile_chunk).collect()
+        } else {
+            std::thread::scope(|scope| {
+                let handles: Vec<_> =
+                    chunks.into_iter().map(|c| scope.spawn(move || compile_chunk(c))).collect();
+                handles.into_iter().filter_map(|h| h.join().ok()).collect()
+            })
+        };
+
+        let mut catalog = Catalog::default();
+        for (results, mut warnings) in outcomes {
+            catalog.warnings.append(&mut warnings);
+            for result in results {
+                match result {
+                    Ok(tool) => {
+                        catalog.tools.insert(tool.name.clone(), Arc::new(tool));
+                    }
+                    Err(mut more) => problems.append(&mut more),
                 }
-                Err(mut more) => problems.append(&mut more),
             }
         }
-        if problems.is_empty() { Ok(catalog) } else { Err(problems) }
+        if problems.is_empty() {
+            Ok(catalog)
+        } else {
+            Err(problems)
+        }
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<HttpTool>> {
@@ -234,6 +354,11 @@ impl Catalog {
     /// Tools in name order.
     pub fn iter(&self) -> impl Iterator<Item = &Arc<HttpTool>> {
         self.tools.values()
+    }
+
+    /// Compiles every schema now (`check` does; `serve` does it in the background).
+    pub fn compile_all(&self) -> Vec<Problem> {
+        self.tools.values().flat_map(|t| t.compile()).collect()
     }
 
     pub fn len(&self) -> usize {
@@ -268,10 +393,16 @@ fn compile(
             ),
         );
     } else if RESERVED_NAMES.contains(&spec.name.as_str()) {
-        problem!("name", format!("`{}` is the name of one of tollgate's own tools", spec.name));
+        problem!(
+            "name",
+            format!("`{}` is the name of one of tollgate's own tools", spec.name)
+        );
     }
     if spec.description.trim().is_empty() {
-        problem!("description", "must say what the tool does; the model reads it".to_owned());
+        problem!(
+            "description",
+            "must say what the tool does; the model reads it".to_owned()
+        );
     }
 
     let method = match spec.method.to_ascii_uppercase().as_str() {
@@ -281,7 +412,10 @@ fn compile(
         "PATCH" => Some(reqwest::Method::PATCH),
         "DELETE" => Some(reqwest::Method::DELETE),
         other => {
-            problem!("method", format!("`{other}` is not one of GET, POST, PUT, PATCH, DELETE"));
+            problem!(
+                "method",
+                format!("`{other}` is not one of GET, POST, PUT, PATCH, DELETE")
+            );
             None
         }
     };
@@ -295,7 +429,7 @@ fn compile(
     };
 
     // Input schema: an object schema (MCP requires it); default: no arguments.
-    let input_schema = match spec.input_schema.clone() {
+    let input_schema = match spec.input_schema {
         None => {
             let mut m = Map::new();
             m.insert("type".into(), "object".into());
@@ -303,17 +437,20 @@ fn compile(
             m.insert("additionalProperties".into(), false.into());
             Some(m)
         }
-        Some(Value::Object(m)) if m.get("type") == Some(&Value::from("object")) => Some(m),
+        Some(schema) if schema.get("type") == Some(&Value::from("object")) => {
+            if let Err(e) = meta_validate(&schema) {
+                problem!("input_schema", format!("not a valid JSON Schema: {e}"));
+            }
+            match schema {
+                Value::Object(m) => Some(m),
+                _ => None,
+            }
+        }
         Some(_) => {
             problem!("input_schema", "must be a JSON Schema with type = \"object\"".to_owned());
             None
         }
     };
-    let input_validator = input_schema.as_ref().and_then(|m| {
-        jsonschema::validator_for(&Value::Object(m.clone()))
-            .map_err(|e| problem!("input_schema", format!("not a valid JSON Schema: {e}")))
-            .ok()
-    });
     let properties: BTreeSet<String> = input_schema
         .as_ref()
         .and_then(|m| m.get("properties"))
@@ -324,7 +461,12 @@ fn compile(
         .as_ref()
         .and_then(|m| m.get("required"))
         .and_then(Value::as_array)
-        .map(|r| r.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+        .map(|r| {
+            r.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
         .unwrap_or_default();
     macro_rules! check_args {
         ($where:expr, $names:expr) => {
@@ -359,10 +501,16 @@ fn compile(
         }
         check_args!("body", names.iter().map(String::as_str));
         if !body.is_object() {
-            problem!("body", "must be a table (the JSON object sent as the body)".to_owned());
+            problem!(
+                "body",
+                "must be a table (the JSON object sent as the body)".to_owned()
+            );
         }
         if matches!(method, Some(ref m) if *m == reqwest::Method::GET) {
-            problem!("body", "a GET request carries no body; map arguments with `query`".to_owned());
+            problem!(
+                "body",
+                "a GET request carries no body; map arguments with `query`".to_owned()
+            );
         }
     }
     if let Some(url) = &url {
@@ -370,24 +518,32 @@ fn compile(
             if properties.contains(name) && !required.contains(name) {
                 problem!(
                     "url",
-                    format!("the path uses {{{name}}}, so input_schema.required must list \"{name}\""),
+                    format!(
+                        "the path uses {{{name}}}, so input_schema.required must list \"{name}\""
+                    ),
                 );
             }
         }
     }
 
-    let (output_schema, output_validator) = match spec.output_schema {
-        None => (None, None),
-        Some(Value::Object(m)) => match jsonschema::validator_for(&Value::Object(m.clone())) {
-            Ok(v) => (Some(m), Some(v)),
+    let output_schema = match spec.output_schema {
+        None => None,
+        Some(schema @ Value::Object(_)) => match meta_validate(&schema) {
+            Ok(()) => match schema {
+                Value::Object(m) => Some(m),
+                _ => None,
+            },
             Err(e) => {
                 problem!("output_schema", format!("not a valid JSON Schema: {e}"));
-                (None, None)
+                None
             }
         },
         Some(_) => {
-            problem!("output_schema", "must be a table (a JSON Schema)".to_owned());
-            (None, None)
+            problem!(
+                "output_schema",
+                "must be a table (a JSON Schema)".to_owned()
+            );
+            None
         }
     };
 
@@ -420,7 +576,10 @@ fn compile(
         }
         let without_env = value.replace("${", "");
         if without_env.contains('{') {
-            problem!(k, "headers cannot use arguments; only ${ENV_VAR} references".to_owned());
+            problem!(
+                k,
+                "headers cannot use arguments; only ${ENV_VAR} references".to_owned()
+            );
             continue;
         }
         match resolve_env(value) {
@@ -429,7 +588,9 @@ fn compile(
                 warnings.push(Problem::new(
                     file,
                     format!("{key}.{k}"),
-                    format!("environment variable {missing} is not set; the tool will fail until it is"),
+                    format!(
+                        "environment variable {missing} is not set; the tool will fail until it is"
+                    ),
                 ));
                 headers.push((header, HeaderSource::MissingEnv(missing)));
             }
@@ -438,7 +599,10 @@ fn compile(
                     v.set_sensitive(value.contains("${"));
                     headers.push((header, HeaderSource::Ready(v)));
                 }
-                Err(_) => problem!(k, "the value (after ${...} references) is not a valid header value".to_owned()),
+                Err(_) => problem!(
+                    k,
+                    "the value (after ${...} references) is not a valid header value".to_owned()
+                ),
             },
         }
     }
@@ -446,9 +610,7 @@ fn compile(
     if !problems.is_empty() {
         return Err(problems);
     }
-    let (Some(method), Some(url), Some(input_schema), Some(input_validator)) =
-        (method, url, input_schema, input_validator)
-    else {
+    let (Some(method), Some(url), Some(input_schema)) = (method, url, input_schema) else {
         return Err(vec![Problem::new(file, key, "invalid definition")]);
     };
     Ok(HttpTool {
@@ -461,16 +623,27 @@ fn compile(
         headers,
         query,
         body: spec.body,
-        input_schema,
+        input_schema: Arc::new(input_schema),
         output_schema,
         max_price,
         timeout: Duration::from_millis(spec.timeout_ms.unwrap_or(defaults.timeout_ms)),
-        max_response_bytes: spec.max_response_bytes.unwrap_or(defaults.max_response_bytes),
+        max_response_bytes: spec
+            .max_response_bytes
+            .unwrap_or(defaults.max_response_bytes),
         annotations: spec.annotations,
         file: file.to_owned(),
-        input_validator,
-        output_validator,
+        input_validator: OnceLock::new(),
+        output_validator: OnceLock::new(),
     })
+}
+
+/// Checks a schema against its meta-schema (cheap; compiling waits for first use).
+fn meta_validate(schema: &Value) -> Result<(), String> {
+    jsonschema::meta::options().validate(schema).map_err(|e| e.to_string())
+}
+
+fn compile_schema(schema: &Map<String, Value>) -> Result<jsonschema::Validator, String> {
+    jsonschema::validator_for(&Value::Object(schema.clone())).map_err(|e| e.to_string())
 }
 
 /// Headers a definition may not set: tollgate or the HTTP stack owns them.
@@ -486,7 +659,9 @@ const FORBIDDEN_HEADERS: &[&str] = &[
 
 fn valid_tool_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
 }
 
 /// Collects the placeholder names used anywhere in a JSON body template.
@@ -538,7 +713,12 @@ mod tests {
 
     fn load(text: &str) -> Result<Catalog, Vec<Problem>> {
         let file: ToolFile = parse_toml(Path::new("t.toml"), text).map_err(|p| vec![p])?;
-        let specs = file.tool.into_iter().enumerate().map(|(i, s)| ("t.toml".into(), i, s)).collect();
+        let specs = file
+            .tool
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| ("t.toml".into(), i, s))
+            .collect();
         Catalog::from_specs(specs, &UpstreamDefaults::default())
     }
 
@@ -557,8 +737,13 @@ input_schema = { type = "object", required = ["city"], properties = { city = { t
         let tool = catalog.get("weather").unwrap();
         assert_eq!(tool.max_price, Some(UsdMicros(50_000)));
         assert_eq!(tool.host(), "api.example.com");
-        assert!(tool.validate_arguments(&serde_json::json!({"city": "Oslo"})).is_ok());
-        let errors = tool.validate_arguments(&serde_json::json!({"city": 3})).unwrap_err();
+        assert!(
+            tool.validate_arguments(&serde_json::json!({"city": "Oslo"}))
+                .is_ok()
+        );
+        let errors = tool
+            .validate_arguments(&serde_json::json!({"city": 3}))
+            .unwrap_err();
         assert!(errors[0].contains("/city"), "{errors:?}");
     }
 
@@ -573,7 +758,10 @@ input_schema = { type = "object", required = ["city"], properties = { city = { t
     fn refuses_duplicates_unknown_keys_and_bad_schemas() {
         let twice = format!("{GOOD}{GOOD}");
         let err = load(&twice).unwrap_err();
-        assert!(err[0].reason.contains("duplicate tool name `weather`"), "{err:?}");
+        assert!(
+            err[0].reason.contains("duplicate tool name `weather`"),
+            "{err:?}"
+        );
 
         let err = load(&format!("{GOOD}colour = \"red\"\n")).unwrap_err();
         assert!(err[0].reason.contains("unknown field `colour`"), "{err:?}");

@@ -55,7 +55,12 @@ impl HttpTool {
                 Some(serde_json::to_vec(&value).map_err(|e| BuildError::Arguments(e.to_string()))?)
             }
         };
-        Ok(UpstreamRequest { method: self.method.clone(), url, headers, body })
+        Ok(UpstreamRequest {
+            method: self.method.clone(),
+            url,
+            headers,
+            body,
+        })
     }
 }
 
@@ -102,9 +107,13 @@ mod tests {
 
     #[test]
     fn body_keeps_json_types_and_drops_absent_fields() {
-        let template = json!({"query": "{q}", "n": "{n}", "lang": "{lang}", "label": "q={q}", "fixed": true});
+        let template =
+            json!({"query": "{q}", "n": "{n}", "lang": "{lang}", "label": "q={q}", "fixed": true});
         let args = json!({"q": "rust", "n": 5}).as_object().cloned().unwrap();
         let body = fill_body(&template, &args).unwrap().unwrap();
-        assert_eq!(body, json!({"query": "rust", "n": 5, "label": "q=rust", "fixed": true}));
+        assert_eq!(
+            body,
+            json!({"query": "rust", "n": 5, "label": "q=rust", "fixed": true})
+        );
     }
 }

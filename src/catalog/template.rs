@@ -12,7 +12,11 @@ use serde_json::Value;
 use url::Url;
 
 /// Everything except `A-Z a-z 0-9 - . _ ~` is encoded.
-const STRICT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+const STRICT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 /// A piece of a template.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,7 +36,9 @@ pub struct Template {
 pub enum TemplateError {
     #[error("unclosed '{{' at byte {0}; write '{{{{' for a literal brace")]
     Unclosed(usize),
-    #[error("'{{{0}}}' is not a placeholder: names are letters, digits and '_', not starting with a digit")]
+    #[error(
+        "'{{{0}}}' is not a placeholder: names are letters, digits and '_', not starting with a digit"
+    )]
     BadName(String),
     #[error("stray '}}' at byte {0}; write '}}}}' for a literal brace")]
     StrayClose(usize),
@@ -187,9 +193,13 @@ pub enum UrlTemplateError {
     Invalid(String),
     #[error("scheme must be http or https, not {0:?}")]
     Scheme(String),
-    #[error("placeholders may not appear in the scheme, host or port; fix the origin in the literal text (\"https://api.example.com/...\")")]
+    #[error(
+        "placeholders may not appear in the scheme, host or port; fix the origin in the literal text (\"https://api.example.com/...\")"
+    )]
     PlaceholderInOrigin,
-    #[error("user names and passwords in URLs are not allowed; send credentials in `headers` from an environment variable")]
+    #[error(
+        "user names and passwords in URLs are not allowed; send credentials in `headers` from an environment variable"
+    )]
     Credentials,
     #[error("a fragment ('#') is never sent to the server; remove it")]
     Fragment,
@@ -260,12 +270,19 @@ impl UrlTemplate {
         let path = Template { segments: path };
         let query = split_query(query_segments.unwrap_or_default())?;
         let path_args = path.args().map(str::to_owned).collect();
-        Ok(UrlTemplate { origin: url.origin(), path, query, path_args })
+        Ok(UrlTemplate {
+            origin: url.origin(),
+            path,
+            query,
+            path_args,
+        })
     }
 
     /// Every argument name the URL uses.
     pub fn args(&self) -> impl Iterator<Item = &str> {
-        self.path.args().chain(self.query.iter().flat_map(|(_, t)| t.args()))
+        self.path
+            .args()
+            .chain(self.query.iter().flat_map(|(_, t)| t.args()))
     }
 
     /// Argument names used in the path: they must be required by the input schema.
@@ -298,7 +315,8 @@ impl UrlTemplate {
             {
                 return Err(ArgError {
                     name: name.clone(),
-                    reason: "may not be \".\" or \"..\": it is a segment of the URL path".to_owned(),
+                    reason: "may not be \".\" or \"..\": it is a segment of the URL path"
+                        .to_owned(),
                 });
             }
         }
@@ -387,7 +405,9 @@ fn split_query(segments: Vec<Segment>) -> Result<Vec<(String, Template)>, UrlTem
 /// Literal query text in a definition may already be percent-encoded; it is decoded here and
 /// encoded once on the way out.
 fn decode(text: &str) -> String {
-    percent_encoding::percent_decode_str(text).decode_utf8_lossy().into_owned()
+    percent_encoding::percent_decode_str(text)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 #[cfg(test)]
@@ -401,9 +421,16 @@ mod tests {
 
     #[test]
     fn fills_path_and_query_with_encoded_values() {
-        let t = UrlTemplate::parse("https://api.example.com/v1/{kind}/weather?city={city}&units=metric")
+        let t = UrlTemplate::parse(
+            "https://api.example.com/v1/{kind}/weather?city={city}&units=metric",
+        )
+        .unwrap();
+        let url = t
+            .render(
+                &args(json!({"kind": "a b/c", "city": "São Paulo&x=1"})),
+                &[],
+            )
             .unwrap();
-        let url = t.render(&args(json!({"kind": "a b/c", "city": "São Paulo&x=1"})), &[]).unwrap();
         assert_eq!(
             url.as_str(),
             "https://api.example.com/v1/a%20b%2Fc/weather?city=S%C3%A3o%20Paulo%26x%3D1&units=metric"
@@ -438,7 +465,15 @@ mod tests {
         let t = UrlTemplate::parse("https://api.example.com/v1/users/{id}").unwrap();
         assert!(t.render(&args(json!({ "id": ".." })), &[]).is_err());
         assert!(t.render(&args(json!({ "id": "." })), &[]).is_err());
-        for evil in ["...", "@evil.com", "//evil.com", "x?admin=1", "x#y", "%2e%2e", "../x"] {
+        for evil in [
+            "...",
+            "@evil.com",
+            "//evil.com",
+            "x?admin=1",
+            "x#y",
+            "%2e%2e",
+            "../x",
+        ] {
             let url = t.render(&args(json!({ "id": evil })), &[]).unwrap();
             assert_eq!(url.host_str(), Some("api.example.com"));
             assert!(url.path().starts_with("/v1/users/"), "{evil} -> {url}");
@@ -448,7 +483,10 @@ mod tests {
 
     #[test]
     fn refuses_other_schemes_and_credentials() {
-        assert!(matches!(UrlTemplate::parse("ftp://x.com/"), Err(UrlTemplateError::Scheme(_))));
+        assert!(matches!(
+            UrlTemplate::parse("ftp://x.com/"),
+            Err(UrlTemplateError::Scheme(_))
+        ));
         assert_eq!(
             UrlTemplate::parse("https://u:p@x.com/").unwrap_err(),
             UrlTemplateError::Credentials
@@ -459,8 +497,14 @@ mod tests {
     fn literal_braces_and_bad_names() {
         let t = Template::parse("a{{b}}c{d}").unwrap();
         assert_eq!(t.args().collect::<Vec<_>>(), ["d"]);
-        assert!(matches!(Template::parse("{1x}"), Err(TemplateError::BadName(_))));
-        assert!(matches!(Template::parse("{x"), Err(TemplateError::Unclosed(0))));
+        assert!(matches!(
+            Template::parse("{1x}"),
+            Err(TemplateError::BadName(_))
+        ));
+        assert!(matches!(
+            Template::parse("{x"),
+            Err(TemplateError::Unclosed(0))
+        ));
     }
 
     #[test]

@@ -14,7 +14,9 @@ const MAX_HEADER_BYTES: usize = 16 * 1024;
 /// in the x402 `PAYMENT-REQUIRED` header, an x402 v1 JSON body, or `WWW-Authenticate`.
 pub fn describe_challenge(headers: &HeaderMap, body: &[u8]) -> Vec<String> {
     let mut asked = Vec::new();
-    if let Some(value) = headers.get("payment-required").and_then(|v| v.to_str().ok())
+    if let Some(value) = headers
+        .get("payment-required")
+        .and_then(|v| v.to_str().ok())
         && value.len() <= MAX_HEADER_BYTES
     {
         use base64::Engine as _;
@@ -24,7 +26,9 @@ pub fn describe_challenge(headers: &HeaderMap, body: &[u8]) -> Vec<String> {
             .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok());
         match decoded {
             Some(json) => describe_accepts("x402 v2", &json, &mut asked),
-            None => asked.push("x402 v2 (PAYMENT-REQUIRED header that is not valid base64 JSON)".into()),
+            None => {
+                asked.push("x402 v2 (PAYMENT-REQUIRED header that is not valid base64 JSON)".into())
+            }
         }
     }
     if let Ok(json) = serde_json::from_slice::<Value>(body)
@@ -35,7 +39,11 @@ pub fn describe_challenge(headers: &HeaderMap, body: &[u8]) -> Vec<String> {
     for value in headers.get_all("www-authenticate") {
         if let Ok(text) = value.to_str() {
             let scheme = text.split_whitespace().next().unwrap_or("");
-            let scheme: String = scheme.chars().filter(|c| c.is_ascii_alphanumeric()).take(32).collect();
+            let scheme: String = scheme
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric())
+                .take(32)
+                .collect();
             asked.push(format!("{scheme} challenge (WWW-Authenticate)"));
         }
     }
@@ -49,9 +57,14 @@ fn describe_accepts(protocol: &str, json: &Value, out: &mut Vec<String>) {
     };
     for offer in accepts.iter().take(16) {
         let field = |k: &str| {
-            offer.get(k).and_then(Value::as_str).map(|s| s.chars().take(80).collect::<String>())
+            offer
+                .get(k)
+                .and_then(Value::as_str)
+                .map(|s| s.chars().take(80).collect::<String>())
         };
-        let amount = field("amount").or_else(|| field("maxAmountRequired")).unwrap_or_else(|| "?".into());
+        let amount = field("amount")
+            .or_else(|| field("maxAmountRequired"))
+            .unwrap_or_else(|| "?".into());
         out.push(format!(
             "{protocol}: {amount} atomic units of asset {} on {} to {}",
             field("asset").unwrap_or_else(|| "?".into()),

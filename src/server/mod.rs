@@ -38,7 +38,11 @@ pub struct Tollgate {
 impl Tollgate {
     pub fn new(catalog: Arc<Catalog>, upstream: Upstream) -> Tollgate {
         let tools = Arc::new(catalog.iter().map(|t| tools::mcp_tool(t)).collect());
-        Tollgate { catalog, upstream, tools }
+        Tollgate {
+            catalog,
+            upstream,
+            tools,
+        }
     }
 
     /// Runs one call of an HTTP tool.
@@ -56,15 +60,22 @@ impl Tollgate {
                 errors.join("; ")
             ));
         }
-        let Value::Object(arguments) = args else { unreachable_object() };
+        let Value::Object(arguments) = args else {
+            unreachable_object()
+        };
         let request = match tool.build_request(&arguments) {
             Ok(request) => request,
             Err(e) => return tool_error(format!("`{}`: {e}; nothing was sent.", tool.name)),
         };
         let progress = Progress::new(context);
-        let limits = Limits { timeout: tool.timeout, max_response_bytes: tool.max_response_bytes };
+        let limits = Limits {
+            timeout: tool.timeout,
+            max_response_bytes: tool.max_response_bytes,
+        };
         let host = tool.host();
-        let call = self.upstream.call(request, limits, |stage| progress.stage(stage, &host));
+        let call = self
+            .upstream
+            .call(request, limits, |stage| progress.stage(stage, &host));
         let answer = tokio::select! {
             answer = call => answer,
             () = context.ct.cancelled() => {
@@ -132,11 +143,16 @@ impl Progress {
     const TOTAL: f64 = 3.0;
 
     fn new(context: &RequestContext<RoleServer>) -> Progress {
-        Progress { token: context.meta.get_progress_token(), peer: context.peer.clone() }
+        Progress {
+            token: context.meta.get_progress_token(),
+            peer: context.peer.clone(),
+        }
     }
 
     fn send(&self, step: f64, message: String) {
-        let Some(token) = self.token.clone() else { return };
+        let Some(token) = self.token.clone() else {
+            return;
+        };
         let peer = self.peer.clone();
         let param = ProgressNotificationParam::new(token, step)
             .with_total(Self::TOTAL)
@@ -194,7 +210,10 @@ impl ServerHandler for Tollgate {
     ) -> Result<CallToolResponse, McpError> {
         let Some(tool) = self.catalog.get(&request.name) else {
             return Err(McpError::invalid_params(
-                format!("unknown tool `{}`; tools/list shows the tools this server has", request.name),
+                format!(
+                    "unknown tool `{}`; tools/list shows the tools this server has",
+                    request.name
+                ),
                 None,
             ));
         };

@@ -13,8 +13,12 @@ pub fn mcp_tool(tool: &HttpTool) -> Tool {
     if let Some(max) = tool.max_price {
         description.push_str(&format!(" (Paid: at most {max} per call.)"));
     }
-    let mut out = Tool::new(tool.name.clone(), description, Arc::new(tool.input_schema.clone()))
-        .with_raw_output_schema(Arc::new(output_schema(tool)));
+    let mut out = Tool::new(
+        tool.name.clone(),
+        description,
+        Arc::clone(&tool.input_schema),
+    )
+    .with_raw_output_schema(Arc::new(output_schema(tool)));
     if let Some(title) = &tool.title {
         out = out.with_title(title.clone());
     }

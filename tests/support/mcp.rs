@@ -19,7 +19,10 @@ pub fn require_peer(what: &str, path: &Path) -> Option<PathBuf> {
     if path.exists() {
         return Some(path.to_owned());
     }
-    let reason = format!("{what} is not installed at {} (scripts/test installs it)", path.display());
+    let reason = format!(
+        "{what} is not installed at {} (scripts/test installs it)",
+        path.display()
+    );
     if std::env::var_os("TOLLGATE_REQUIRE_PEERS").is_some_and(|v| v == "1") {
         panic!("peer missing: {reason}");
     }
@@ -29,7 +32,10 @@ pub fn require_peer(what: &str, path: &Path) -> Option<PathBuf> {
 
 /// The venv's Python with `mcp` installed.
 pub fn python() -> Option<PathBuf> {
-    require_peer("the Python MCP client (mcp==2.3.0)", &root().join("target/venv/bin/python"))
+    require_peer(
+        "the Python MCP client (mcp==2.3.0)",
+        &root().join("target/venv/bin/python"),
+    )
 }
 
 /// Which protocol revision the Python client negotiates.
@@ -90,7 +96,11 @@ pub async fn drive(
         .expect("run the MCP driver");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "driver failed ({}):\n{stdout}\n{stderr}", out.status);
+    assert!(
+        out.status.success(),
+        "driver failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
     serde_json::from_str(&stdout)
         .unwrap_or_else(|e| panic!("driver output is not JSON ({e}):\n{stdout}\n{stderr}"))
 }

@@ -23,7 +23,10 @@ pub struct Seen {
 
 impl Seen {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
     pub fn path(&self) -> &str {
         self.target.split('?').next().unwrap_or("")
@@ -34,13 +37,23 @@ impl Seen {
 #[derive(Debug, Clone)]
 pub enum Reply {
     /// A complete response with Content-Length.
-    Full { status: u16, headers: Vec<(String, String)>, body: Vec<u8> },
+    Full {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+    },
     /// Read the request and never answer; when the client closes the connection, a `Seen`
     /// with method `CLOSED` is recorded.
     Hang,
     /// Headers, then `count` chunks of `chunk` with `delay` between them, no Content-Length,
     /// then close.
-    Trickle { status: u16, content_type: String, chunk: Vec<u8>, count: usize, delay: Duration },
+    Trickle {
+        status: u16,
+        content_type: String,
+        chunk: Vec<u8>,
+        count: usize,
+        delay: Duration,
+    },
 }
 
 impl Reply {
@@ -77,15 +90,20 @@ pub struct TestUpstream {
 
 impl TestUpstream {
     pub async fn start(route: impl Fn(&Seen) -> Reply + Send + Sync + 'static) -> TestUpstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("local addr");
         let seen = Arc::new(Mutex::new(Vec::new()));
         let route: Arc<Route> = Arc::new(route);
         let seen2 = seen.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { return };
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
                 let (route, seen) = (route.clone(), seen2.clone());
+                let _ = stream.set_nodelay(true);
                 tokio::spawn(async move {
                     let _ = serve_connection(stream, route, seen).await;
                 });
@@ -118,22 +136,32 @@ async fn serve_connection(
 ) -> std::io::Result<()> {
     let mut buf = Vec::new();
     loop {
-        let Some(request) = read_request(&mut stream, &mut buf).await? else { return Ok(()) };
+        let Some(request) = read_request(&mut stream, &mut buf).await? else {
+            return Ok(());
+        };
         if let Ok(mut s) = seen.lock() {
             s.push(request.clone());
         }
         match route(&request) {
-            Reply::Full { status, headers, body } => {
+            Reply::Full {
+                status,
+                headers,
+                body,
+            } => {
                 let mut head = format!("HTTP/1.1 {status} {}\r\n", reason(status));
                 for (k, v) in &headers {
                     head.push_str(&format!("{k}: {v}\r\n"));
                 }
-                if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("content-length")) {
+                if !headers
+                    .iter()
+                    .any(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                {
                     head.push_str(&format!("Content-Length: {}\r\n", body.len()));
                 }
                 head.push_str("\r\n");
-                stream.write_all(head.as_bytes()).await?;
-                stream.write_all(&body).await?;
+                let mut message = head.into_bytes();
+                message.extend_from_slice(&body);
+                stream.write_all(&message).await?;
             }
             Reply::Hang => {
                 // Wait for the client to give up, and note that it did.
@@ -149,7 +177,13 @@ async fn serve_connection(
                 }
                 return Ok(());
             }
-            Reply::Trickle { status, content_type, chunk, count, delay } => {
+            Reply::Trickle {
+                status,
+                content_type,
+                chunk,
+                count,
+                delay,
+            } => {
                 let head = format!(
                     "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nConnection: close\r\n\r\n",
                     reason(status)
@@ -202,7 +236,12 @@ async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Res
     }
     let body = buf[body_start..body_start + length].to_vec();
     buf.drain(..body_start + length);
-    Ok(Some(Seen { method, target, headers, body }))
+    Ok(Some(Seen {
+        method,
+        target,
+        headers,
+        body,
+    }))
 }
 
 fn reason(status: u16) -> &'static str {
