@@ -14,8 +14,6 @@ use tollgate::config::{Config, Problem};
 use tollgate::server::Tollgate;
 use tollgate::upstream::Upstream;
 
-
-
 /// An MCP server that lets AI agents pay for tools.
 #[derive(Debug, Parser)]
 #[command(name = "tollgate", version, about, long_about = None)]

@@ -322,3 +322,47 @@ async fn progress_is_reported_and_cancellation_stops_the_upstream_request(mode: 
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Invariant: secrets (API keys from the environment) never reach the model or the logs, even
+/// when the upstream echoes them back.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_api_key_echoed_by_upstream_is_redacted_and_never_logged() {
+    let Some(python) = python() else { return };
+    const SECRET: &str = "sk-test-5b1d0c9e4f";
+    let up = TestUpstream::start(|seen| {
+        let key = seen.header("X-Api-Key").unwrap_or("(none)").to_owned();
+        Reply::text(500, "text/plain", &format!("bad key {key}"))
+    })
+    .await;
+    let setup = Setup::new(&format!(
+        r#"
+[[tool]]
+name = "keyed"
+description = "Needs an API key"
+url = "{}/keyed"
+headers = {{ "X-Api-Key" = "${{TOLLGATE_TEST_SECRET}}" }}
+"#,
+        up.base()
+    ));
+    let steps = json!([{"op": "call_tool", "name": "keyed", "arguments": {}}]);
+    let (report, logs) = support::mcp::drive_with_logs(
+        &python,
+        Mode::Legacy,
+        &setup.config(),
+        &[("TOLLGATE_TEST_SECRET", SECRET)],
+        steps,
+    )
+    .await;
+    assert_eq!(
+        up.seen()[0].header("X-Api-Key"),
+        Some(SECRET),
+        "the key was sent upstream"
+    );
+    let text = error_text(&step(&report, 0)["result"]);
+    assert!(text.contains("bad key [redacted]"), "{text}");
+    assert!(
+        !report.to_string().contains(SECRET),
+        "secret reached the client: {report}"
+    );
+    assert!(!logs.contains(SECRET), "secret in the logs:\n{logs}");
+}

@@ -120,6 +120,19 @@ pub struct HttpTool {
     /// meta-validated at load, so compiling is expected to succeed.
     input_validator: OnceLock<Result<jsonschema::Validator, String>>,
     output_validator: OnceLock<Result<jsonschema::Validator, String>>,
+    /// Values substituted from `${ENV}` into headers (API keys): redacted from any upstream
+    /// text tollgate passes on.
+    secrets: Vec<Secret>,
+}
+
+/// A secret value; its `Debug` never shows it.
+#[derive(Clone)]
+struct Secret(String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(redacted)")
+    }
 }
 
 impl HttpTool {
@@ -195,6 +208,18 @@ impl HttpTool {
                 }
             }),
         }
+    }
+
+    /// Replaces this tool's secrets (header values from the environment) in text that came
+    /// from upstream, in case a server echoes them back.
+    pub fn redact(&self, text: &str) -> String {
+        let mut out = text.to_owned();
+        for Secret(secret) in &self.secrets {
+            if out.contains(secret.as_str()) {
+                out = out.replace(secret.as_str(), "[redacted]");
+            }
+        }
+        out
     }
 
     /// The host every request of this tool goes to.
@@ -313,7 +338,13 @@ impl Catalog {
             let results: Vec<_> = chunk
                 .into_iter()
                 .map(|(file, index, spec)| {
-                    compile(&file, &format!("tool[{index}]"), spec, defaults, &mut warnings)
+                    compile(
+                        &file,
+                        &format!("tool[{index}]"),
+                        spec,
+                        defaults,
+                        &mut warnings,
+                    )
                 })
                 .collect();
             (results, warnings)
@@ -322,8 +353,10 @@ impl Catalog {
             chunks.into_iter().map(compile_chunk).collect()
         } else {
             std::thread::scope(|scope| {
-                let handles: Vec<_> =
-                    chunks.into_iter().map(|c| scope.spawn(move || compile_chunk(c))).collect();
+                let handles: Vec<_> = chunks
+                    .into_iter()
+                    .map(|c| scope.spawn(move || compile_chunk(c)))
+                    .collect();
                 handles.into_iter().filter_map(|h| h.join().ok()).collect()
             })
         };
@@ -447,7 +480,10 @@ fn compile(
             }
         }
         Some(_) => {
-            problem!("input_schema", "must be a JSON Schema with type = \"object\"".to_owned());
+            problem!(
+                "input_schema",
+                "must be a JSON Schema with type = \"object\"".to_owned()
+            );
             None
         }
     };
@@ -564,6 +600,7 @@ fn compile(
     }
 
     let mut headers = Vec::new();
+    let mut secrets = Vec::new();
     for (name, value) in &spec.headers {
         let k = format!("headers.{name}");
         let Ok(header) = reqwest::header::HeaderName::from_bytes(name.as_bytes()) else {
@@ -594,9 +631,10 @@ fn compile(
                 ));
                 headers.push((header, HeaderSource::MissingEnv(missing)));
             }
-            Ok(Ok(text)) => match reqwest::header::HeaderValue::from_str(&text) {
+            Ok(Ok((text, values))) => match reqwest::header::HeaderValue::from_str(&text) {
                 Ok(mut v) => {
-                    v.set_sensitive(value.contains("${"));
+                    v.set_sensitive(!values.is_empty());
+                    secrets.extend(values.into_iter().filter(|s| s.len() >= 4).map(Secret));
                     headers.push((header, HeaderSource::Ready(v)));
                 }
                 Err(_) => problem!(
@@ -634,12 +672,15 @@ fn compile(
         file: file.to_owned(),
         input_validator: OnceLock::new(),
         output_validator: OnceLock::new(),
+        secrets,
     })
 }
 
 /// Checks a schema against its meta-schema (cheap; compiling waits for first use).
 fn meta_validate(schema: &Value) -> Result<(), String> {
-    jsonschema::meta::options().validate(schema).map_err(|e| e.to_string())
+    jsonschema::meta::options()
+        .validate(schema)
+        .map_err(|e| e.to_string())
 }
 
 fn compile_schema(schema: &Map<String, Value>) -> Result<jsonschema::Validator, String> {
@@ -683,9 +724,11 @@ fn body_args(value: &Value, out: &mut Vec<String>) -> Result<(), template::Templ
     Ok(())
 }
 
-/// Replaces `${NAME}` with the environment variable's value. `Ok(Err(name))` when a variable
-/// is not set; `Err` when the text is malformed.
-fn resolve_env(text: &str) -> Result<Result<String, String>, String> {
+/// Replaces `${NAME}` with the environment variable's value; returns the text and the values
+/// substituted. `Ok(Err(name))` when a variable is not set; `Err` when the text is malformed.
+type Resolved = Result<(String, Vec<String>), String>;
+fn resolve_env(text: &str) -> Result<Resolved, String> {
+    let mut values = Vec::new();
     let mut out = String::new();
     let mut rest = text;
     while let Some(start) = rest.find("${") {
@@ -697,13 +740,16 @@ fn resolve_env(text: &str) -> Result<Result<String, String>, String> {
             return Err(format!("${{{name}}} is not an environment variable name"));
         }
         match std::env::var(name) {
-            Ok(value) => out.push_str(&value),
+            Ok(value) => {
+                out.push_str(&value);
+                values.push(value);
+            }
             Err(_) => return Ok(Err(name.to_owned())),
         }
         rest = &after[end + 1..];
     }
     out.push_str(rest);
-    Ok(Ok(out))
+    Ok(Ok((out, values)))
 }
 
 #[cfg(test)]

@@ -94,13 +94,13 @@ impl Tollgate {
                 } else {
                     asked.join("; ")
                 };
-                tool_error(format!(
+                tool_error(tool.redact(&format!(
                     "payment required: {host} asks to be paid for `{}`, and no payment method is \
                      configured in tollgate, so nothing was paid. The seller asked for: {asked}",
                     tool.name
-                ))
+                )))
             }
-            Err(e) => tool_error(format!("`{}` failed: {e}", tool.name)),
+            Err(e) => tool_error(tool.redact(&format!("`{}` failed: {e}", tool.name))),
         }
     }
 }

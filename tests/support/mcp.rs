@@ -71,6 +71,17 @@ pub async fn drive(
     env: &[(&str, &str)],
     steps: Value,
 ) -> Value {
+    drive_with_logs(python, mode, config, env, steps).await.0
+}
+
+/// Like [`drive`], also returning everything written to stderr (tollgate's logs included).
+pub async fn drive_with_logs(
+    python: &Path,
+    mode: Mode,
+    config: &Path,
+    env: &[(&str, &str)],
+    steps: Value,
+) -> (Value, String) {
     let dir = tempfile::tempdir().expect("tempdir");
     let steps_file = dir.path().join("steps.json");
     std::fs::write(&steps_file, steps.to_string()).expect("write steps");
@@ -101,8 +112,9 @@ pub async fn drive(
         "driver failed ({}):\n{stdout}\n{stderr}",
         out.status
     );
-    serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("driver output is not JSON ({e}):\n{stdout}\n{stderr}"))
+    let report = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("driver output is not JSON ({e}):\n{stdout}\n{stderr}"));
+    (report, stderr.into_owned())
 }
 
 /// A scratch directory with `tollgate.toml` and `tools/test.toml`.
