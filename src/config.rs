@@ -12,6 +12,10 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
+use crate::budget::policy::Policy;
+use crate::pay::assets::Asset;
+use crate::wallet::WalletConfig;
+
 /// The file name looked for in the working directory when `--config` is not given.
 pub const DEFAULT_CONFIG_FILE: &str = "tollgate.toml";
 
@@ -146,6 +150,27 @@ struct ConfigFile {
     state_dir: PathBuf,
     #[serde(default)]
     upstream: UpstreamDefaults,
+    /// The policy: a name in `policies_dir` (`"default"`) or a path to a `.toml` file.
+    #[serde(default)]
+    policy: Option<String>,
+    /// Assets beyond the built-in USDC deployments.
+    #[serde(default)]
+    assets: Vec<AssetConfig>,
+    #[serde(default)]
+    wallet: WalletConfig,
+}
+
+/// An `[[assets]]` entry: an ERC-20 token tollgate may value (its rate comes from the policy's
+/// `[rates]`, by symbol).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AssetConfig {
+    /// CAIP-2 (`eip155:8453`) or an x402 v1 name (`base`).
+    pub network: String,
+    /// The token contract.
+    pub address: String,
+    pub symbol: String,
+    pub decimals: u8,
 }
 
 fn default_tools_dir() -> PathBuf {
@@ -170,9 +195,23 @@ pub struct Config {
     /// Where tollgate keeps its durable state.
     pub state_dir: PathBuf,
     pub upstream: UpstreamDefaults,
+    /// The policy file, if one is configured or `policies_dir/default.toml` exists.
+    pub policy_file: Option<PathBuf>,
+    /// Built-in and configured assets.
+    pub assets: Vec<Asset>,
+    pub wallet: WalletConfig,
+    raw_assets: Vec<AssetConfig>,
 }
 
 impl Config {
+    /// The policy in force: the configured file, else the built-in conservative policy.
+    pub fn load_policy(&self) -> Result<Policy, Vec<Problem>> {
+        match &self.policy_file {
+            Some(path) => Policy::load(path),
+            None => Ok(Policy::builtin()),
+        }
+    }
+
     /// Loads `explicit` if given (it must exist), else `./tollgate.toml` if present, else the
     /// defaults relative to the working directory.
     pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
@@ -196,12 +235,36 @@ impl Config {
 
     fn resolve(file: ConfigFile, base: &Path, source: Option<PathBuf>) -> Config {
         let at = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+        let policies_dir = at(file.policies_dir);
+        let policy_file = match file.policy {
+            Some(p) if p.ends_with(".toml") || p.contains('/') => Some(at(p.into())),
+            Some(name) => Some(policies_dir.join(format!("{name}.toml"))),
+            None => Some(policies_dir.join("default.toml")).filter(|p| p.exists()),
+        };
+        let mut assets = crate::pay::assets::builtin();
+        assets.extend(file.assets.iter().filter_map(|a| {
+            Some(Asset {
+                chain_id: crate::pay::assets::chain_id(&a.network)?,
+                address: a.address.to_ascii_lowercase(),
+                symbol: a.symbol.clone(),
+                decimals: a.decimals,
+                // Unknown until the policy gives a rate for the symbol.
+                usd_micros_per_unit: 0,
+            })
+        }));
         Config {
             source,
             tools_dir: at(file.tools_dir),
-            policies_dir: at(file.policies_dir),
+            policies_dir,
             state_dir: at(file.state_dir),
             upstream: file.upstream,
+            policy_file,
+            assets,
+            wallet: WalletConfig {
+                evm_keystore: file.wallet.evm_keystore.map(&at),
+                evm_keystore_password_file: file.wallet.evm_keystore_password_file.map(&at),
+            },
+            raw_assets: file.assets,
         }
     }
 
@@ -238,6 +301,41 @@ impl Config {
                 &file,
                 "upstream.user_agent",
                 "must be non-empty printable text",
+            ));
+        }
+        for (i, a) in self.raw_assets.iter().enumerate() {
+            if crate::pay::assets::chain_id(&a.network).is_none() {
+                problems.push(Problem::new(
+                    &file,
+                    format!("assets[{i}].network"),
+                    format!(
+                        "{:?} is not an EVM network (eip155:<chain id> or an x402 v1 name)",
+                        a.network
+                    ),
+                ));
+            }
+            if a.address.parse::<alloy::primitives::Address>().is_err() {
+                problems.push(Problem::new(
+                    &file,
+                    format!("assets[{i}].address"),
+                    "not an EVM address",
+                ));
+            }
+            if a.decimals > 36 {
+                problems.push(Problem::new(
+                    &file,
+                    format!("assets[{i}].decimals"),
+                    "at most 36",
+                ));
+            }
+        }
+        if let Some(policy) = &self.policy_file
+            && !policy.is_file()
+        {
+            problems.push(Problem::new(
+                &file,
+                "policy",
+                format!("{} does not exist", policy.display()),
             ));
         }
         if !self.tools_dir.is_dir() {

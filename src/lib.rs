@@ -12,9 +12,11 @@
 //!
 //! `ARCHITECTURE.md` at the repository root has the bird's-eye view and the invariants.
 
+pub mod budget;
 pub mod catalog;
 pub mod config;
 pub mod money;
 pub mod pay;
 pub mod server;
 pub mod upstream;
+pub mod wallet;

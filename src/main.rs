@@ -9,10 +9,12 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use rmcp::ServiceExt as _;
 
+use tollgate::budget::policy::Policy;
 use tollgate::catalog::Catalog;
 use tollgate::config::{Config, Problem};
-use tollgate::server::Tollgate;
+use tollgate::server::{Payments, Tollgate};
 use tollgate::upstream::Upstream;
+use tollgate::wallet::EvmWallet;
 
 /// An MCP server that lets AI agents pay for tools.
 #[derive(Debug, Parser)]
@@ -39,8 +41,24 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
-    /// Check the config and every tool definition; print the tools; exit 1 on any problem.
+    /// Check the config, the policy and every tool definition; print the tools; exit 1 on any
+    /// problem.
     Check {
+        /// Config file [default: ./tollgate.toml if present, else built-in defaults].
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// The delegated wallet.
+    Wallet {
+        #[command(subcommand)]
+        command: WalletCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum WalletCommand {
+    /// Print the EVM address tollgate pays from (never the key).
+    Address {
         /// Config file [default: ./tollgate.toml if present, else built-in defaults].
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
@@ -53,6 +71,9 @@ fn main() -> ExitCode {
     let outcome = match cli.command {
         Command::Serve { config } => serve(config),
         Command::Check { config } => return check(config),
+        Command::Wallet {
+            command: WalletCommand::Address { config },
+        } => wallet_address(config),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -75,26 +96,46 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-/// Loads the config and the catalog, or every problem found.
-fn load(config: Option<PathBuf>) -> Result<(Config, Catalog), Vec<Problem>> {
+/// Loads the config, the catalog and the policy, or every problem found.
+fn load(config: Option<PathBuf>) -> Result<(Config, Catalog, Policy), Vec<Problem>> {
     let config = Config::load(config.as_deref()).map_err(|e| e.0)?;
-    let catalog = Catalog::load_dir(&config.tools_dir, &config.upstream)?;
-    Ok((config, catalog))
+    let catalog = Catalog::load_dir(&config.tools_dir, &config.upstream);
+    let policy = config.load_policy();
+    match (catalog, policy) {
+        (Ok(catalog), Ok(policy)) => Ok((config, catalog, policy)),
+        (catalog, policy) => {
+            let mut problems = catalog.err().unwrap_or_default();
+            problems.extend(policy.err().unwrap_or_default());
+            Err(problems)
+        }
+    }
 }
 
 /// `check` goes further than `serve` at start: it compiles every schema.
-fn load_and_compile(config: Option<PathBuf>) -> Result<(Config, Catalog), Vec<Problem>> {
-    let (config, catalog) = load(config)?;
+fn load_and_compile(config: Option<PathBuf>) -> Result<(Config, Catalog, Policy), Vec<Problem>> {
+    let (config, catalog, policy) = load(config)?;
     let problems = catalog.compile_all();
     if problems.is_empty() {
-        Ok((config, catalog))
+        Ok((config, catalog, policy))
     } else {
         Err(problems)
     }
 }
 
+fn wallet_address(config: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = Config::load(config.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    match EvmWallet::open(&config.wallet)? {
+        Some(wallet) => println!("{}", wallet.address()),
+        None => anyhow::bail!(
+            "no EVM wallet is configured: set {} or wallet.evm_keystore in the config",
+            tollgate::wallet::EVM_KEY_ENV
+        ),
+    }
+    Ok(())
+}
+
 fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
-    let (config, catalog) = load(config).map_err(|problems| {
+    let (config, catalog, policy) = load(config).map_err(|problems| {
         let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
         anyhow::anyhow!("the configuration has problems:\n{}", lines.join("\n"))
     })?;
@@ -121,7 +162,13 @@ fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
             }
         });
         tracing::info!(tools = catalog.len(), "serving MCP on stdio");
-        let server = Tollgate::new(catalog, upstream);
+        let evm = EvmWallet::open(&config.wallet).context("cannot open the EVM wallet")?;
+        match &evm {
+            Some(wallet) => tracing::info!(address = %wallet.address(), "EVM wallet ready"),
+            None => tracing::info!("no EVM wallet configured; paid tools will not pay"),
+        }
+        let payments = Payments::new(policy, config.assets.clone(), evm);
+        let server = Tollgate::new(catalog, upstream, payments);
         let running = server
             .serve(rmcp::transport::stdio_pipes())
             .await
@@ -136,7 +183,7 @@ fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
 }
 
 fn check(config: Option<PathBuf>) -> ExitCode {
-    let (_config, catalog) = match load_and_compile(config) {
+    let (_config, catalog, policy) = match load_and_compile(config) {
         Ok(loaded) => loaded,
         Err(problems) => {
             for problem in &problems {
@@ -163,6 +210,10 @@ fn check(config: Option<PathBuf>) -> ExitCode {
     for warning in &catalog.warnings {
         println!("warning: {warning}");
     }
+    println!(
+        "policy {}: at most {} per call",
+        policy.source, policy.per_call
+    );
     println!("{} tool(s) OK", catalog.len());
     ExitCode::SUCCESS
 }

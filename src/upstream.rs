@@ -43,11 +43,18 @@ pub struct Limits {
 pub enum Answer {
     Json(Value),
     Text(String),
-    /// `402 Payment Required`: headers and (size-limited) body, for the payment code.
+    /// `402 Payment Required`: the (size-limited) body, for the payment code; the headers
+    /// are in the [`Reply`].
     PaymentRequired {
-        headers: HeaderMap,
         body: Vec<u8>,
     },
+}
+
+/// An answer with the response headers it came with (settlement headers live there).
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub answer: Answer,
+    pub headers: HeaderMap,
 }
 
 /// Where a call is, for progress notifications.
@@ -147,7 +154,7 @@ impl Upstream {
         request: UpstreamRequest,
         limits: Limits,
         on_stage: impl FnMut(Stage),
-    ) -> Result<Answer, UpstreamError> {
+    ) -> Result<Reply, UpstreamError> {
         let host = request.url.host_str().unwrap_or_default().to_owned();
         match tokio::time::timeout(limits.timeout, self.call_inner(request, limits, on_stage)).await
         {
@@ -164,7 +171,7 @@ impl Upstream {
         request: UpstreamRequest,
         limits: Limits,
         mut on_stage: impl FnMut(Stage),
-    ) -> Result<Answer, UpstreamError> {
+    ) -> Result<Reply, UpstreamError> {
         let host = request.url.host_str().unwrap_or_default().to_owned();
         let origin = request.url.origin();
         let client = self.client().map_err(|reason| UpstreamError::Transport {
@@ -205,7 +212,10 @@ impl Upstream {
         }
         if status == StatusCode::PAYMENT_REQUIRED {
             let body = read_limited(response, &host, limits.max_response_bytes, true).await?;
-            return Ok(Answer::PaymentRequired { headers, body });
+            return Ok(Reply {
+                answer: Answer::PaymentRequired { body },
+                headers,
+            });
         }
         if !status.is_success() {
             let body = read_limited(response, &host, EXCERPT_READ_BYTES, false).await?;
@@ -251,7 +261,7 @@ impl Upstream {
             }
         };
         let body = read_limited(response, &host, limits.max_response_bytes, true).await?;
-        match kind {
+        let answer = match kind {
             Kind::Json => serde_json::from_slice(&body)
                 .map(Answer::Json)
                 .map_err(|e| UpstreamError::InvalidJson {
@@ -270,7 +280,8 @@ impl Upstream {
                     }
                 }),
             },
-        }
+        }?;
+        Ok(Reply { answer, headers })
     }
 }
 

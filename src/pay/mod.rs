@@ -1,75 +1,343 @@
-//! Payments: what a `402 Payment Required` answer asks for.
+//! Payments, protocol-neutral: offers out of a 402, the choice of one, proofs into headers,
+//! receipts out of the paid answer.
 //!
-//! For now tollgate pays nothing: [`describe_challenge`] lists what the seller asked for so the
-//! model (and the owner) can see it. The protocol modules (x402, L402, MPP) turn the same
-//! response into offers.
+//! Each protocol is one file that knows its wire format ([`x402`]; L402 and MPP join as
+//! siblings); this module knows what they share: the [`Offer`] every protocol's challenge
+//! becomes, the rules for choosing one ([`choose`]: payable by the wallet, allowed by the
+//! policy, cheapest in micro-USD, never above the tool's `max_price` or the policy's per-call
+//! cap), and the [`Receipt`]. Nothing here touches the ledger or MCP.
 
-use reqwest::header::HeaderMap;
+pub mod assets;
+pub mod x402;
+
+use std::fmt;
+
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use serde::Serialize;
 use serde_json::Value;
 
-/// Largest header value looked at when describing a challenge.
-const MAX_HEADER_BYTES: usize = 16 * 1024;
+use crate::budget::policy::Policy;
+use crate::money::UsdMicros;
+use assets::Asset;
 
-/// A human-readable list of what a 402 response asks for: one line per payment option found
-/// in the x402 `PAYMENT-REQUIRED` header, an x402 v1 JSON body, or `WWW-Authenticate`.
-pub fn describe_challenge(headers: &HeaderMap, body: &[u8]) -> Vec<String> {
-    let mut asked = Vec::new();
-    if let Some(value) = headers
-        .get("payment-required")
-        .and_then(|v| v.to_str().ok())
-        && value.len() <= MAX_HEADER_BYTES
-    {
-        use base64::Engine as _;
-        let decoded = base64::engine::general_purpose::STANDARD
-            .decode(value.trim())
-            .ok()
-            .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok());
-        match decoded {
-            Some(json) => describe_accepts("x402 v2", &json, &mut asked),
-            None => {
-                asked.push("x402 v2 (PAYMENT-REQUIRED header that is not valid base64 JSON)".into())
-            }
-        }
-    }
-    if let Ok(json) = serde_json::from_slice::<Value>(body)
-        && json.get("accepts").is_some()
-    {
-        describe_accepts("x402 v1", &json, &mut asked);
-    }
-    for value in headers.get_all("www-authenticate") {
-        if let Ok(text) = value.to_str() {
-            let scheme = text.split_whitespace().next().unwrap_or("");
-            let scheme: String = scheme
-                .chars()
-                .filter(|c| c.is_ascii_alphanumeric())
-                .take(32)
-                .collect();
-            asked.push(format!("{scheme} challenge (WWW-Authenticate)"));
-        }
-    }
-    asked
+/// A payment protocol and version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    X402 { version: u8 },
 }
 
-fn describe_accepts(protocol: &str, json: &Value, out: &mut Vec<String>) {
-    let Some(accepts) = json.get("accepts").and_then(Value::as_array) else {
-        out.push(format!("{protocol} (no accepts list)"));
-        return;
-    };
-    for offer in accepts.iter().take(16) {
-        let field = |k: &str| {
-            offer
-                .get(k)
-                .and_then(Value::as_str)
-                .map(|s| s.chars().take(80).collect::<String>())
-        };
-        let amount = field("amount")
-            .or_else(|| field("maxAmountRequired"))
-            .unwrap_or_else(|| "?".into());
-        out.push(format!(
-            "{protocol}: {amount} atomic units of asset {} on {} to {}",
-            field("asset").unwrap_or_else(|| "?".into()),
-            field("network").unwrap_or_else(|| "?".into()),
-            field("payTo").unwrap_or_else(|| "?".into()),
+impl Protocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::X402 { .. } => "x402",
+        }
+    }
+    pub fn version(self) -> u8 {
+        match self {
+            Protocol::X402 { version } => version,
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} v{}", self.name(), self.version())
+    }
+}
+
+/// One way a seller offers to be paid, as read from a 402.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Offer {
+    pub protocol: Protocol,
+    pub scheme: String,
+    /// The network as the seller named it (`eip155:8453`, `base`).
+    pub network: String,
+    pub chain_id: Option<u64>,
+    /// The asset as the seller named it (a contract address for EVM).
+    pub asset: String,
+    pub amount_atomic: u128,
+    pub payee: String,
+    pub max_timeout_seconds: u64,
+    /// The offer exactly as received (x402 v2 echoes it back in `accepted`).
+    pub raw: Value,
+    /// The resource the 402 is about, when the protocol says (x402 v2).
+    pub resource: Option<Value>,
+}
+
+impl Offer {
+    /// The network's names, for allowlists: as sent, CAIP-2, and the v1 name.
+    pub fn network_names(&self) -> Vec<String> {
+        let mut names = vec![self.network.clone()];
+        if let Some(id) = self.chain_id {
+            names.push(format!("eip155:{id}"));
+            names.extend(
+                assets::V1_NETWORKS
+                    .iter()
+                    .filter(|(_, c)| *c == id)
+                    .map(|(n, _)| (*n).to_owned()),
+            );
+        }
+        names
+    }
+}
+
+/// Everything a 402 asked for.
+#[derive(Debug, Clone, Default)]
+pub struct Challenge {
+    pub offers: Vec<Offer>,
+    /// Offers or challenges that could not be read, each with the reason.
+    pub problems: Vec<String>,
+    /// The seller's own explanation, if it gave one (x402 `error`).
+    pub seller_error: Option<String>,
+}
+
+/// Reads every offer of every protocol tollgate knows from a 402.
+pub fn read_challenge(headers: &HeaderMap, body: &[u8]) -> Challenge {
+    let mut c = Challenge::default();
+    x402::read_offers(
+        headers,
+        body,
+        &mut c.offers,
+        &mut c.problems,
+        &mut c.seller_error,
+    );
+    for value in headers.get_all("www-authenticate") {
+        let scheme: String = value
+            .to_str()
+            .unwrap_or("")
+            .split_whitespace()
+            .next()
+            .unwrap_or("")
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric())
+            .take(32)
+            .collect();
+        c.problems.push(format!(
+            "{scheme} challenge (WWW-Authenticate): not supported yet"
         ));
+    }
+    c
+}
+
+/// Why a payment could not be made. Never contains key material.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PayError {
+    #[error("{0}")]
+    Unpayable(String),
+    #[error("signing failed: {0}")]
+    Signing(String),
+}
+
+/// Request headers that prove payment, for exactly one paid retry.
+#[derive(Debug, Clone)]
+pub struct Proof {
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Who pays (the wallet's address).
+    pub payer: String,
+    /// Unix time after which the proof is worthless.
+    pub valid_before: u64,
+}
+
+/// An offer with its value in micro-USD.
+#[derive(Debug, Clone)]
+pub struct Quote {
+    pub offer: Offer,
+    pub asset: Asset,
+    pub usd: UsdMicros,
+}
+
+/// What the wallet and the rules allow: the inputs to [`choose`].
+pub struct Rules<'a> {
+    pub policy: &'a Policy,
+    pub assets: &'a [Asset],
+    /// The tool's `max_price`.
+    pub tool_max: UsdMicros,
+    pub tool: &'a str,
+    /// Whether an EVM key is configured.
+    pub has_evm_wallet: bool,
+}
+
+/// An offer as judged: its value if known, and why it cannot be paid, if it cannot.
+#[derive(Debug, Clone)]
+pub struct Judgement {
+    pub offer: Offer,
+    pub asset: Option<Asset>,
+    pub usd: Option<UsdMicros>,
+    pub refusal: Option<Refusal>,
+}
+
+/// Why one offer is not paid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The price is known and above a cap: (price, cap, which cap).
+    AboveCap {
+        price: UsdMicros,
+        cap: UsdMicros,
+        which: &'static str,
+    },
+    Other(String),
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::AboveCap { price, cap, which } => {
+                write!(f, "price {price} is above {which} {cap}")
+            }
+            Refusal::Other(reason) => f.write_str(reason),
+        }
+    }
+}
+
+/// Judges one offer against the rules.
+pub fn judge(offer: &Offer, rules: &Rules) -> Judgement {
+    let mut j = Judgement {
+        offer: offer.clone(),
+        asset: None,
+        usd: None,
+        refusal: None,
+    };
+    let refuse = |reason: String| Some(Refusal::Other(reason));
+    let Some(chain_id) = offer.chain_id else {
+        j.refusal = refuse(format!(
+            "network {:?} is not an EVM network tollgate knows",
+            offer.network
+        ));
+        return j;
+    };
+    let asset = rules
+        .assets
+        .iter()
+        .find(|a| a.chain_id == chain_id && a.address.eq_ignore_ascii_case(&offer.asset));
+    let Some(asset) = asset else {
+        j.refusal = refuse(format!(
+            "asset {} on {} is not a known asset (built-in USDC, or [[assets]] in tollgate.toml)",
+            offer.asset, offer.network
+        ));
+        return j;
+    };
+    let mut asset = asset.clone();
+    if let Some(rate) = rules.policy.rate(&asset.symbol) {
+        asset.usd_micros_per_unit = rate;
+    }
+    if asset.usd_micros_per_unit == 0 {
+        j.refusal = refuse(format!(
+            "the policy gives no rate for {} ([rates] in {})",
+            asset.symbol, rules.policy.source
+        ));
+        return j;
+    }
+    j.usd = asset.to_usd_micros(offer.amount_atomic);
+    j.asset = Some(asset.clone());
+    let names = offer.network_names();
+    j.refusal = if offer.scheme != "exact" {
+        refuse(format!(
+            "x402 scheme {:?} is not supported (only \"exact\")",
+            offer.scheme
+        ))
+    } else if !rules
+        .policy
+        .networks
+        .permits_any(names.iter().map(String::as_str))
+    {
+        refuse(format!(
+            "network {} is not allowed by the policy",
+            offer.network
+        ))
+    } else if !rules.policy.assets.permits(&asset.symbol)
+        && !rules.policy.assets.permits(&asset.address)
+    {
+        refuse(format!(
+            "asset {} is not allowed by the policy",
+            asset.symbol
+        ))
+    } else if !rules.policy.payees.permits(&offer.payee) {
+        refuse(format!(
+            "payee {} is not allowed by the policy",
+            offer.payee
+        ))
+    } else if !rules.has_evm_wallet {
+        refuse(
+            "no EVM wallet is configured (set TOLLGATE_EVM_KEY or wallet.evm_keystore)".to_owned(),
+        )
+    } else {
+        match j.usd {
+            None => refuse("the amount is too large to value".to_owned()),
+            Some(price) if price > rules.tool_max => Some(Refusal::AboveCap {
+                price,
+                cap: rules.tool_max,
+                which: "this tool's max_price",
+            }),
+            Some(price) if price > rules.policy.per_call => Some(Refusal::AboveCap {
+                price,
+                cap: rules.policy.per_call,
+                which: "the policy's per-call cap",
+            }),
+            Some(_) => None,
+        }
+    };
+    j
+}
+
+/// Chooses the cheapest payable offer; or, if none, every offer's reason.
+pub fn choose(challenge: &Challenge, rules: &Rules) -> Result<Quote, Vec<Judgement>> {
+    let judged: Vec<Judgement> = challenge.offers.iter().map(|o| judge(o, rules)).collect();
+    let best = judged
+        .iter()
+        .filter(|j| j.refusal.is_none())
+        .filter_map(|j| Some((j.usd?, j.asset.clone()?, j)))
+        .min_by_key(|(usd, _, _)| *usd);
+    match best {
+        Some((usd, asset, j)) => Ok(Quote {
+            offer: j.offer.clone(),
+            asset,
+            usd,
+        }),
+        None => Err(judged),
+    }
+}
+
+/// What a paid call leaves behind, shown to the model and kept by the owner.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Receipt {
+    pub protocol: &'static str,
+    pub version: u8,
+    pub network: String,
+    pub asset: String,
+    pub asset_symbol: String,
+    /// Atomic units, as a decimal string (they can exceed JSON's safe integers).
+    pub amount_atomic: String,
+    /// The value in USD as a decimal string, e.g. `"0.001"`.
+    pub amount_usd: String,
+    pub amount_usd_micros: u64,
+    /// Micro-USD per whole unit of the asset used for `amount_usd`.
+    pub rate_usd_micros_per_unit: u64,
+    pub payee: String,
+    pub payer: String,
+    /// The settlement transaction, when the seller reports it.
+    pub transaction: Option<String>,
+    pub receipt_id: String,
+    /// RFC 3339, UTC.
+    pub at: String,
+}
+
+impl Receipt {
+    pub fn new(quote: &Quote, proof: &Proof, transaction: Option<String>, now: u64) -> Receipt {
+        Receipt {
+            protocol: quote.offer.protocol.name(),
+            version: quote.offer.protocol.version(),
+            network: quote.offer.network.clone(),
+            asset: quote.offer.asset.clone(),
+            asset_symbol: quote.asset.symbol.clone(),
+            amount_atomic: quote.offer.amount_atomic.to_string(),
+            amount_usd: quote.usd.decimal(),
+            amount_usd_micros: quote.usd.0,
+            rate_usd_micros_per_unit: quote.asset.usd_micros_per_unit,
+            payee: quote.offer.payee.clone(),
+            payer: proof.payer.clone(),
+            transaction,
+            receipt_id: hex::encode(rand::random::<[u8; 12]>()),
+            at: crate::money::rfc3339(now),
+        }
     }
 }

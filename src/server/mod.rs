@@ -5,10 +5,13 @@
 //! `initialize`, 2026-07-28 stateless); rmcp negotiates, this module answers `tools/list` and
 //! `tools/call`. A tool call validates the arguments against the tool's input schema (rmcp does
 //! not, for hand-written handlers), builds the request, calls upstream under the tool's limits,
-//! and turns the outcome into a result. Everything a model can fix or should know is an
-//! `isError` result with a message that says what to change; JSON-RPC errors are kept for
-//! protocol mistakes (an unknown tool name).
+//! pays when the upstream answers 402 and the rules allow it (`paid.rs`), and turns the outcome
+//! into a result. Everything a model can fix or should know is an `isError` result with a
+//! message that says what to change; JSON-RPC errors are kept for protocol mistakes (an
+//! unknown tool name).
 
+mod meta;
+mod paid;
 mod tools;
 
 use std::sync::Arc;
@@ -20,28 +23,82 @@ use rmcp::model::{
 };
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
-use crate::catalog::{Catalog, HttpTool};
-use crate::pay::describe_challenge;
-use crate::upstream::{Answer, Limits, Stage, Upstream};
+pub use paid::Payments;
+
+use crate::catalog::{Catalog, HttpTool, UpstreamRequest};
+use crate::upstream::{Answer, Limits, Reply, Stage, Upstream, UpstreamError};
 
 /// The tollgate MCP server.
 #[derive(Clone)]
 pub struct Tollgate {
     catalog: Arc<Catalog>,
     upstream: Upstream,
+    payments: Arc<Payments>,
     /// `tools/list`, built once: the catalog does not change while serving.
     tools: Arc<Vec<Tool>>,
 }
 
 impl Tollgate {
-    pub fn new(catalog: Arc<Catalog>, upstream: Upstream) -> Tollgate {
-        let tools = Arc::new(catalog.iter().map(|t| tools::mcp_tool(t)).collect());
+    pub fn new(catalog: Arc<Catalog>, upstream: Upstream, payments: Payments) -> Tollgate {
+        let mut list: Vec<Tool> = catalog.iter().map(|t| tools::mcp_tool(t)).collect();
+        list.extend(meta::tools());
         Tollgate {
             catalog,
             upstream,
-            tools,
+            payments: Arc::new(payments),
+            tools: Arc::new(list),
+        }
+    }
+
+    /// Validates arguments and builds the request; the error is the result to return.
+    fn prepare(
+        tool: &HttpTool,
+        arguments: Map<String, Value>,
+    ) -> Result<(UpstreamRequest, Map<String, Value>), CallToolResult> {
+        let args = Value::Object(arguments);
+        if let Err(errors) = tool.validate_arguments(&args) {
+            return Err(tool_error(format!(
+                "invalid arguments for `{}`: {}. Fix the arguments and call again; nothing was sent.",
+                tool.name,
+                errors.join("; ")
+            )));
+        }
+        let Value::Object(arguments) = args else {
+            return Err(tool_error("arguments must be an object".to_owned()));
+        };
+        match tool.build_request(&arguments) {
+            Ok(request) => Ok((request, arguments)),
+            Err(e) => Err(tool_error(format!(
+                "`{}`: {e}; nothing was sent.",
+                tool.name
+            ))),
+        }
+    }
+
+    /// Sends one request under the tool's limits, with progress and cancellation.
+    async fn send(
+        &self,
+        tool: &HttpTool,
+        request: UpstreamRequest,
+        progress: &Progress,
+        context: &RequestContext<RoleServer>,
+    ) -> Result<Result<Reply, UpstreamError>, CallToolResult> {
+        let limits = Limits {
+            timeout: tool.timeout,
+            max_response_bytes: tool.max_response_bytes,
+        };
+        let host = tool.host();
+        let call = self
+            .upstream
+            .call(request, limits, |stage| progress.stage(stage, &host));
+        tokio::select! {
+            reply = call => Ok(reply),
+            () = context.ct.cancelled() => {
+                tracing::info!(tool = %tool.name, "call cancelled by the client; upstream request dropped");
+                Err(tool_error(format!("the call to `{}` was cancelled", tool.name)))
+            }
         }
     }
 
@@ -52,61 +109,45 @@ impl Tollgate {
         arguments: Map<String, Value>,
         context: &RequestContext<RoleServer>,
     ) -> CallToolResult {
-        let args = Value::Object(arguments);
-        if let Err(errors) = tool.validate_arguments(&args) {
-            return tool_error(format!(
-                "invalid arguments for `{}`: {}. Fix the arguments and call again; nothing was sent.",
-                tool.name,
-                errors.join("; ")
-            ));
-        }
-        let Value::Object(arguments) = args else {
-            unreachable_object()
-        };
-        let request = match tool.build_request(&arguments) {
-            Ok(request) => request,
-            Err(e) => return tool_error(format!("`{}`: {e}; nothing was sent.", tool.name)),
+        let (request, arguments) = match Self::prepare(tool, arguments) {
+            Ok(prepared) => prepared,
+            Err(result) => return result,
         };
         let progress = Progress::new(context);
-        let limits = Limits {
-            timeout: tool.timeout,
-            max_response_bytes: tool.max_response_bytes,
+        let reply = match self.send(tool, request.clone(), &progress, context).await {
+            Ok(reply) => reply,
+            Err(cancelled) => return cancelled,
         };
-        let host = tool.host();
-        let call = self
-            .upstream
-            .call(request, limits, |stage| progress.stage(stage, &host));
-        let answer = tokio::select! {
-            answer = call => answer,
-            () = context.ct.cancelled() => {
-                tracing::info!(tool = %tool.name, "call cancelled by the client; upstream request dropped");
-                return tool_error(format!("the call to `{}` was cancelled", tool.name));
+        let result = match reply {
+            Ok(Reply {
+                answer: Answer::PaymentRequired { body },
+                headers,
+            }) => {
+                self.pay(
+                    tool, &arguments, request, &headers, &body, &progress, context,
+                )
+                .await
             }
+            Ok(Reply { answer, .. }) => success(tool, answer, None),
+            Err(e) => tool_error(tool.redact(&format!("`{}` failed: {e}", tool.name))),
         };
         progress.done();
-        match answer {
-            Ok(Answer::Json(value)) => success(tool, value),
-            Ok(Answer::Text(text)) => success(tool, Value::String(text)),
-            Ok(Answer::PaymentRequired { headers, body }) => {
-                let asked = describe_challenge(&headers, &body);
-                let asked = if asked.is_empty() {
-                    "no payment options the tollgate can read".to_owned()
-                } else {
-                    asked.join("; ")
-                };
-                tool_error(tool.redact(&format!(
-                    "payment required: {host} asks to be paid for `{}`, and no payment method is \
-                     configured in tollgate, so nothing was paid. The seller asked for: {asked}",
-                    tool.name
-                )))
-            }
-            Err(e) => tool_error(tool.redact(&format!("`{}` failed: {e}", tool.name))),
-        }
+        result
     }
 }
 
-/// A successful answer: `structuredContent = {result}`, plus the same as text.
-fn success(tool: &HttpTool, result: Value) -> CallToolResult {
+/// A successful answer: `structuredContent = {result[, payment]}`, plus the same as text.
+fn success(tool: &HttpTool, answer: Answer, payment: Option<Value>) -> CallToolResult {
+    let result = match answer {
+        Answer::Json(value) => value,
+        Answer::Text(text) => Value::String(text),
+        Answer::PaymentRequired { .. } => {
+            return tool_error(format!(
+                "`{}`: the upstream asked for payment again",
+                tool.name
+            ));
+        }
+    };
     if let Err(reason) = tool.validate_output(&result) {
         return tool_error(format!(
             "`{}`: the upstream answer does not match the tool's output_schema ({reason}); the \
@@ -114,12 +155,18 @@ fn success(tool: &HttpTool, result: Value) -> CallToolResult {
             tool.name
         ));
     }
-    let text = match &result {
+    let mut text = match &result {
         Value::String(s) => s.clone(),
         other => other.to_string(),
     };
+    let mut structured = Map::new();
+    structured.insert("result".into(), result);
+    if let Some(payment) = payment {
+        text.push_str(&format!("\n\n[payment receipt] {payment}"));
+        structured.insert("payment".into(), payment);
+    }
     let mut out = CallToolResult::success(vec![ContentBlock::text(text)]);
-    out.structured_content = Some(json!({ "result": result }));
+    out.structured_content = Some(Value::Object(structured));
     out
 }
 
@@ -128,35 +175,31 @@ fn tool_error(message: String) -> CallToolResult {
     CallToolResult::error(vec![ContentBlock::text(message)])
 }
 
-fn unreachable_object() -> ! {
-    // `args` was built as an object two lines above.
-    unreachable!("arguments are an object")
-}
-
 /// Progress notifications for one call, when the client asked for them.
 struct Progress {
     token: Option<rmcp::model::ProgressToken>,
     peer: rmcp::Peer<RoleServer>,
+    step: std::sync::atomic::AtomicU32,
 }
 
 impl Progress {
-    const TOTAL: f64 = 3.0;
-
     fn new(context: &RequestContext<RoleServer>) -> Progress {
         Progress {
             token: context.meta.get_progress_token(),
             peer: context.peer.clone(),
+            step: std::sync::atomic::AtomicU32::new(0),
         }
     }
 
-    fn send(&self, step: f64, message: String) {
+    /// Sends the next step (steps always increase; the total is not known in advance, as a
+    /// payment adds steps).
+    fn send(&self, message: String) {
         let Some(token) = self.token.clone() else {
             return;
         };
+        let step = self.step.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         let peer = self.peer.clone();
-        let param = ProgressNotificationParam::new(token, step)
-            .with_total(Self::TOTAL)
-            .with_message(message);
+        let param = ProgressNotificationParam::new(token, f64::from(step)).with_message(message);
         // Notifications must not hold up the call.
         tokio::spawn(async move {
             if let Err(e) = peer.notify_progress(param).await {
@@ -167,13 +210,13 @@ impl Progress {
 
     fn stage(&self, stage: Stage, host: &str) {
         match stage {
-            Stage::Sending => self.send(1.0, format!("request sent to {host}")),
-            Stage::ReadingBody => self.send(2.0, format!("{host} answered; reading the response")),
+            Stage::Sending => self.send(format!("request sent to {host}")),
+            Stage::ReadingBody => self.send(format!("{host} answered; reading the response")),
         }
     }
 
     fn done(&self) {
-        self.send(Self::TOTAL, "done".to_owned());
+        self.send("done".to_owned());
     }
 }
 
@@ -185,7 +228,10 @@ impl ServerHandler for Tollgate {
         info.server_info = Implementation::new("tollgate", env!("CARGO_PKG_VERSION"));
         info.instructions = Some(
             "tollgate serves HTTP APIs as tools. Some tools are paid: their description says \
-             the most a call may cost. Results come in structuredContent.result."
+             the most a call may cost, and tollgate pays from the owner's wallet within the \
+             owner's limits. Results come in structuredContent.result, with a payment receipt \
+             in structuredContent.payment when a call was paid. price_check shows what a call \
+             would cost without paying."
                 .to_owned(),
         );
         info
@@ -208,6 +254,13 @@ impl ServerHandler for Tollgate {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
+        let arguments = request.arguments.unwrap_or_default();
+        if let Some(result) = self
+            .call_meta_tool(&request.name, &arguments, &context)
+            .await
+        {
+            return Ok(result.into());
+        }
         let Some(tool) = self.catalog.get(&request.name) else {
             return Err(McpError::invalid_params(
                 format!(
@@ -217,8 +270,15 @@ impl ServerHandler for Tollgate {
                 None,
             ));
         };
-        let arguments = request.arguments.unwrap_or_default();
         tracing::info!(tool = %tool.name, "tool call");
         Ok(self.call_http_tool(tool, arguments, &context).await.into())
+    }
+}
+
+/// The map inside a JSON object (empty for anything else).
+fn object(value: Value) -> Map<String, Value> {
+    match value {
+        Value::Object(map) => map,
+        _ => Map::new(),
     }
 }

@@ -43,7 +43,31 @@ fn output_schema(tool: &HttpTool) -> Map<String, Value> {
     };
     let schema = json!({
         "type": "object",
-        "properties": { "result": result },
+        "properties": {
+            "result": result,
+            "payment": {
+                "description": "the receipt, when the call was paid",
+                "type": "object",
+                "properties": {
+                    "protocol": {"type": "string"},
+                    "version": {"type": "integer"},
+                    "network": {"type": "string"},
+                    "asset": {"type": "string"},
+                    "asset_symbol": {"type": "string"},
+                    "amount_atomic": {"type": "string"},
+                    "amount_usd": {"type": "string"},
+                    "amount_usd_micros": {"type": "integer"},
+                    "rate_usd_micros_per_unit": {"type": "integer"},
+                    "payee": {"type": "string"},
+                    "payer": {"type": "string"},
+                    "transaction": {"type": ["string", "null"]},
+                    "receipt_id": {"type": "string"},
+                    "at": {"type": "string"}
+                },
+                "required": ["protocol", "network", "asset", "amount_atomic", "amount_usd",
+                             "payee", "payer", "receipt_id", "at"]
+            }
+        },
         "required": ["result"],
     });
     match schema {
