@@ -649,7 +649,9 @@ mod tests {
     fn parses_into_typed_values() {
         assert_eq!(
             Caveat::parse("expires < 1795320000").unwrap(),
-            Caveat::Expires { before_unix_secs: 1_795_320_000 }
+            Caveat::Expires {
+                before_unix_secs: 1_795_320_000
+            }
         );
         assert_eq!(
             Caveat::parse("budget_usd_micros <= 1000000").unwrap(),
@@ -658,8 +660,14 @@ mod tests {
         assert_eq!(
             Caveat::parse("hosts = [::1]:8080,a.example").unwrap(),
             Caveat::Hosts(vec![
-                HostPattern { host: "::1".into(), port: Some(8080) },
-                HostPattern { host: "a.example".into(), port: None },
+                HostPattern {
+                    host: "::1".into(),
+                    port: Some(8080)
+                },
+                HostPattern {
+                    host: "a.example".into(),
+                    port: None
+                },
             ])
         );
     }
@@ -679,18 +687,40 @@ mod tests {
             "",
             "tools",
         ] {
-            assert!(matches!(err(text), CaveatError::Shape(_)), "{text:?}: {:?}", err(text));
+            assert!(
+                matches!(err(text), CaveatError::Shape(_)),
+                "{text:?}: {:?}",
+                err(text)
+            );
         }
     }
 
     #[test]
     fn rejects_bytes_outside_printable_ascii() {
-        assert_eq!(err("tools = sé"), CaveatError::NotPrintableAscii { offset: 9, byte: 0xc3 });
-        assert_eq!(err("tools =\ta"), CaveatError::NotPrintableAscii { offset: 7, byte: b'\t' });
-        assert!(matches!(err("tools = a\n"), CaveatError::NotPrintableAscii { .. }));
+        assert_eq!(
+            err("tools = sé"),
+            CaveatError::NotPrintableAscii {
+                offset: 9,
+                byte: 0xc3
+            }
+        );
+        assert_eq!(
+            err("tools =\ta"),
+            CaveatError::NotPrintableAscii {
+                offset: 7,
+                byte: b'\t'
+            }
+        );
+        assert!(matches!(
+            err("tools = a\n"),
+            CaveatError::NotPrintableAscii { .. }
+        ));
         assert!(matches!(
             Caveat::from_bytes(&[b't', 0xff]),
-            Err(CaveatError::NotPrintableAscii { offset: 1, byte: 0xff })
+            Err(CaveatError::NotPrintableAscii {
+                offset: 1,
+                byte: 0xff
+            })
         ));
     }
 
@@ -714,12 +744,26 @@ mod tests {
             ("tools == a", "tools", "=", "=="),
             ("budget_usd_micros < 5", "budget_usd_micros", "<=", "<"),
             ("budget_usd_micros = 5", "budget_usd_micros", "<=", "="),
-            ("max_per_call_usd_micros >= 5", "max_per_call_usd_micros", "<=", ">="),
-            ("approve_above_usd_micros > 5", "approve_above_usd_micros", "<=", ">"),
+            (
+                "max_per_call_usd_micros >= 5",
+                "max_per_call_usd_micros",
+                "<=",
+                ">=",
+            ),
+            (
+                "approve_above_usd_micros > 5",
+                "approve_above_usd_micros",
+                "<=",
+                ">",
+            ),
         ] {
             assert_eq!(
                 err(text),
-                CaveatError::WrongOperator { key, expected, found: found.into() },
+                CaveatError::WrongOperator {
+                    key,
+                    expected,
+                    found: found.into()
+                },
                 "{text}"
             );
         }
@@ -727,17 +771,32 @@ mod tests {
 
     #[test]
     fn rejects_integers_that_are_not_canonical_u64() {
-        for value in
-            ["+5", "-5", "1_000", "007", "00", "18446744073709551616", "1e6", "0x10", "5.0", "five"]
-        {
+        for value in [
+            "+5",
+            "-5",
+            "1_000",
+            "007",
+            "00",
+            "18446744073709551616",
+            "1e6",
+            "0x10",
+            "5.0",
+            "five",
+        ] {
             let text = format!("budget_usd_micros <= {value}");
             assert_eq!(
                 err(&text),
-                CaveatError::Integer { key: "budget_usd_micros", value: value.into() },
+                CaveatError::Integer {
+                    key: "budget_usd_micros",
+                    value: value.into()
+                },
                 "{text}"
             );
         }
-        assert!(matches!(err("expires < -1"), CaveatError::Integer { key: "expires", .. }));
+        assert!(matches!(
+            err("expires < -1"),
+            CaveatError::Integer { key: "expires", .. }
+        ));
     }
 
     #[test]
@@ -745,10 +804,16 @@ mod tests {
         for value in ["a,,b", "a,", ",a", ","] {
             assert_eq!(
                 err(&format!("tools = {value}")),
-                CaveatError::EmptyItem { key: "tools", value: value.into() }
+                CaveatError::EmptyItem {
+                    key: "tools",
+                    value: value.into()
+                }
             );
         }
-        assert!(matches!(err("hosts = a.example,"), CaveatError::EmptyItem { key: "hosts", .. }));
+        assert!(matches!(
+            err("hosts = a.example,"),
+            CaveatError::EmptyItem { key: "hosts", .. }
+        ));
     }
 
     #[test]
@@ -786,17 +851,27 @@ mod tests {
             "[1.2.3.4]",
             "user@example.com",
         ] {
-            assert_eq!(err(&format!("hosts = {host}")), CaveatError::Host(host.into()), "{host}");
+            assert_eq!(
+                err(&format!("hosts = {host}")),
+                CaveatError::Host(host.into()),
+                "{host}"
+            );
         }
         let long = format!("{}.example", "a".repeat(64));
-        assert!(matches!(err(&format!("hosts = {long}")), CaveatError::Host(_)));
+        assert!(matches!(
+            err(&format!("hosts = {long}")),
+            CaveatError::Host(_)
+        ));
     }
 
     #[test]
     fn rejects_bad_networks() {
         for network in ["Base", "eip155:", ":8453", "-base", "eip155:84 53", "a:b:c"] {
             let text = format!("networks = {network}");
-            assert!(matches!(err(&text), CaveatError::Network(_) | CaveatError::Shape(_)), "{text}");
+            assert!(
+                matches!(err(&text), CaveatError::Network(_) | CaveatError::Shape(_)),
+                "{text}"
+            );
         }
         assert_eq!(err("networks = Base"), CaveatError::Network("Base".into()));
     }
@@ -804,7 +879,13 @@ mod tests {
     #[test]
     fn rejects_overlong_caveats() {
         let text = format!("tools = {}", "a,".repeat(MAX_CAVEAT_LEN));
-        assert!(matches!(err(&text), CaveatError::TooLong { max: MAX_CAVEAT_LEN, .. }));
+        assert!(matches!(
+            err(&text),
+            CaveatError::TooLong {
+                max: MAX_CAVEAT_LEN,
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -826,7 +907,10 @@ mod tests {
         assert!(r.allows_tool("b"));
         assert!(!r.allows_tool("a"));
         assert!(!r.allows_tool("c"), "a later caveat cannot add a tool");
-        let r = restrictions(&["networks = base,eip155:8453", "networks = eip155:8453,solana:x"]);
+        let r = restrictions(&[
+            "networks = base,eip155:8453",
+            "networks = eip155:8453,solana:x",
+        ]);
         assert!(r.allows_network("eip155:8453"));
         assert!(!r.allows_network("base"));
         assert!(!r.allows_network("solana:x"));
@@ -842,12 +926,21 @@ mod tests {
 
     #[test]
     fn host_lists_intersect_with_ports() {
-        let r = restrictions(&["hosts = a.example,b.example:8443", "hosts = a.example:443,b.example"]);
+        let r = restrictions(&[
+            "hosts = a.example,b.example:8443",
+            "hosts = a.example:443,b.example",
+        ]);
         assert_eq!(
             r.hosts().unwrap(),
             [
-                HostPattern { host: "a.example".into(), port: Some(443) },
-                HostPattern { host: "b.example".into(), port: Some(8443) },
+                HostPattern {
+                    host: "a.example".into(),
+                    port: Some(443)
+                },
+                HostPattern {
+                    host: "b.example".into(),
+                    port: Some(8443)
+                },
             ]
         );
         assert!(r.allows_host("a.example", 443));
@@ -904,8 +997,14 @@ mod tests {
         assert_eq!(
             r.budgets(),
             [
-                BudgetCaveat { position: 1, limit: UsdMicros(1000) },
-                BudgetCaveat { position: 3, limit: UsdMicros(5000) },
+                BudgetCaveat {
+                    position: 1,
+                    limit: UsdMicros(1000)
+                },
+                BudgetCaveat {
+                    position: 3,
+                    limit: UsdMicros(5000)
+                },
             ]
         );
     }
@@ -916,9 +1015,16 @@ mod tests {
             .unwrap_err();
         assert_eq!(
             error,
-            InvalidCaveat { position: 2, error: CaveatError::UnknownKey("colour".into()) }
+            InvalidCaveat {
+                position: 2,
+                error: CaveatError::UnknownKey("colour".into())
+            }
         );
-        assert!(error.to_string().starts_with("caveat 2: unknown caveat key \"colour\""));
+        assert!(
+            error
+                .to_string()
+                .starts_with("caveat 2: unknown caveat key \"colour\"")
+        );
     }
 
     #[test]
@@ -934,7 +1040,9 @@ mod tests {
         // caveat's chain value (its future ledger key) is shared by descendants, not siblings.
         let root = b"root secret for the budget chain test";
         let mut parent = Macaroon::mint(root, b"agent-1", None).unwrap();
-        parent.add_caveat(Caveat::Budget(UsdMicros(1_000_000)).to_string().as_bytes()).unwrap();
+        parent
+            .add_caveat(Caveat::Budget(UsdMicros(1_000_000)).to_string().as_bytes())
+            .unwrap();
         let mut child_a = parent.clone();
         child_a.add_caveat(b"tools = search").unwrap();
         child_a.add_caveat(b"budget_usd_micros <= 5000").unwrap();
@@ -945,7 +1053,10 @@ mod tests {
         let key_of = |m: &Macaroon| {
             let chain = m.verify(root).unwrap();
             let r = Restrictions::parse(m.caveats()).unwrap();
-            r.budgets().iter().map(|b| chain[b.position].clone()).collect::<Vec<_>>()
+            r.budgets()
+                .iter()
+                .map(|b| chain[b.position].clone())
+                .collect::<Vec<_>>()
         };
         let (parent_keys, a_keys, b_keys) = (key_of(&parent), key_of(&child_a), key_of(&child_b));
         assert_eq!(a_keys.len(), 2);

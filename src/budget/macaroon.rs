@@ -702,16 +702,29 @@ mod tests {
 
     #[test]
     fn signatures_match_the_libmacaroons_readme() {
-        let mut m =
-            Macaroon::mint(README_SECRET, b"we used our secret key", Some("http://mybank/")).unwrap();
+        let mut m = Macaroon::mint(
+            README_SECRET,
+            b"we used our secret key",
+            Some("http://mybank/"),
+        )
+        .unwrap();
         assert_eq!(
             hex::encode(m.signature()),
             "e3d9e02908526c4c0039ae15114115d97fdd68bf2ba379b342aaf0f617d0552f"
         );
         let expected = [
-            ("account = 3735928559", "1efe4763f290dbce0c1d08477367e11f4eee456a64933cf662d79772dbb82128"),
-            ("time < 2020-01-01T00:00", "b5f06c8c8ef92f6c82c6ff282cd1f8bd1849301d09a2db634ba182536a611c49"),
-            ("email = alice@example.org", "ddf553e46083e55b8d71ab822be3d8fcf21d6bf19c40d617bb9fb438934474b6"),
+            (
+                "account = 3735928559",
+                "1efe4763f290dbce0c1d08477367e11f4eee456a64933cf662d79772dbb82128",
+            ),
+            (
+                "time < 2020-01-01T00:00",
+                "b5f06c8c8ef92f6c82c6ff282cd1f8bd1849301d09a2db634ba182536a611c49",
+            ),
+            (
+                "email = alice@example.org",
+                "ddf553e46083e55b8d71ab822be3d8fcf21d6bf19c40d617bb9fb438934474b6",
+            ),
         ];
         for (caveat, signature) in expected {
             m.add_caveat(caveat.as_bytes()).unwrap();
@@ -727,7 +740,10 @@ mod tests {
         let m = Macaroon::from_base64url(SPEC_V2_EXAMPLE).unwrap();
         assert_eq!(m.location(), Some("http://example.org/"));
         assert_eq!(m.identifier(), b"keyid");
-        assert_eq!(m.caveats(), [b"account = 3735928559".to_vec(), b"user = alice".to_vec()]);
+        assert_eq!(
+            m.caveats(),
+            [b"account = 3735928559".to_vec(), b"user = alice".to_vec()]
+        );
         let bytes = URL_SAFE_LIBERAL.decode(SPEC_V2_EXAMPLE).unwrap();
         assert_eq!(m.serialize_v2(), bytes);
         assert_eq!(m.to_base64url(), SPEC_V2_EXAMPLE.trim_end_matches('='));
@@ -775,7 +791,11 @@ mod tests {
 
     #[test]
     fn verify_returns_the_value_after_each_caveat() {
-        let caveats = ["tools = search", "budget_usd_micros <= 1000", "expires < 2000000000"];
+        let caveats = [
+            "tools = search",
+            "budget_usd_micros <= 1000",
+            "expires < 2000000000",
+        ];
         let m = token(&caveats);
         let chain = m.verify(ROOT).unwrap();
         assert_eq!(chain.len(), 3);
@@ -856,7 +876,10 @@ mod tests {
     #[test]
     fn other_root_secret_fails_verification() {
         let m = token(&["tools = search"]);
-        assert_eq!(m.verify(b"another root secret"), Err(VerifyError::SignatureMismatch));
+        assert_eq!(
+            m.verify(b"another root secret"),
+            Err(VerifyError::SignatureMismatch)
+        );
     }
 
     #[test]
@@ -870,7 +893,9 @@ mod tests {
     fn mint_refuses_empty_identifier_and_location() {
         assert_eq!(
             Macaroon::mint(ROOT, b"", None),
-            Err(FormatError::EmptyField { field: "identifier" })
+            Err(FormatError::EmptyField {
+                field: "identifier"
+            })
         );
         assert_eq!(
             Macaroon::mint(ROOT, b"id", Some("")),
@@ -889,11 +914,20 @@ mod tests {
             m.add_caveat(format!("tools = t{i}").as_bytes()).unwrap();
         }
         let before = m.clone();
-        assert_eq!(m.add_caveat(b"tools = x"), Err(FormatError::TooManyCaveats { max: 64 }));
+        assert_eq!(
+            m.add_caveat(b"tools = x"),
+            Err(FormatError::TooManyCaveats { max: 64 })
+        );
         assert_eq!(m, before);
         let mut m = token(&[]);
-        assert!(matches!(m.add_caveat(&[b'x'; MAX_TOKEN_BYTES]), Err(FormatError::TooLarge { .. })));
-        assert_eq!(m.add_caveat(b""), Err(FormatError::EmptyField { field: "caveat" }));
+        assert!(matches!(
+            m.add_caveat(&[b'x'; MAX_TOKEN_BYTES]),
+            Err(FormatError::TooLarge { .. })
+        ));
+        assert_eq!(
+            m.add_caveat(b""),
+            Err(FormatError::EmptyField { field: "caveat" })
+        );
         assert_eq!(m, token(&[]));
     }
 
@@ -906,7 +940,10 @@ mod tests {
         let bytes = m.serialize_v2();
         assert_eq!(bytes.len(), MAX_TOKEN_BYTES);
         assert_eq!(Macaroon::deserialize_v2(&bytes).unwrap(), m);
-        assert!(matches!(m.add_caveat(b"x"), Err(FormatError::TooLarge { .. })));
+        assert!(matches!(
+            m.add_caveat(b"x"),
+            Err(FormatError::TooLarge { .. })
+        ));
     }
 
     #[test]
@@ -932,11 +969,16 @@ mod tests {
     fn rejects_every_truncation() {
         let bytes = token(&["tools = search"]).serialize_v2();
         for len in 1..bytes.len() {
-            assert!(Macaroon::deserialize_v2(&bytes[..len]).is_err(), "prefix of {len} bytes");
+            assert!(
+                Macaroon::deserialize_v2(&bytes[..len]).is_err(),
+                "prefix of {len} bytes"
+            );
         }
         assert_eq!(
             Macaroon::deserialize_v2(&[2]),
-            Err(FormatError::Truncated { expected: "the location or identifier field" })
+            Err(FormatError::Truncated {
+                expected: "the location or identifier field"
+            })
         );
     }
 
@@ -944,7 +986,9 @@ mod tests {
     fn rejects_truncated_varint() {
         assert_eq!(
             Macaroon::deserialize_v2(&[2, FIELD_IDENTIFIER, 0x80]),
-            Err(FormatError::TruncatedVarint { field: "identifier" })
+            Err(FormatError::TruncatedVarint {
+                field: "identifier"
+            })
         );
     }
 
@@ -955,13 +999,17 @@ mod tests {
         bytes.push(0x02); // bit 64
         assert_eq!(
             Macaroon::deserialize_v2(&bytes),
-            Err(FormatError::VarintOverflow { field: "identifier" })
+            Err(FormatError::VarintOverflow {
+                field: "identifier"
+            })
         );
         let mut bytes = vec![2, FIELD_IDENTIFIER];
         bytes.extend([0x80; 11]);
         assert_eq!(
             Macaroon::deserialize_v2(&bytes),
-            Err(FormatError::VarintOverflow { field: "identifier" })
+            Err(FormatError::VarintOverflow {
+                field: "identifier"
+            })
         );
     }
 
@@ -970,7 +1018,9 @@ mod tests {
         let bytes = raw(&[FIELD_IDENTIFIER, 0x81, 0x00, b'k'], &[], &[0; 32]);
         assert_eq!(
             Macaroon::deserialize_v2(&bytes),
-            Err(FormatError::NonCanonicalVarint { field: "identifier" })
+            Err(FormatError::NonCanonicalVarint {
+                field: "identifier"
+            })
         );
     }
 
@@ -978,7 +1028,11 @@ mod tests {
     fn rejects_length_beyond_input() {
         assert_eq!(
             Macaroon::deserialize_v2(&[2, FIELD_IDENTIFIER, 5, b'k']),
-            Err(FormatError::FieldBeyondInput { field: "identifier", len: 5, remaining: 1 })
+            Err(FormatError::FieldBeyondInput {
+                field: "identifier",
+                len: 5,
+                remaining: 1
+            })
         );
     }
 
@@ -989,12 +1043,20 @@ mod tests {
         header.extend(field(FIELD_LOCATION, b"loc"));
         assert!(matches!(
             Macaroon::deserialize_v2(&raw(&header, &[], &[0; 32])),
-            Err(FormatError::UnexpectedField { expected: "the end of the header (0)", found: 1, .. })
+            Err(FormatError::UnexpectedField {
+                expected: "the end of the header (0)",
+                found: 1,
+                ..
+            })
         ));
         // No identifier at all.
         assert!(matches!(
             Macaroon::deserialize_v2(&raw(&field(FIELD_LOCATION, b"loc"), &[], &[0; 32])),
-            Err(FormatError::UnexpectedField { expected: "the identifier field (2)", found: 0, .. })
+            Err(FormatError::UnexpectedField {
+                expected: "the identifier field (2)",
+                found: 0,
+                ..
+            })
         ));
         // Unknown field type in a caveat.
         let caveat = field(3, b"x");
@@ -1012,7 +1074,11 @@ mod tests {
         bytes[at] = FIELD_VID;
         assert!(matches!(
             Macaroon::deserialize_v2(&bytes),
-            Err(FormatError::UnexpectedField { expected: "the signature field (6)", found: 4, .. })
+            Err(FormatError::UnexpectedField {
+                expected: "the signature field (6)",
+                found: 4,
+                ..
+            })
         ));
     }
 
@@ -1022,8 +1088,15 @@ mod tests {
         third_party.extend(field(FIELD_IDENTIFIER, b"caveat id"));
         third_party.extend(field(FIELD_VID, &[7; 56]));
         let first_party = field(FIELD_IDENTIFIER, b"tools = a");
-        let bytes = raw(&field(FIELD_IDENTIFIER, b"id"), &[first_party, third_party], &[0; 32]);
-        assert_eq!(Macaroon::deserialize_v2(&bytes), Err(FormatError::ThirdPartyCaveat { index: 1 }));
+        let bytes = raw(
+            &field(FIELD_IDENTIFIER, b"id"),
+            &[first_party, third_party],
+            &[0; 32],
+        );
+        assert_eq!(
+            Macaroon::deserialize_v2(&bytes),
+            Err(FormatError::ThirdPartyCaveat { index: 1 })
+        );
     }
 
     #[test]
@@ -1031,7 +1104,10 @@ mod tests {
         let mut caveat = field(FIELD_LOCATION, b"somewhere");
         caveat.extend(field(FIELD_IDENTIFIER, b"tools = a"));
         let bytes = raw(&field(FIELD_IDENTIFIER, b"id"), &[caveat], &[0; 32]);
-        assert_eq!(Macaroon::deserialize_v2(&bytes), Err(FormatError::CaveatLocation { index: 0 }));
+        assert_eq!(
+            Macaroon::deserialize_v2(&bytes),
+            Err(FormatError::CaveatLocation { index: 0 })
+        );
     }
 
     #[test]
@@ -1039,7 +1115,9 @@ mod tests {
         let empty_id = raw(&field(FIELD_IDENTIFIER, b""), &[], &[0; 32]);
         assert_eq!(
             Macaroon::deserialize_v2(&empty_id),
-            Err(FormatError::EmptyField { field: "identifier" })
+            Err(FormatError::EmptyField {
+                field: "identifier"
+            })
         );
         let mut header = field(FIELD_LOCATION, b"");
         header.extend(field(FIELD_IDENTIFIER, b"id"));
@@ -1047,8 +1125,15 @@ mod tests {
             Macaroon::deserialize_v2(&raw(&header, &[], &[0; 32])),
             Err(FormatError::EmptyField { field: "location" })
         );
-        let bytes = raw(&field(FIELD_IDENTIFIER, b"id"), &[field(FIELD_IDENTIFIER, b"")], &[0; 32]);
-        assert_eq!(Macaroon::deserialize_v2(&bytes), Err(FormatError::EmptyField { field: "caveat" }));
+        let bytes = raw(
+            &field(FIELD_IDENTIFIER, b"id"),
+            &[field(FIELD_IDENTIFIER, b"")],
+            &[0; 32],
+        );
+        assert_eq!(
+            Macaroon::deserialize_v2(&bytes),
+            Err(FormatError::EmptyField { field: "caveat" })
+        );
     }
 
     #[test]
@@ -1063,25 +1148,38 @@ mod tests {
 
     #[test]
     fn rejects_more_than_max_caveats() {
-        let caveats: Vec<Vec<u8>> =
-            (0..=MAX_CAVEATS).map(|_| field(FIELD_IDENTIFIER, b"tools = a")).collect();
+        let caveats: Vec<Vec<u8>> = (0..=MAX_CAVEATS)
+            .map(|_| field(FIELD_IDENTIFIER, b"tools = a"))
+            .collect();
         let bytes = raw(&field(FIELD_IDENTIFIER, b"id"), &caveats, &[0; 32]);
-        assert_eq!(Macaroon::deserialize_v2(&bytes), Err(FormatError::TooManyCaveats { max: 64 }));
+        assert_eq!(
+            Macaroon::deserialize_v2(&bytes),
+            Err(FormatError::TooManyCaveats { max: 64 })
+        );
         let ok = raw(&field(FIELD_IDENTIFIER, b"id"), &caveats[1..], &[0; 32]);
-        assert_eq!(Macaroon::deserialize_v2(&ok).unwrap().caveats().len(), MAX_CAVEATS);
+        assert_eq!(
+            Macaroon::deserialize_v2(&ok).unwrap().caveats().len(),
+            MAX_CAVEATS
+        );
     }
 
     #[test]
     fn rejects_wrong_signature_length() {
         let bytes = raw(&field(FIELD_IDENTIFIER, b"id"), &[], &[0; 31]);
-        assert_eq!(Macaroon::deserialize_v2(&bytes), Err(FormatError::SignatureLength { len: 31 }));
+        assert_eq!(
+            Macaroon::deserialize_v2(&bytes),
+            Err(FormatError::SignatureLength { len: 31 })
+        );
     }
 
     #[test]
     fn rejects_trailing_bytes() {
         let mut bytes = token(&[]).serialize_v2();
         bytes.push(0);
-        assert_eq!(Macaroon::deserialize_v2(&bytes), Err(FormatError::TrailingBytes { count: 1 }));
+        assert_eq!(
+            Macaroon::deserialize_v2(&bytes),
+            Err(FormatError::TrailingBytes { count: 1 })
+        );
     }
 
     #[test]
@@ -1089,10 +1187,16 @@ mod tests {
         let bytes = vec![2; MAX_TOKEN_BYTES + 1];
         assert_eq!(
             Macaroon::deserialize_v2(&bytes),
-            Err(FormatError::TooLarge { len: MAX_TOKEN_BYTES + 1, max: MAX_TOKEN_BYTES })
+            Err(FormatError::TooLarge {
+                len: MAX_TOKEN_BYTES + 1,
+                max: MAX_TOKEN_BYTES
+            })
         );
         let text = "A".repeat(MAX_BASE64_CHARS + 4);
-        assert!(matches!(Macaroon::from_base64url(&text), Err(FormatError::TooLarge { .. })));
+        assert!(matches!(
+            Macaroon::from_base64url(&text),
+            Err(FormatError::TooLarge { .. })
+        ));
     }
 
     #[test]

@@ -3,3 +3,4 @@
 
 pub mod mcp;
 pub mod upstream;
+pub mod x402_peer;
