@@ -62,6 +62,8 @@ pub struct Offer {
     pub raw: Value,
     /// The resource the 402 is about, when the protocol says (x402 v2).
     pub resource: Option<Value>,
+    /// Protocol extensions the 402 carried, to echo back (x402 v2 `extensions`).
+    pub extensions: Option<Value>,
 }
 
 impl Offer {

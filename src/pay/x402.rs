@@ -107,9 +107,10 @@ fn read_payment_required(
         return;
     };
     let resource = json.get("resource").cloned();
+    let extensions = json.get("extensions").cloned();
     for (i, raw) in accepts.iter().take(MAX_OFFERS).enumerate() {
         match read_requirements(version, raw, resource.clone()) {
-            Ok(offer) => offers.push(offer),
+            Ok(offer) => offers.push(Offer { extensions: extensions.clone(), ..offer }),
             Err(reason) => problems.push(format!("{label} offer {i}: {reason}")),
         }
     }
@@ -157,6 +158,7 @@ fn read_requirements(version: u8, raw: &Value, resource: Option<Value>) -> Resul
         max_timeout_seconds,
         raw: raw.clone(),
         resource,
+        extensions: None,
     })
 }
 
@@ -277,6 +279,9 @@ pub fn prove(offer: &Offer, wallet: &EvmWallet, now: u64) -> Result<Proof, PayEr
     } else {
         let mut body = Map::new();
         body.insert("x402Version".into(), 2.into());
+        if let Some(extensions) = &offer.extensions {
+            body.insert("extensions".into(), extensions.clone());
+        }
         if let Some(resource) = &offer.resource {
             body.insert("resource".into(), resource.clone());
         }
