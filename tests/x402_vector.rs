@@ -16,8 +16,11 @@ use tollgate::pay::{self, x402};
 use tollgate::wallet::EvmWallet;
 
 fn vectors() -> Value {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/x402/vector.json"))
-        .expect("vector.json");
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/peers/x402/vector.json"
+    ))
+    .expect("vector.json");
     serde_json::from_str(&text).expect("vector JSON")
 }
 
@@ -41,7 +44,10 @@ fn offer_of(vector: &Value) -> pay::Offer {
 fn signing_hash_and_signature_match_the_reference_buyer() {
     let all = vectors();
     let wallet = EvmWallet::from_hex(all["private_key"].as_str().unwrap()).unwrap();
-    assert_eq!(wallet.address().to_checksum(None), all["address"].as_str().unwrap());
+    assert_eq!(
+        wallet.address().to_checksum(None),
+        all["address"].as_str().unwrap()
+    );
     for vector in all["vectors"].as_array().unwrap() {
         let name = vector["name"].as_str().unwrap_or("?");
         let offer = offer_of(vector);
@@ -49,11 +55,20 @@ fn signing_hash_and_signature_match_the_reference_buyer() {
         let number = |k: &str| auth[k].as_str().unwrap().parse::<u64>().unwrap();
         let nonce: B256 = auth["nonce"].as_str().unwrap().parse().unwrap();
         let from: Address = auth["from"].as_str().unwrap().parse().unwrap();
-        let (domain, message) =
-            x402::authorization(&offer, from, number("validAfter"), number("validBefore"), nonce)
-                .unwrap();
+        let (domain, message) = x402::authorization(
+            &offer,
+            from,
+            number("validAfter"),
+            number("validBefore"),
+            nonce,
+        )
+        .unwrap();
         let digest = message.eip712_signing_hash(&domain);
-        assert_eq!(format!("{digest:#x}"), vector["eip712"]["digest"].as_str().unwrap(), "{name}");
+        assert_eq!(
+            format!("{digest:#x}"),
+            vector["eip712"]["digest"].as_str().unwrap(),
+            "{name}"
+        );
         let signature = wallet.sign_digest(&digest).unwrap();
         assert_eq!(
             format!("0x{}", hex::encode(signature)),
@@ -71,13 +86,25 @@ fn our_v2_header_carries_what_the_reference_sends() {
         let offer = offer_of(vector);
         let proof = x402::prove(&offer, &wallet, 1_800_000_000).unwrap();
         let (name, value) = &proof.headers[0];
-        assert_eq!(name.as_str(), vector["header_name"].as_str().unwrap().to_ascii_lowercase());
+        assert_eq!(
+            name.as_str(),
+            vector["header_name"].as_str().unwrap().to_ascii_lowercase()
+        );
         let ours: Value = serde_json::from_slice(
-            &base64::engine::general_purpose::STANDARD.decode(value.as_bytes()).unwrap(),
+            &base64::engine::general_purpose::STANDARD
+                .decode(value.as_bytes())
+                .unwrap(),
         )
         .unwrap();
         let theirs = &vector["payload"];
-        for key in ["x402Version", "accepted", "resource", "extensions", "scheme", "network"] {
+        for key in [
+            "x402Version",
+            "accepted",
+            "resource",
+            "extensions",
+            "scheme",
+            "network",
+        ] {
             assert_eq!(ours.get(key), theirs.get(key), "{}: {key}", vector["name"]);
         }
     }

@@ -110,7 +110,10 @@ fn read_payment_required(
     let extensions = json.get("extensions").cloned();
     for (i, raw) in accepts.iter().take(MAX_OFFERS).enumerate() {
         match read_requirements(version, raw, resource.clone()) {
-            Ok(offer) => offers.push(Offer { extensions: extensions.clone(), ..offer }),
+            Ok(offer) => offers.push(Offer {
+                extensions: extensions.clone(),
+                ..offer
+            }),
             Err(reason) => problems.push(format!("{label} offer {i}: {reason}")),
         }
     }
