@@ -36,6 +36,16 @@ const tracingFetch = async (input, init) => {
 const payFetch = wrapFetchWithPayment(tracingFetch, client);
 
 const url = new URL(path, base).toString();
+// X402_REPEAT=N (benchmarks): first pay N times and report every duration in `ms_all`.
+const repeat = Number(process.env.X402_REPEAT ?? "0");
+const msAll = [];
+for (let i = 0; i < repeat; i++) {
+  const t0 = performance.now();
+  const r = await payFetch(url, { method: "GET" });
+  await r.text();
+  if (r.status !== 200) { process.stderr.write(`repeat ${i}: status ${r.status}\n`); process.exit(1); }
+  msAll.push(Math.round((performance.now() - t0) * 10) / 10);
+}
 const t = performance.now();
 let out;
 try {
@@ -53,6 +63,7 @@ try {
     payment_required_decoded: res.headers.get("payment-required") ? JSON.parse(Buffer.from(res.headers.get("payment-required"), "base64").toString("utf8")) : null,
     sent_payment: sent,
     ms,
+    ms_all: msAll,
   };
 } catch (e) {
   out = { status: null, error: String(e?.message ?? e), sent_payment: sent, ms: Math.round(performance.now() - t) };

@@ -1,0 +1,135 @@
+//! End-to-end latency of a paid x402 call through tollgate against the same call by the
+//! reference TypeScript buyer (`@x402/fetch`), against the same local seller
+//! (`@x402/express` 2.27.0 on anvil). Run: `cargo bench --bench x402_e2e` after `scripts/test`
+//! has installed the peers. Prints figures and the ratio; needs no assertion to pass.
+//!
+//! Both sides include verify and on-chain settlement (the seller's cost, ~30 ms here), so the
+//! ratio is near 1 when tollgate adds little.
+
+#[path = "../tests/support/x402_peer.rs"]
+mod x402_peer;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+const CALLS: usize = 30;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn main() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let Some(peers) = runtime.block_on(x402_peer::start()) else {
+        println!("x402 peers are not installed (run scripts/test once); nothing measured");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    std::fs::create_dir_all(p.join("tools")).unwrap();
+    std::fs::create_dir_all(p.join("policies")).unwrap();
+    std::fs::write(
+        p.join("tollgate.toml"),
+        format!(
+            "tools_dir = \"tools\"\npolicy = \"bench\"\n[[assets]]\nnetwork = \"eip155:31337\"\naddress = \"{}\"\nsymbol = \"USDC\"\ndecimals = 6\n",
+            peers.str("/v2/usdc")
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        p.join("policies/bench.toml"),
+        "[allow]\nnetworks = [\"eip155:31337\"]\n",
+    )
+    .unwrap();
+    std::fs::write(
+        p.join("tools/t.toml"),
+        format!(
+            "[[tool]]\nname = \"weather\"\ndescription = \"paid\"\nurl = \"{}/weather?city=Paris\"\nmax_price = \"0.01 USD\"\n",
+            peers.seller("v2")
+        ),
+    )
+    .unwrap();
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["serve", "--config"])
+        .arg(p.join("tollgate.toml"))
+        .env("TOLLGATE_EVM_KEY", peers.str("/buyer_key"))
+        .env("RUST_LOG", "off")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut request = |id: u64, method: &str, params: Value| -> Value {
+        writeln!(
+            stdin,
+            "{}",
+            json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params})
+        )
+        .unwrap();
+        let mut line = String::new();
+        loop {
+            line.clear();
+            stdout.read_line(&mut line).unwrap();
+            let v: Value = serde_json::from_str(&line).unwrap();
+            if v["id"] == json!(id) {
+                return v;
+            }
+        }
+    };
+    request(
+        0,
+        "initialize",
+        json!({"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "bench", "version": "0"}}),
+    );
+    let mut ours = Vec::new();
+    for i in 0..CALLS + 2 {
+        let t0 = Instant::now();
+        let r = request(
+            i as u64 + 1,
+            "tools/call",
+            json!({"name": "weather", "arguments": {}}),
+        );
+        let ms = t0.elapsed().as_secs_f64() * 1e3;
+        assert!(
+            r["result"]["structuredContent"]["payment"].is_object(),
+            "{r}"
+        );
+        if i >= 2 {
+            ours.push(ms);
+        }
+    }
+    drop(stdin);
+    let _ = child.wait();
+
+    let out = Command::new("node")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/peers/x402/pay_with_fetch.mjs"
+        ))
+        .arg(peers.seller("v2"))
+        .arg("/weather?city=Paris")
+        .arg(peers.str("/buyer_key"))
+        .env("X402_REPEAT", (CALLS + 2).to_string())
+        .output()
+        .unwrap();
+    let reference: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let theirs: Vec<f64> = reference["ms_all"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .skip(2)
+        .filter_map(Value::as_f64)
+        .collect();
+    let (o, t) = (median(ours), median(theirs));
+    println!(
+        "paid x402 v2 call, median of {CALLS}: tollgate (MCP over stdio) {o:.1} ms, @x402/fetch {t:.1} ms; ratio {:.2}",
+        o / t
+    );
+    std::thread::sleep(Duration::from_millis(10));
+}
