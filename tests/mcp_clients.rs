@@ -149,7 +149,8 @@ async fn lists_the_definitions_with_their_schemas(mode: Mode) {
             "paid",
             "stuck",
             "stuck_long",
-            "weather"
+            "weather",
+            "price_check"
         ]
     );
     let weather = &tools[6];
@@ -265,7 +266,7 @@ async fn failures_are_tool_errors_naming_the_cause(mode: Mode) {
     );
     let paid = error_text(&step(&report, 5)["result"]);
     assert!(
-        paid.contains("payment required") && paid.contains("nothing was paid"),
+        paid.contains("requires payment") && paid.contains("nothing was paid"),
         "{paid}"
     );
     assert!(

@@ -2,5 +2,6 @@
 //! agent pay this offer".
 
 pub mod caveat;
+pub mod credential;
 pub mod macaroon;
 pub mod policy;

@@ -108,6 +108,7 @@ impl Tollgate {
             Ok(Err(e)) => return tool_error(tool.redact(&format!("price_check `{name}`: {e}"))),
             Err(cancelled) => return cancelled,
         };
+        progress.finish().await;
         let max = tool.max_price.map(|p| p.decimal());
         let value = match reply {
             Reply {

@@ -131,7 +131,7 @@ impl Tollgate {
             Ok(Reply { answer, .. }) => success(tool, answer, None),
             Err(e) => tool_error(tool.redact(&format!("`{}` failed: {e}", tool.name))),
         };
-        progress.done();
+        progress.finish().await;
         result
     }
 }
@@ -176,17 +176,38 @@ fn tool_error(message: String) -> CallToolResult {
 }
 
 /// Progress notifications for one call, when the client asked for them.
+///
+/// Notifications go through a queue drained by one task, so they arrive in order, and
+/// [`Progress::finish`] waits for the queue to empty, so none arrives after the result.
 struct Progress {
+    queue: Option<tokio::sync::mpsc::UnboundedSender<ProgressNotificationParam>>,
+    drain: Option<tokio::task::JoinHandle<()>>,
     token: Option<rmcp::model::ProgressToken>,
-    peer: rmcp::Peer<RoleServer>,
     step: std::sync::atomic::AtomicU32,
 }
 
 impl Progress {
     fn new(context: &RequestContext<RoleServer>) -> Progress {
+        let token = context.meta.get_progress_token();
+        let (queue, drain) = match token {
+            None => (None, None),
+            Some(_) => {
+                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+                let peer = context.peer.clone();
+                let drain = tokio::spawn(async move {
+                    while let Some(param) = rx.recv().await {
+                        if let Err(e) = peer.notify_progress(param).await {
+                            tracing::debug!(error = %e, "progress notification not delivered");
+                        }
+                    }
+                });
+                (Some(tx), Some(drain))
+            }
+        };
         Progress {
-            token: context.meta.get_progress_token(),
-            peer: context.peer.clone(),
+            queue,
+            drain,
+            token,
             step: std::sync::atomic::AtomicU32::new(0),
         }
     }
@@ -194,18 +215,13 @@ impl Progress {
     /// Sends the next step (steps always increase; the total is not known in advance, as a
     /// payment adds steps).
     fn send(&self, message: String) {
-        let Some(token) = self.token.clone() else {
+        let (Some(queue), Some(token)) = (&self.queue, &self.token) else {
             return;
         };
         let step = self.step.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-        let peer = self.peer.clone();
-        let param = ProgressNotificationParam::new(token, f64::from(step)).with_message(message);
-        // Notifications must not hold up the call.
-        tokio::spawn(async move {
-            if let Err(e) = peer.notify_progress(param).await {
-                tracing::debug!(error = %e, "progress notification not delivered");
-            }
-        });
+        let param =
+            ProgressNotificationParam::new(token.clone(), f64::from(step)).with_message(message);
+        let _ = queue.send(param);
     }
 
     fn stage(&self, stage: Stage, host: &str) {
@@ -215,8 +231,13 @@ impl Progress {
         }
     }
 
-    fn done(&self) {
+    /// Sends "done" and waits until every notification has been handed to the transport.
+    async fn finish(mut self) {
         self.send("done".to_owned());
+        self.queue = None;
+        if let Some(drain) = self.drain.take() {
+            let _ = drain.await;
+        }
     }
 }
 
