@@ -9,9 +9,13 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use rmcp::ServiceExt as _;
 
+use tollgate::budget::caveat::{Caveat, Restrictions};
+use tollgate::budget::credential::{CredentialError, RootKey};
+use tollgate::budget::macaroon::Macaroon;
 use tollgate::budget::policy::Policy;
 use tollgate::catalog::Catalog;
 use tollgate::config::{Config, Problem};
+use tollgate::money::UsdMicros;
 use tollgate::server::{Payments, Tollgate};
 use tollgate::upstream::Upstream;
 use tollgate::wallet::EvmWallet;
@@ -48,10 +52,48 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// Create the state directory and the root key credentials are minted under (mode 0600).
+    Init {
+        /// Config file [default: ./tollgate.toml if present, else built-in defaults].
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Credentials: mint, attenuate, inspect.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// The delegated wallet.
     Wallet {
         #[command(subcommand)]
         command: WalletCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Mint a root credential (needs the root key) and print it.
+    Mint {
+        /// A caveat, e.g. "budget_usd_micros <= 1000000" (repeat for more).
+        #[arg(long = "caveat", value_name = "CAVEAT")]
+        caveats: Vec<String>,
+        /// Config file [default: ./tollgate.toml if present, else built-in defaults].
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Narrow a credential with more caveats and print the child (needs no root key and no
+    /// server).
+    Attenuate {
+        /// The parent credential (base64url).
+        token: String,
+        /// A caveat to append (repeat for more).
+        #[arg(long = "caveat", value_name = "CAVEAT", required = true)]
+        caveats: Vec<String>,
+    },
+    /// Show a credential's caveats and effective limits (never its signature).
+    Inspect {
+        /// The credential (base64url).
+        token: String,
     },
 }
 
@@ -74,6 +116,8 @@ fn main() -> ExitCode {
         Command::Wallet {
             command: WalletCommand::Address { config },
         } => wallet_address(config),
+        Command::Init { config } => init(config),
+        Command::Token { command } => token(command),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -122,6 +166,81 @@ fn load_and_compile(config: Option<PathBuf>) -> Result<(Config, Catalog, Policy)
     }
 }
 
+fn init(config: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = Config::load(config.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let created = RootKey::create(&config.state_dir)?;
+    let path = config
+        .state_dir
+        .join(tollgate::budget::credential::ROOT_KEY_FILE);
+    if created {
+        println!("created the root key {} (mode 0600)", path.display());
+    } else {
+        println!(
+            "the root key {} already exists; left as it is",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+fn token(command: TokenCommand) -> anyhow::Result<()> {
+    match command {
+        TokenCommand::Mint { caveats, config } => {
+            let config = Config::load(config.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
+            for caveat in &caveats {
+                Caveat::parse(caveat).with_context(|| format!("caveat {caveat:?}"))?;
+            }
+            let root = RootKey::load(&config.state_dir)?;
+            println!("{}", root.mint(&caveats)?.to_base64url());
+        }
+        TokenCommand::Attenuate { token, caveats } => {
+            let mut token = Macaroon::from_base64url(token.trim()).context("the parent token")?;
+            for caveat in &caveats {
+                Caveat::parse(caveat).with_context(|| format!("caveat {caveat:?}"))?;
+                token.add_caveat(caveat.as_bytes())?;
+            }
+            println!("{}", token.to_base64url());
+        }
+        TokenCommand::Inspect { token } => {
+            let token = Macaroon::from_base64url(token.trim()).context("the token")?;
+            println!("location:   {}", token.location().unwrap_or("(none)"));
+            println!(
+                "id:         {}",
+                String::from_utf8_lossy(token.identifier())
+            );
+            println!(
+                "signature:  {} (fingerprint; the signature is never shown)",
+                token.fingerprint()
+            );
+            for (i, caveat) in token.caveats().iter().enumerate() {
+                let text = String::from_utf8_lossy(caveat);
+                match Caveat::from_bytes(caveat) {
+                    Ok(_) => println!("caveat {i}:   {text}"),
+                    Err(e) => println!("caveat {i}:   {text}   <- invalid: {e}"),
+                }
+            }
+            match Restrictions::parse(token.caveats()) {
+                Ok(r) => {
+                    let show =
+                        |v: Option<UsdMicros>| v.map_or("none".to_owned(), |u| u.to_string());
+                    println!(
+                        "effective:  max per call {}, approve above {}, expires {}",
+                        show(r.max_per_call()),
+                        show(r.approve_above()),
+                        r.expires_before_unix_secs()
+                            .map_or("never".to_owned(), tollgate::money::rfc3339)
+                    );
+                    for b in r.budgets() {
+                        println!("budget:     {} (caveat {})", b.limit, b.position);
+                    }
+                }
+                Err(e) => println!("refused:    {e}"),
+            }
+        }
+    }
+    Ok(())
+}
+
 fn wallet_address(config: Option<PathBuf>) -> anyhow::Result<()> {
     let config = Config::load(config.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
     match EvmWallet::open(&config.wallet)? {
@@ -167,7 +286,15 @@ fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
             Some(wallet) => tracing::info!(address = %wallet.address(), "EVM wallet ready"),
             None => tracing::info!("no EVM wallet configured; paid tools will not pay"),
         }
-        let payments = Payments::new(policy, config.assets.clone(), evm);
+        let mut payments = Payments::new(policy, config.assets.clone(), evm);
+        payments.root = match RootKey::load(&config.state_dir) {
+            Ok(root) => Some(root),
+            Err(CredentialError::NoRootKey(_)) => None,
+            Err(e) => return Err(e.into()),
+        };
+        payments.env_token = std::env::var("TOLLGATE_TOKEN")
+            .ok()
+            .filter(|t| !t.trim().is_empty());
         let server = Tollgate::new(catalog, upstream, payments);
         let running = server
             .serve(rmcp::transport::stdio_pipes())

@@ -223,6 +223,11 @@ impl HttpTool {
     }
 
     /// The host every request of this tool goes to.
+    pub fn port(&self) -> u16 {
+        self.url.port()
+    }
+
+    /// The host every request of this tool goes to.
     pub fn host(&self) -> String {
         self.url.host()
     }

@@ -290,6 +290,14 @@ impl UrlTemplate {
         &self.path_args
     }
 
+    /// The port requests go to (the scheme's default when the URL names none).
+    pub fn port(&self) -> u16 {
+        match &self.origin {
+            url::Origin::Tuple(_, _, port) => *port,
+            url::Origin::Opaque(_) => 0,
+        }
+    }
+
     pub fn origin(&self) -> &url::Origin {
         &self.origin
     }

@@ -16,6 +16,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::budget::caveat::Restrictions;
 use crate::budget::policy::Policy;
 use crate::money::UsdMicros;
 use assets::Asset;
@@ -157,6 +158,8 @@ pub struct Rules<'a> {
     pub tool: &'a str,
     /// Whether an EVM key is configured.
     pub has_evm_wallet: bool,
+    /// The caller's credential, if it presented one.
+    pub restrictions: Option<&'a Restrictions>,
 }
 
 /// An offer as judged: its value if known, and why it cannot be paid, if it cannot.
@@ -246,6 +249,14 @@ pub fn judge(offer: &Offer, rules: &Rules) -> Judgement {
             "network {} is not allowed by the policy",
             offer.network
         ))
+    } else if rules
+        .restrictions
+        .is_some_and(|r| !names.iter().any(|n| r.allows_network(n)))
+    {
+        refuse(format!(
+            "network {} is not allowed by your credential",
+            offer.network
+        ))
     } else if !rules.policy.assets.permits(&asset.symbol)
         && !rules.policy.assets.permits(&asset.address)
     {
@@ -275,7 +286,14 @@ pub fn judge(offer: &Offer, rules: &Rules) -> Judgement {
                 cap: rules.policy.per_call,
                 which: "the policy's per-call cap",
             }),
-            Some(_) => None,
+            Some(price) => match rules.restrictions.and_then(Restrictions::max_per_call) {
+                Some(cap) if price > cap => Some(Refusal::AboveCap {
+                    price,
+                    cap,
+                    which: "your credential's max_per_call_usd_micros",
+                }),
+                _ => None,
+            },
         }
     };
     j

@@ -102,6 +102,7 @@ impl Tollgate {
             Ok(prepared) => prepared,
             Err(result) => return result,
         };
+        let token = super::request_token(context);
         let progress = Progress::new(context);
         let reply = match self.send(tool, request, &progress, context).await {
             Ok(Ok(reply)) => reply,
@@ -116,7 +117,8 @@ impl Tollgate {
                 headers,
             } => {
                 let challenge = pay::read_challenge(&headers, &body);
-                let rules = self.payments.rules(tool);
+                let caller = self.payments.identify(token.as_deref()).ok().flatten();
+                let rules = self.payments.rules(tool, caller.as_ref());
                 let judged: Vec<_> = challenge
                     .offers
                     .iter()

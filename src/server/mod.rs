@@ -109,6 +109,29 @@ impl Tollgate {
         arguments: Map<String, Value>,
         context: &RequestContext<RoleServer>,
     ) -> CallToolResult {
+        let caller = match self.payments.identify(request_token(context).as_deref()) {
+            Ok(caller) => caller,
+            Err(reason) => {
+                return tool_error(format!(
+                    "your credential is refused: {reason}. Nothing was sent or paid; ask the \
+                     owner or your orchestrator for a valid token."
+                ));
+            }
+        };
+        if let Some(c) = &caller {
+            if !c.restrictions.allows_tool(&tool.name) {
+                return tool_error(format!(
+                    "your credential does not allow the tool `{}`; nothing was sent",
+                    tool.name
+                ));
+            }
+            if !c.restrictions.allows_host(&tool.host(), tool.port()) {
+                return tool_error(format!(
+                    "your credential does not allow the host {}; nothing was sent",
+                    tool.host()
+                ));
+            }
+        }
         let (request, arguments) = match Self::prepare(tool, arguments) {
             Ok(prepared) => prepared,
             Err(result) => return result,
@@ -123,8 +146,9 @@ impl Tollgate {
                 answer: Answer::PaymentRequired { body },
                 headers,
             }) => {
+                let caller = caller.as_ref();
                 self.pay(
-                    tool, &arguments, request, &headers, &body, &progress, context,
+                    tool, &arguments, request, &headers, &body, caller, &progress, context,
                 )
                 .await
             }
@@ -294,6 +318,17 @@ impl ServerHandler for Tollgate {
         tracing::info!(tool = %tool.name, "tool call");
         Ok(self.call_http_tool(tool, arguments, &context).await.into())
     }
+}
+
+/// The token a request carries in `_meta["tollgate/token"]`.
+fn request_token(context: &RequestContext<RoleServer>) -> Option<String> {
+    context
+        .meta
+        .0
+        .0
+        .get("tollgate/token")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
 }
 
 /// The map inside a JSON object (empty for anything else).

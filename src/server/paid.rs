@@ -17,6 +17,7 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
 use super::{Progress, Tollgate, success, tool_error};
+use crate::budget::credential::{Credential, RootKey};
 use crate::budget::policy::Policy;
 use crate::catalog::{HttpTool, UpstreamRequest};
 use crate::money::{UsdMicros, now_unix};
@@ -25,11 +26,16 @@ use crate::pay::{self, Challenge, Judgement, Proof, Quote, Receipt, Refusal, Rul
 use crate::upstream::{Answer, Reply};
 use crate::wallet::EvmWallet;
 
-/// What paying needs: the owner's policy, the assets tollgate can value, the wallet.
+/// What paying needs: the owner's policy, the assets tollgate can value, the wallet, and what
+/// is needed to tell who is calling (the root key, the process's own token).
 pub struct Payments {
     pub policy: Policy,
     pub assets: Vec<Asset>,
     pub evm: Option<EvmWallet>,
+    /// The root key credentials are verified under (absent until `tollgate init`).
+    pub root: Option<RootKey>,
+    /// `TOLLGATE_TOKEN` of the process: the caller when a request carries no token.
+    pub env_token: Option<String>,
     /// Proofs whose paid request had no known outcome, by call fingerprint.
     pending: Mutex<HashMap<[u8; 32], Arc<Proof>>>,
 }
@@ -40,17 +46,46 @@ impl Payments {
             policy,
             assets,
             evm,
+            root: None,
+            env_token: None,
             pending: Mutex::new(HashMap::new()),
         }
     }
 
-    pub(super) fn rules<'a>(&'a self, tool: &'a HttpTool) -> Rules<'a> {
+    /// Who is calling: the request's `_meta["tollgate/token"]`, else `TOLLGATE_TOKEN`, else
+    /// nobody in particular (the policy alone applies). An invalid token is an error, never
+    /// "nobody".
+    pub(super) fn identify(
+        &self,
+        request_token: Option<&str>,
+    ) -> Result<Option<Credential>, String> {
+        let Some(token) = request_token.or(self.env_token.as_deref()) else {
+            return Ok(None);
+        };
+        let Some(root) = &self.root else {
+            return Err(
+                "a credential was presented, but this tollgate has no root key \
+                        (`tollgate init`), so it cannot be verified"
+                    .to_owned(),
+            );
+        };
+        Credential::verify(token, root, now_unix())
+            .map(Some)
+            .map_err(|e| e.to_string())
+    }
+
+    pub(super) fn rules<'a>(
+        &'a self,
+        tool: &'a HttpTool,
+        caller: Option<&'a Credential>,
+    ) -> Rules<'a> {
         Rules {
             policy: &self.policy,
             assets: &self.assets,
             tool_max: tool.max_price.unwrap_or(UsdMicros(0)),
             tool: &tool.name,
             has_evm_wallet: self.evm.is_some(),
+            restrictions: caller.map(|c| &c.restrictions),
         }
     }
 
@@ -138,6 +173,7 @@ impl Tollgate {
         request: UpstreamRequest,
         headers: &HeaderMap,
         body: &[u8],
+        caller: Option<&Credential>,
         progress: &Progress,
         context: &RequestContext<RoleServer>,
     ) -> CallToolResult {
@@ -161,12 +197,31 @@ impl Tollgate {
                 tool.host()
             ));
         }
-        let quote = match pay::choose(&challenge, &payments.rules(tool)) {
+        let quote = match pay::choose(&challenge, &payments.rules(tool, caller)) {
             Ok(quote) => quote,
             Err(judged) => {
                 return tool_error(tool.redact(&refusal_message(tool, &challenge, &judged)));
             }
         };
+        // Fail closed on rules this tollgate cannot enforce yet: a budget needs the ledger, an
+        // approval threshold needs a human to ask.
+        if let Some(c) = caller {
+            if !c.budgets.is_empty() {
+                return tool_error(format!(
+                    "your credential carries a budget (budget_usd_micros), and this tollgate \
+                     cannot track budgets yet, so it does not pay on it; nothing was paid ({} \
+                     asked)",
+                    quote.usd
+                ));
+            }
+            if c.restrictions.needs_approval(quote.usd) {
+                return tool_error(format!(
+                    "{} is above your credential's approval threshold, and this tollgate cannot \
+                     ask a human yet; nothing was paid",
+                    quote.usd
+                ));
+            }
+        }
         let Some(wallet) = payments.evm.as_ref() else {
             return tool_error("no EVM wallet is configured; nothing was paid".to_owned());
         };

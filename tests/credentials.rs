@@ -1,0 +1,202 @@
+//! Who is calling: credentials (macaroons) presented per request or by the process narrow what
+//! may be called and paid; invalid ones are refused with nothing sent or paid.
+
+mod support;
+
+use std::process::Command;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde_json::{Value, json};
+use support::mcp::{Mode, Setup, drive, python};
+use support::upstream::{Reply, TestUpstream};
+
+const KEY: &str = "0x2a871d0798f97d79848a013d4936a73bf4cc922c825d33c1cf7073dff6d409c6";
+
+fn tollgate(args: &[&str], config: &std::path::Path) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+fn attenuate(token: &str, caveat: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["token", "attenuate", token, "--caveat", caveat])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+async fn seller() -> TestUpstream {
+    TestUpstream::start(|seen| {
+        if seen.path() == "/free" {
+            return Reply::json(200, json!({"free": true}));
+        }
+        if seen.header("PAYMENT-SIGNATURE").is_some() {
+            let response = json!({"success": true, "transaction": "0x01", "network": "eip155:8453"});
+            return Reply::json(200, json!({"paid": true}))
+                .with_header("PAYMENT-RESPONSE", &B64.encode(response.to_string()));
+        }
+        let header = json!({"x402Version": 2, "accepts": [{"scheme": "exact", "network": "eip155:8453",
+            "amount": "10000", "asset": "0x833589fCD6eDb6E08f4c3C32D4f71b54bdA02913",
+            "payTo": "0x209693Bc6afc0C5328bA36FaF03C514EF312287C", "maxTimeoutSeconds": 60,
+            "extra": {"name": "USD Coin", "version": "2"}}]});
+        Reply::json(402, json!({})).with_header("PAYMENT-REQUIRED", &B64.encode(header.to_string()))
+    })
+    .await
+}
+
+fn text(report: &Value, i: usize) -> String {
+    report["steps"][i]["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn call(name: &str, token: Option<&str>) -> Value {
+    match token {
+        Some(t) => {
+            json!({"op": "call_tool", "name": name, "arguments": {}, "meta": {"tollgate/token": t}})
+        }
+        None => json!({"op": "call_tool", "name": name, "arguments": {}}),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn credentials_narrow_and_bad_ones_are_refused_with_nothing_paid() {
+    let Some(python) = python() else { return };
+    let up = seller().await;
+    let setup = Setup::new(&format!(
+        "[[tool]]\nname = \"paid\"\ndescription = \"paid\"\nurl = \"{0}/paid\"\nmax_price = \"0.05 USD\"\n\
+         [[tool]]\nname = \"free\"\ndescription = \"free\"\nurl = \"{0}/free\"\n",
+        up.base()
+    ));
+    let config = setup.config();
+    tollgate(&["init"], &config);
+    let root = tollgate(&["token", "mint", "--caveat", "tools = paid,free"], &config);
+    let cheap = attenuate(&root, "max_per_call_usd_micros <= 5000");
+    let only_free = attenuate(&root, "tools = free");
+    let widened = attenuate(&only_free, "tools = free,paid"); // appending cannot widen
+    let expired = attenuate(&root, "expires < 1000");
+    let mut tampered = root.clone();
+    tampered.replace_range(tampered.len() - 4.., "AAAA");
+    let foreign = {
+        let other = Setup::new("");
+        tollgate(&["init"], &other.config());
+        tollgate(&["token", "mint"], &other.config())
+    };
+
+    let steps = json!([
+        call("paid", Some(&root)),
+        call("paid", Some(&cheap)),
+        call("paid", Some(&only_free)),
+        call("paid", Some(&widened)),
+        call("paid", Some(&expired)),
+        call("paid", Some(&tampered)),
+        call("paid", Some(&foreign)),
+        call("free", Some(&only_free)),
+        call("paid", Some("not a token")),
+    ]);
+    let report = drive(
+        &python,
+        Mode::Legacy,
+        &config,
+        &[("TOLLGATE_EVM_KEY", KEY)],
+        steps,
+    )
+    .await;
+    assert_eq!(
+        report["steps"][0]["result"]["structuredContent"]["payment"]["amount_usd"], "0.01",
+        "{report}"
+    );
+    assert!(
+        text(&report, 1).contains("your credential's max_per_call_usd_micros 0.005 USD"),
+        "{}",
+        text(&report, 1)
+    );
+    assert!(
+        text(&report, 2).contains("does not allow the tool `paid`"),
+        "{}",
+        text(&report, 2)
+    );
+    assert!(
+        text(&report, 3).contains("does not allow the tool `paid`"),
+        "widened: {}",
+        text(&report, 3)
+    );
+    assert!(text(&report, 4).contains("expired"), "{}", text(&report, 4));
+    assert!(
+        text(&report, 5).contains("credential is refused"),
+        "{}",
+        text(&report, 5)
+    );
+    assert!(
+        text(&report, 6).contains("signature does not verify"),
+        "{}",
+        text(&report, 6)
+    );
+    assert_eq!(
+        report["steps"][7]["result"]["structuredContent"]["result"],
+        json!({"free": true})
+    );
+    assert!(
+        text(&report, 8).contains("credential is refused"),
+        "{}",
+        text(&report, 8)
+    );
+    let signed = up
+        .seen()
+        .iter()
+        .filter(|s| s.header("PAYMENT-SIGNATURE").is_some())
+        .count();
+    assert_eq!(signed, 1, "only the valid root credential paid");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_process_token_applies_when_a_request_has_none() {
+    let Some(python) = python() else { return };
+    let up = seller().await;
+    let setup = Setup::new(&format!(
+        "[[tool]]\nname = \"paid\"\ndescription = \"paid\"\nurl = \"{}/paid\"\nmax_price = \"0.05 USD\"\n",
+        up.base()
+    ));
+    let config = setup.config();
+    tollgate(&["init"], &config);
+    let token = tollgate(
+        &["token", "mint", "--caveat", "budget_usd_micros <= 1000000"],
+        &config,
+    );
+    let report = drive(
+        &python,
+        Mode::Stateless,
+        &config,
+        &[("TOLLGATE_EVM_KEY", KEY), ("TOLLGATE_TOKEN", &token)],
+        json!([call("paid", None)]),
+    )
+    .await;
+    // Budgets are not tracked yet: a budgeted credential fails closed.
+    assert!(
+        text(&report, 0).contains("cannot track budgets yet"),
+        "{}",
+        text(&report, 0)
+    );
+    assert!(
+        up.seen()
+            .iter()
+            .all(|s| s.header("PAYMENT-SIGNATURE").is_none())
+    );
+}
