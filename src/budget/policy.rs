@@ -30,6 +30,10 @@ struct PolicyFile {
 #[serde(deny_unknown_fields)]
 struct CapsFile {
     per_call: Option<String>,
+    /// Rolling 24 hours.
+    per_day: Option<String>,
+    /// Everything, ever.
+    total: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -78,6 +82,10 @@ pub struct Policy {
     pub source: String,
     /// The most one call may pay.
     pub per_call: UsdMicros,
+    /// The most all calls together may pay in any 24 hours.
+    pub per_day: Option<UsdMicros>,
+    /// The most all calls together may ever pay.
+    pub total: Option<UsdMicros>,
     pub hosts: Allow,
     pub tools: Allow,
     pub networks: Allow,
@@ -120,6 +128,19 @@ impl Policy {
                 DEFAULT_PER_CALL
             }
         };
+        let mut cap = |key: &str, value: Option<String>| match value
+            .as_deref()
+            .map(str::parse::<UsdMicros>)
+        {
+            None => None,
+            Some(Ok(p)) => Some(p),
+            Some(Err(e)) => {
+                problems.push(Problem::new(path, format!("caps.{key}"), e.to_string()));
+                None
+            }
+        };
+        let per_day = cap("per_day", file.caps.per_day);
+        let total = cap("total", file.caps.total);
         let mut rates: BTreeMap<String, u64> = [
             ("usdc".to_owned(), 1_000_000),
             ("pathusd".to_owned(), 1_000_000),
@@ -144,6 +165,8 @@ impl Policy {
         let policy = Policy {
             source,
             per_call,
+            per_day,
+            total,
             hosts: Allow::from(a.hosts, Allow::Any),
             tools: Allow::from(a.tools, Allow::Any),
             networks: Allow::from(

@@ -205,6 +205,13 @@ impl Tollgate {
         };
         // Fail closed on rules this tollgate cannot enforce yet: a budget needs the ledger, an
         // approval threshold needs a human to ask.
+        if payments.policy.per_day.is_some() || payments.policy.total.is_some() {
+            return tool_error(format!(
+                "the policy ({}) sets caps.per_day or caps.total, and this tollgate cannot track \
+                 spending over time yet, so it does not pay; nothing was paid",
+                payments.policy.source
+            ));
+        }
         if let Some(c) = caller {
             if !c.budgets.is_empty() {
                 return tool_error(format!(

@@ -1,0 +1,184 @@
+//! The ledger file: creating it, the connection settings, and versioned migrations.
+//!
+//! The schema version lives in `PRAGMA user_version`. `MIGRATIONS[i]` takes a file from
+//! version `i` to `i + 1`; a migration is only ever appended, never edited once released.
+//! Migrations run in one `BEGIN IMMEDIATE` transaction, so two processes opening a fresh
+//! file at once do not both migrate it.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use super::LedgerError;
+
+/// How long a writer waits for another connection's write transaction before giving up.
+/// Transactions here are a handful of indexed statements and one fsync: milliseconds.
+pub(super) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Version 1: everything.
+///
+/// * `reservations`: one row per payment attempt, in state `reserved` → (`pending`) →
+///   `committed` | `released`; `pending` carries the proof that is (about to be) sent.
+/// * `reservation_keys`: the cap keys a reservation (and so its spend and receipt) counts
+///   against.
+/// * `key_totals`: running totals per key: lifetime spend, and open reservations. Budget
+///   checks read these instead of summing history.
+/// * `spend`: one entry per (key, committed payment) at its commit time; clustered by
+///   (key, at) so a rolling window sums only the entries inside it. Also the index for
+///   listing receipts per key.
+/// * `receipts`: one per committed reservation.
+/// * `revocations`: opaque ids (credential fingerprints) that must no longer be honoured.
+const MIGRATION_1: &str = "
+CREATE TABLE reservations (
+    id                INTEGER PRIMARY KEY,
+    call_id           TEXT    NOT NULL,
+    fingerprint       TEXT    NOT NULL,
+    state             TEXT    NOT NULL
+                      CHECK (state IN ('reserved', 'pending', 'committed', 'released')),
+    amount_usd_micros INTEGER NOT NULL CHECK (amount_usd_micros >= 0),
+    actual_usd_micros INTEGER CHECK (actual_usd_micros >= 0),
+    tool              TEXT    NOT NULL,
+    payee             TEXT    NOT NULL,
+    protocol          TEXT    NOT NULL,
+    meta_json         TEXT    NOT NULL,
+    proof_json        TEXT,
+    valid_before      INTEGER,
+    created_at        INTEGER NOT NULL,
+    settled_at        INTEGER
+);
+CREATE INDEX reservations_open ON reservations (state)
+    WHERE state IN ('reserved', 'pending');
+CREATE INDEX reservations_open_fingerprint ON reservations (fingerprint, id)
+    WHERE state IN ('reserved', 'pending');
+
+CREATE TABLE reservation_keys (
+    reservation_id INTEGER NOT NULL REFERENCES reservations (id),
+    key            TEXT    NOT NULL,
+    PRIMARY KEY (reservation_id, key)
+) WITHOUT ROWID;
+
+CREATE TABLE key_totals (
+    key                 TEXT    NOT NULL PRIMARY KEY,
+    spent_usd_micros    INTEGER NOT NULL DEFAULT 0 CHECK (spent_usd_micros >= 0),
+    reserved_usd_micros INTEGER NOT NULL DEFAULT 0 CHECK (reserved_usd_micros >= 0)
+) WITHOUT ROWID;
+
+CREATE TABLE spend (
+    key               TEXT    NOT NULL,
+    at                INTEGER NOT NULL,
+    reservation_id    INTEGER NOT NULL REFERENCES reservations (id),
+    amount_usd_micros INTEGER NOT NULL CHECK (amount_usd_micros >= 0),
+    PRIMARY KEY (key, at, reservation_id)
+) WITHOUT ROWID;
+
+CREATE TABLE receipts (
+    reservation_id INTEGER PRIMARY KEY REFERENCES reservations (id),
+    receipt_id     TEXT    NOT NULL UNIQUE,
+    at             INTEGER NOT NULL,
+    committed_at   INTEGER NOT NULL,
+    json           TEXT    NOT NULL
+);
+CREATE INDEX receipts_committed_at ON receipts (committed_at);
+
+CREATE TABLE revocations (
+    id TEXT    NOT NULL PRIMARY KEY,
+    at INTEGER NOT NULL
+) WITHOUT ROWID;
+";
+
+/// Every migration, in order; the schema version is their number.
+const MIGRATIONS: &[&str] = &[MIGRATION_1];
+
+/// The schema version this build writes.
+pub(super) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Opens (creating if needed) the ledger file at `path`, sets the connection up and brings
+/// the schema to [`SCHEMA_VERSION`].
+pub(super) fn open(path: &Path) -> Result<Connection, LedgerError> {
+    create_private_file(path)?;
+    let open_err = |source| LedgerError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    let conn = Connection::open(path).map_err(open_err)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+    // WAL: readers never block the writer and a commit is one append. The mode is stored in
+    // the file, but asking again is free when it is already set.
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
+        .map_err(open_err)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(LedgerError::NotWal {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    // FULL: a commit is fsynced before it returns, so a receipt outlives a power cut, not
+    // only a crash of the process. This is per connection, not stored in the file.
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(open_err)?;
+    conn.pragma_update(None, "foreign_keys", true)
+        .map_err(open_err)?;
+    migrate(conn, path)
+}
+
+/// Creates the file with mode 0600 if it does not exist yet (SQLite would create it with the
+/// umask's mode, and its `-wal`/`-shm` files copy the database file's mode).
+fn create_private_file(path: &Path) -> Result<(), LedgerError> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true).write(true).create(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    options
+        .open(path)
+        .map(drop)
+        .map_err(|source| LedgerError::Create {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+fn user_version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("PRAGMA user_version", [], |row| row.get(0))
+}
+
+fn migrate(mut conn: Connection, path: &Path) -> Result<Connection, LedgerError> {
+    let open_err = |source| LedgerError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    let newer = |found| LedgerError::NewerSchema {
+        path: path.to_owned(),
+        found,
+        supported: SCHEMA_VERSION,
+    };
+    // The common case (already current) takes no write lock.
+    let found = user_version(&conn).map_err(open_err)?;
+    if found == SCHEMA_VERSION {
+        return Ok(conn);
+    }
+    if found > SCHEMA_VERSION {
+        return Err(newer(found));
+    }
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(open_err)?;
+    // Another process may have migrated between the read above and the lock.
+    let found = user_version(&tx).map_err(open_err)?;
+    if found > SCHEMA_VERSION {
+        return Err(newer(found));
+    }
+    let start = usize::try_from(found)
+        .map_err(|_| LedgerError::Corrupt(format!("negative schema version {found}")))?;
+    for migration in &MIGRATIONS[start.min(MIGRATIONS.len())..] {
+        tx.execute_batch(migration).map_err(open_err)?;
+    }
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+        .map_err(open_err)?;
+    tx.commit().map_err(open_err)?;
+    Ok(conn)
+}
