@@ -42,6 +42,10 @@ async fn seller(amount: &'static str, settles: bool) -> TestUpstream {
             Reply::json(200, json!({"data": "paid content"}))
                 .with_header("PAYMENT-RESPONSE", &B64.encode(response.to_string()))
         }
+        // The paid request to /slow never gets an answer the first time.
+        ("/slow", None) => payment_required(json!([requirements(amount)]), "payment required"),
+        ("/slow", Some(_)) if SLOW_FIRST.swap(false, std::sync::atomic::Ordering::SeqCst) => Reply::Hang,
+        ("/slow", Some(_)) => Reply::json(200, json!({"data": "slow but paid"})),
         ("/baits", _) => payment_required(
             json!([requirements("900000"), {"scheme": "exact", "network": "eip155:1", "amount": "1",
                    "asset": "0xdeadbeef", "payTo": PAYEE}]),
@@ -52,9 +56,19 @@ async fn seller(amount: &'static str, settles: bool) -> TestUpstream {
     .await
 }
 
+static SLOW_FIRST: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
 fn tools(base: &str) -> String {
     format!(
         r#"
+[[tool]]
+name = "slow"
+description = "A paid endpoint whose first paid answer never comes"
+url = "{base}/slow?q={{q}}"
+max_price = "0.05 USD"
+timeout_ms = 800
+input_schema = {{ type = "object", properties = {{ q = {{ type = "string" }} }} }}
+
 [[tool]]
 name = "paid"
 description = "A paid endpoint"
@@ -233,4 +247,40 @@ async fn bait_and_unknown_offers_are_not_paid_and_price_check_shows_them() {
     let paid = &result(&report, 3)["structuredContent"];
     assert_eq!(paid["would_pay"]["amount_usd"], "0.01", "{paid}");
     assert_eq!(signed_requests(&up), 0, "price_check never pays");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retry_after_an_unknown_outcome_resends_the_same_signature() {
+    if python().is_none() {
+        return;
+    }
+    let up = seller("10000", true).await;
+    let steps = json!([
+        {"op": "call_tool", "name": "slow", "arguments": {"q": "a"}},
+        {"op": "call_tool", "name": "slow", "arguments": {"q": "a"}},
+    ]);
+    let report = run(&up, steps).await;
+    let first = result(&report, 0)["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        first.contains("may or may not have settled") && first.contains("same signed"),
+        "{first}"
+    );
+    assert_eq!(
+        result(&report, 1)["structuredContent"]["result"]["data"],
+        "slow but paid"
+    );
+    let signatures: Vec<String> = up
+        .seen()
+        .iter()
+        .filter(|s| s.method != "CLOSED")
+        .filter_map(|s| s.header("PAYMENT-SIGNATURE").map(str::to_owned))
+        .collect();
+    assert_eq!(signatures.len(), 2, "two paid attempts");
+    assert_eq!(
+        signatures[0], signatures[1],
+        "the retry re-sent the same signed payment"
+    );
 }
