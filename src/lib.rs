@@ -15,6 +15,7 @@
 pub mod budget;
 pub mod catalog;
 pub mod config;
+pub mod ledger;
 pub mod money;
 pub mod pay;
 pub mod server;

@@ -10,11 +10,12 @@ use clap::{Parser, Subcommand, ValueEnum};
 use rmcp::ServiceExt as _;
 
 use tollgate::budget::caveat::{Caveat, Restrictions};
-use tollgate::budget::credential::{CredentialError, RootKey};
+use tollgate::budget::credential::{Credential, CredentialError, RootKey};
 use tollgate::budget::macaroon::Macaroon;
 use tollgate::budget::policy::Policy;
 use tollgate::catalog::Catalog;
 use tollgate::config::{Config, Problem};
+use tollgate::ledger::Ledger;
 use tollgate::money::UsdMicros;
 use tollgate::server::{Payments, Tollgate};
 use tollgate::upstream::Upstream;
@@ -63,11 +64,30 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// List receipts of paid calls, newest first.
+    Receipts {
+        /// Only receipts at or after this time (unix seconds).
+        #[arg(long, value_name = "UNIX_SECONDS")]
+        since: Option<u64>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ReceiptFormat::Table)]
+        format: ReceiptFormat,
+        /// Config file [default: ./tollgate.toml if present, else built-in defaults].
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
     /// The delegated wallet.
     Wallet {
         #[command(subcommand)]
         command: WalletCommand,
     },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ReceiptFormat {
+    Table,
+    Json,
+    Csv,
 }
 
 #[derive(Debug, Subcommand)]
@@ -95,6 +115,14 @@ enum TokenCommand {
         /// The credential (base64url).
         token: String,
     },
+    /// Revoke a credential and every credential attenuated from it (needs the root key).
+    Revoke {
+        /// The credential (base64url).
+        token: String,
+        /// Config file [default: ./tollgate.toml if present, else built-in defaults].
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -118,6 +146,11 @@ fn main() -> ExitCode {
         } => wallet_address(config),
         Command::Init { config } => init(config),
         Command::Token { command } => token(command),
+        Command::Receipts {
+            since,
+            format,
+            config,
+        } => receipts(config, since, format),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -201,6 +234,17 @@ fn token(command: TokenCommand) -> anyhow::Result<()> {
             }
             println!("{}", token.to_base64url());
         }
+        TokenCommand::Revoke { token, config } => {
+            let config = Config::load(config.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let root = RootKey::load(&config.state_dir)?;
+            let credential = Credential::verify(&token, &root, 0)?;
+            let ledger = Ledger::open(&config.state_dir)?;
+            ledger.revoke(credential.id(), tollgate::money::now_unix())?;
+            println!(
+                "revoked {} and every credential attenuated from it",
+                credential.token.fingerprint()
+            );
+        }
         TokenCommand::Inspect { token } => {
             let token = Macaroon::from_base64url(token.trim()).context("the token")?;
             println!("location:   {}", token.location().unwrap_or("(none)"));
@@ -236,6 +280,63 @@ fn token(command: TokenCommand) -> anyhow::Result<()> {
                 }
                 Err(e) => println!("refused:    {e}"),
             }
+        }
+    }
+    Ok(())
+}
+
+fn receipts(
+    config: Option<PathBuf>,
+    since: Option<u64>,
+    format: ReceiptFormat,
+) -> anyhow::Result<()> {
+    let config = Config::load(config.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let ledger = Ledger::open(&config.state_dir)?;
+    let rows = ledger.all_receipts(since, 100_000)?;
+    let receipts: Vec<serde_json::Value> = rows
+        .iter()
+        .filter_map(|r| serde_json::from_str(&r.json).ok())
+        .collect();
+    let field = |r: &serde_json::Value, k: &str| match &r[k] {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => String::new(),
+        other => other.to_string(),
+    };
+    let columns = [
+        "at",
+        "receipt_id",
+        "protocol",
+        "network",
+        "amount_usd",
+        "asset_symbol",
+        "payee",
+        "transaction",
+    ];
+    match format {
+        ReceiptFormat::Json => println!("{}", serde_json::to_string_pretty(&receipts)?),
+        ReceiptFormat::Csv => {
+            println!("{}", columns.join(","));
+            for r in &receipts {
+                let cells: Vec<String> = columns
+                    .iter()
+                    .map(|c| field(r, c).replace(',', " "))
+                    .collect();
+                println!("{}", cells.join(","));
+            }
+        }
+        ReceiptFormat::Table => {
+            let rows: Vec<[String; 8]> = receipts
+                .iter()
+                .map(|r| columns.map(|c| field(r, c)))
+                .collect();
+            print_table(
+                columns
+                    .map(str::to_ascii_uppercase)
+                    .each_ref()
+                    .map(String::as_str),
+                &rows,
+            );
+            println!("{} receipt(s)", rows.len());
         }
     }
     Ok(())
@@ -286,7 +387,19 @@ fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
             Some(wallet) => tracing::info!(address = %wallet.address(), "EVM wallet ready"),
             None => tracing::info!("no EVM wallet configured; paid tools will not pay"),
         }
-        let mut payments = Payments::new(policy, config.assets.clone(), evm);
+        let ledger = Arc::new(Ledger::open(&config.state_dir).context("cannot open the ledger")?);
+        // Payments whose outcome was unknown when a process stopped stay reserved (they count
+        // against every cap) and visible until they settle or are released.
+        for pending in ledger.pending().context("cannot read pending payments")? {
+            tracing::warn!(
+                tool = %pending.tool, payee = %pending.payee,
+                usd = %tollgate::money::UsdMicros(pending.amount_usd_micros),
+                state = pending.state.as_str(),
+                "a payment from an earlier run has no known outcome; it stays reserved, and a \
+                 retry of the same call re-sends the same proof"
+            );
+        }
+        let mut payments = Payments::new(policy, config.assets.clone(), evm, ledger);
         payments.root = match RootKey::load(&config.state_dir) {
             Ok(root) => Some(root),
             Err(CredentialError::NoRootKey(_)) => None,

@@ -167,7 +167,7 @@ async fn credentials_narrow_and_bad_ones_are_refused_with_nothing_paid() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn the_process_token_applies_when_a_request_has_none() {
+async fn budgets_hold_across_the_hierarchy_and_the_process_token_applies() {
     let Some(python) = python() else { return };
     let up = seller().await;
     let setup = Setup::new(&format!(
@@ -176,27 +176,97 @@ async fn the_process_token_applies_when_a_request_has_none() {
     ));
     let config = setup.config();
     tollgate(&["init"], &config);
-    let token = tollgate(
-        &["token", "mint", "--caveat", "budget_usd_micros <= 1000000"],
+    // The parent may spend 0.035 USD: three calls of 0.01.
+    let parent = tollgate(
+        &["token", "mint", "--caveat", "budget_usd_micros <= 35000"],
         &config,
     );
+    // Two siblings, each with 0.01 USD (they differ before their budget caveat).
+    let a = attenuate(
+        &attenuate(&parent, "tools = paid"),
+        "budget_usd_micros <= 10000",
+    );
+    let b = attenuate(
+        &attenuate(&parent, "networks = eip155:8453"),
+        "budget_usd_micros <= 10000",
+    );
+    // A child that asks for more than the parent has: the parent's budget still binds.
+    let greedy = attenuate(&parent, "budget_usd_micros <= 1000000");
+
+    let steps = json!([
+        call("paid", Some(&a)),      // a: 0.01 of 0.01; parent 0.01 of 0.035
+        call("paid", Some(&a)),      // a is spent
+        call("paid", Some(&b)),      // b untouched by a; parent 0.02
+        call("paid", None),          // the process token (the parent): 0.03
+        call("paid", Some(&greedy)), // parent has 0.005 left: refused
+    ]);
     let report = drive(
         &python,
         Mode::Stateless,
         &config,
-        &[("TOLLGATE_EVM_KEY", KEY), ("TOLLGATE_TOKEN", &token)],
-        json!([call("paid", None)]),
+        &[("TOLLGATE_EVM_KEY", KEY), ("TOLLGATE_TOKEN", &parent)],
+        steps,
     )
     .await;
-    // Budgets are not tracked yet: a budgeted credential fails closed.
+    let paid = |i: usize| {
+        report["steps"][i]["result"]["structuredContent"]["payment"]["amount_usd"] == "0.01"
+    };
+    assert!(paid(0), "{}", text(&report, 0));
     assert!(
-        text(&report, 0).contains("cannot track budgets yet"),
+        text(&report, 1).contains("does not fit in your credential's budget"),
         "{}",
-        text(&report, 0)
+        text(&report, 1)
     );
     assert!(
+        paid(2),
+        "a sibling's spend does not touch its twin: {}",
+        text(&report, 2)
+    );
+    assert!(paid(3), "{}", text(&report, 3));
+    let refused = text(&report, 4);
+    assert!(
+        refused.contains("budget") && refused.contains("spent 0.03 USD"),
+        "{refused}"
+    );
+    let signed = up
+        .seen()
+        .iter()
+        .filter(|s| s.header("PAYMENT-SIGNATURE").is_some())
+        .count();
+    assert_eq!(signed, 3, "exactly three payments");
+
+    // The owner sees the receipts, and revoking the parent stops its children.
+    let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["receipts", "--format", "json", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let receipts: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(receipts.as_array().map(Vec::len), Some(3), "{receipts}");
+    let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["token", "revoke", &parent, "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = drive(
+        &python,
+        Mode::Legacy,
+        &config,
+        &[("TOLLGATE_EVM_KEY", KEY)],
+        json!([call("paid", Some(&b))]),
+    )
+    .await;
+    assert!(text(&report, 0).contains("revoked"), "{}", text(&report, 0));
+    assert_eq!(
         up.seen()
             .iter()
-            .all(|s| s.header("PAYMENT-SIGNATURE").is_none())
+            .filter(|s| s.header("PAYMENT-SIGNATURE").is_some())
+            .count(),
+        3
     );
 }

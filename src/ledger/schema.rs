@@ -6,9 +6,9 @@
 //! file at once do not both migrate it.
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, TransactionBehavior};
+use rusqlite::{Connection, ErrorCode, TransactionBehavior};
 
 use super::LedgerError;
 
@@ -103,17 +103,9 @@ pub(super) fn open(path: &Path) -> Result<Connection, LedgerError> {
     };
     let conn = Connection::open(path).map_err(open_err)?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
-    // WAL: readers never block the writer and a commit is one append. The mode is stored in
-    // the file, but asking again is free when it is already set.
-    let mode: String = conn
-        .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
-        .map_err(open_err)?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        return Err(LedgerError::NotWal {
-            path: path.to_owned(),
-            mode,
-        });
-    }
+    // Every statement the ledger runs stays prepared (there are about 25).
+    conn.set_prepared_statement_cache_capacity(64);
+    enable_wal(&conn, path)?;
     // FULL: a commit is fsynced before it returns, so a receipt outlives a power cut, not
     // only a crash of the process. This is per connection, not stored in the file.
     conn.pragma_update(None, "synchronous", "FULL")
@@ -121,6 +113,41 @@ pub(super) fn open(path: &Path) -> Result<Connection, LedgerError> {
     conn.pragma_update(None, "foreign_keys", true)
         .map_err(open_err)?;
     migrate(conn, path)
+}
+
+/// WAL: readers never block the writer and a commit is one append. The mode is stored in the
+/// file, so asking again is free once it is set.
+///
+/// Switching a fresh file to WAL needs an exclusive lock and, unlike other statements, does
+/// not wait through the busy handler: several processes opening a new ledger at once get
+/// `SQLITE_BUSY` immediately. So this waits itself, up to [`BUSY_TIMEOUT`].
+fn enable_wal(conn: &Connection, path: &Path) -> Result<(), LedgerError> {
+    let deadline = Instant::now() + BUSY_TIMEOUT;
+    let mode: String = loop {
+        match conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0)) {
+            Ok(mode) => break mode,
+            Err(e)
+                if e.sqlite_error_code() == Some(ErrorCode::DatabaseBusy)
+                    && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(source) => {
+                return Err(LedgerError::Open {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+        }
+    };
+    if mode.eq_ignore_ascii_case("wal") {
+        Ok(())
+    } else {
+        Err(LedgerError::NotWal {
+            path: path.to_owned(),
+            mode,
+        })
+    }
 }
 
 /// Creates the file with mode 0600 if it does not exist yet (SQLite would create it with the

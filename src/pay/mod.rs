@@ -141,6 +141,44 @@ pub struct Proof {
     pub valid_before: u64,
 }
 
+impl Proof {
+    /// The proof as JSON, to keep in the ledger until its outcome is known.
+    pub fn to_json(&self) -> String {
+        let headers: Vec<(String, String)> = self
+            .headers
+            .iter()
+            .map(|(n, v)| {
+                (
+                    n.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        serde_json::json!({"headers": headers, "payer": self.payer, "valid_before": self.valid_before})
+            .to_string()
+    }
+
+    /// A proof kept by [`Proof::to_json`]; `None` if the text is not one.
+    pub fn from_json(text: &str) -> Option<Proof> {
+        let value: Value = serde_json::from_str(text).ok()?;
+        let headers = value
+            .get("headers")?
+            .as_array()?
+            .iter()
+            .map(|pair| {
+                let name = HeaderName::from_bytes(pair.get(0)?.as_str()?.as_bytes()).ok()?;
+                let value = HeaderValue::from_str(pair.get(1)?.as_str()?).ok()?;
+                Some((name, value))
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(Proof {
+            headers,
+            payer: value.get("payer")?.as_str()?.to_owned(),
+            valid_before: value.get("valid_before")?.as_u64()?,
+        })
+    }
+}
+
 /// An offer with its value in micro-USD.
 #[derive(Debug, Clone)]
 pub struct Quote {

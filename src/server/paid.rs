@@ -6,8 +6,7 @@
 //! pending, and calling again with the same tool, arguments and offer sends the same proof
 //! (the same EIP-3009 nonce, which can settle at most once) instead of signing anew.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use reqwest::header::HeaderMap;
 use rmcp::RoleServer;
@@ -20,6 +19,7 @@ use super::{Progress, Tollgate, success, tool_error};
 use crate::budget::credential::{Credential, RootKey};
 use crate::budget::policy::Policy;
 use crate::catalog::{HttpTool, UpstreamRequest};
+use crate::ledger::{Cap, Ledger, LedgerError, NewReceipt, NewReservation};
 use crate::money::{UsdMicros, now_unix};
 use crate::pay::assets::Asset;
 use crate::pay::{self, Challenge, Judgement, Proof, Quote, Receipt, Refusal, Rules};
@@ -36,20 +36,41 @@ pub struct Payments {
     pub root: Option<RootKey>,
     /// `TOLLGATE_TOKEN` of the process: the caller when a request carries no token.
     pub env_token: Option<String>,
-    /// Proofs whose paid request had no known outcome, by call fingerprint.
-    pending: Mutex<HashMap<[u8; 32], Arc<Proof>>>,
+    /// Budgets, reservations, pending payments, receipts, revocations.
+    pub ledger: Arc<Ledger>,
 }
 
 impl Payments {
-    pub fn new(policy: Policy, assets: Vec<Asset>, evm: Option<EvmWallet>) -> Payments {
+    pub fn new(
+        policy: Policy,
+        assets: Vec<Asset>,
+        evm: Option<EvmWallet>,
+        ledger: Arc<Ledger>,
+    ) -> Payments {
         Payments {
             policy,
             assets,
             evm,
             root: None,
             env_token: None,
-            pending: Mutex::new(HashMap::new()),
+            ledger,
         }
+    }
+
+    /// Every cap a payment by `caller` must fit under: the policy's, and each budget caveat in
+    /// the caller's chain (a child's spend counts against every ancestor's budget).
+    fn caps(&self, caller: Option<&Credential>) -> Vec<Cap> {
+        let mut caps = Vec::new();
+        if let Some(day) = self.policy.per_day {
+            caps.push(Cap::rolling("policy:per_day", day.0, 86_400));
+        }
+        if let Some(total) = self.policy.total {
+            caps.push(Cap::lifetime("policy:total", total.0));
+        }
+        for (key, limit) in caller.map(|c| c.budgets.as_slice()).unwrap_or_default() {
+            caps.push(Cap::lifetime(key.clone(), limit.0));
+        }
+        caps
     }
 
     /// Who is calling: the request's `_meta["tollgate/token"]`, else `TOLLGATE_TOKEN`, else
@@ -69,9 +90,14 @@ impl Payments {
                     .to_owned(),
             );
         };
-        Credential::verify(token, root, now_unix())
-            .map(Some)
-            .map_err(|e| e.to_string())
+        let credential = Credential::verify(token, root, now_unix()).map_err(|e| e.to_string())?;
+        match self.ledger.is_revoked(&credential.lineage) {
+            Ok(false) => Ok(Some(credential)),
+            Ok(true) => Err("the token has been revoked".to_owned()),
+            Err(e) => Err(format!(
+                "the ledger cannot be read to check revocations: {e}"
+            )),
+        }
     }
 
     pub(super) fn rules<'a>(
@@ -88,32 +114,17 @@ impl Payments {
             restrictions: caller.map(|c| &c.restrictions),
         }
     }
-
-    fn pending(&self, key: &[u8; 32], now: u64) -> Option<Arc<Proof>> {
-        let mut pending = self.pending.lock().ok()?;
-        pending.retain(|_, proof| proof.valid_before > now);
-        pending.get(key).cloned()
-    }
-
-    fn set_pending(&self, key: [u8; 32], proof: Option<Arc<Proof>>) {
-        if let Ok(mut pending) = self.pending.lock() {
-            match proof {
-                Some(proof) => pending.insert(key, proof),
-                None => pending.remove(&key),
-            };
-        }
-    }
 }
 
 /// Identifies one call for proof reuse: the tool, its arguments, and the exact offer.
-fn fingerprint(tool: &str, arguments: &Map<String, Value>, quote: &Quote) -> [u8; 32] {
+fn fingerprint(tool: &str, arguments: &Map<String, Value>, quote: &Quote) -> String {
     let mut hash = Sha256::new();
     hash.update(tool.as_bytes());
     hash.update([0]);
     hash.update(Value::Object(arguments.clone()).to_string().as_bytes());
     hash.update([0]);
     hash.update(quote.offer.raw.to_string().as_bytes());
-    hash.finalize().into()
+    hex::encode(hash.finalize())
 }
 
 /// The message for a 402 that will not be paid: the cheapest price above a cap if that is the
@@ -203,31 +214,14 @@ impl Tollgate {
                 return tool_error(tool.redact(&refusal_message(tool, &challenge, &judged)));
             }
         };
-        // Fail closed on rules this tollgate cannot enforce yet: a budget needs the ledger, an
-        // approval threshold needs a human to ask.
-        if payments.policy.per_day.is_some() || payments.policy.total.is_some() {
+        // Fail closed on a rule this tollgate cannot enforce yet: an approval threshold needs
+        // a human to ask.
+        if caller.is_some_and(|c| c.restrictions.needs_approval(quote.usd)) {
             return tool_error(format!(
-                "the policy ({}) sets caps.per_day or caps.total, and this tollgate cannot track \
-                 spending over time yet, so it does not pay; nothing was paid",
-                payments.policy.source
+                "{} is above your credential's approval threshold, and this tollgate cannot ask \
+                 a human yet; nothing was paid",
+                quote.usd
             ));
-        }
-        if let Some(c) = caller {
-            if !c.budgets.is_empty() {
-                return tool_error(format!(
-                    "your credential carries a budget (budget_usd_micros), and this tollgate \
-                     cannot track budgets yet, so it does not pay on it; nothing was paid ({} \
-                     asked)",
-                    quote.usd
-                ));
-            }
-            if c.restrictions.needs_approval(quote.usd) {
-                return tool_error(format!(
-                    "{} is above your credential's approval threshold, and this tollgate cannot \
-                     ask a human yet; nothing was paid",
-                    quote.usd
-                ));
-            }
         }
         let Some(wallet) = payments.evm.as_ref() else {
             return tool_error("no EVM wallet is configured; nothing was paid".to_owned());
@@ -235,15 +229,77 @@ impl Tollgate {
 
         let now = now_unix();
         let key = fingerprint(&tool.name, arguments, &quote);
-        let (proof, reused) = match payments.pending(&key, now + 5) {
-            Some(proof) => (proof, true),
-            None => match pay::x402::prove(&quote.offer, wallet, now) {
-                Ok(proof) => (Arc::new(proof), false),
-                Err(e) => return tool_error(format!("`{}`: {e}; nothing was paid", tool.name)),
-            },
+        let ledger = payments.ledger.clone();
+        let in_ledger = |what: &str, e: LedgerError| {
+            tool_error(format!(
+                "`{}`: the ledger could not {what} ({e}); nothing was paid",
+                tool.name
+            ))
         };
-        // Pending from the moment the proof exists until its outcome is known.
-        payments.set_pending(key, Some(proof.clone()));
+        // A proof already sent for this very call, whose outcome is unknown, is sent again.
+        let pending = match blocking(|| ledger.find_pending(&key)) {
+            Ok(pending) => pending,
+            Err(e) => return in_ledger("be read", e),
+        };
+        let reusable = pending.and_then(|p| {
+            let proof = Proof::from_json(p.proof_json.as_deref()?)?;
+            (proof.valid_before > now + 5).then_some((p.id, proof))
+        });
+        let (reservation, proof, reused) = match reusable {
+            Some((id, proof)) => (id, proof, true),
+            None => {
+                let new = NewReservation {
+                    call_id: hex::encode(rand::random::<[u8; 8]>()),
+                    fingerprint: key.clone(),
+                    amount_usd_micros: quote.usd.0,
+                    caps: payments.caps(caller),
+                    tool: tool.name.clone(),
+                    payee: quote.offer.payee.clone(),
+                    protocol: quote.offer.protocol.to_string(),
+                    meta_json: json!({"network": quote.offer.network, "asset": quote.offer.asset,
+                                      "amount_atomic": quote.offer.amount_atomic.to_string()})
+                    .to_string(),
+                };
+                let id = match blocking(|| ledger.reserve(new, now)) {
+                    Ok(id) => id,
+                    Err(LedgerError::Exceeded {
+                        key,
+                        limit_usd_micros,
+                        spent_usd_micros,
+                        reserved_usd_micros,
+                        ..
+                    }) => {
+                        return tool_error(format!(
+                            "`{}` costs {}, which does not fit in {} (limit {}, spent {}, held for \
+                             calls in flight {}); nothing was paid",
+                            tool.name,
+                            quote.usd,
+                            describe_cap(&key),
+                            UsdMicros(limit_usd_micros),
+                            UsdMicros(spent_usd_micros),
+                            UsdMicros(reserved_usd_micros)
+                        ));
+                    }
+                    Err(e) => return in_ledger("reserve the payment", e),
+                };
+                let proof = match pay::x402::prove(&quote.offer, wallet, now) {
+                    Ok(proof) => proof,
+                    Err(e) => {
+                        let _ = blocking(|| ledger.release(id, now));
+                        return tool_error(format!("`{}`: {e}; nothing was paid", tool.name));
+                    }
+                };
+                // Recorded before the proof leaves the process (a crash after this line leaves
+                // a pending payment that a retry re-sends, never a second one).
+                if let Err(e) =
+                    blocking(|| ledger.mark_pending(id, &proof.to_json(), proof.valid_before))
+                {
+                    let _ = blocking(|| ledger.release(id, now));
+                    return in_ledger("record the pending payment", e);
+                }
+                (id, proof, false)
+            }
+        };
         progress.send(format!(
             "{} {} {}: paying {} to {} ({})",
             if reused {
@@ -277,7 +333,9 @@ impl Tollgate {
                 headers,
             }) => {
                 // The seller refused the signed payment: it will not settle. Never sign again.
-                payments.set_pending(key, None);
+                if let Err(e) = blocking(|| ledger.release(reservation, now_unix())) {
+                    tracing::error!(error = %e, "could not release a refused payment's reservation");
+                }
                 let again = pay::read_challenge(&headers, &body);
                 let reason = again
                     .seller_error
@@ -290,7 +348,6 @@ impl Tollgate {
                 )))
             }
             Ok(Reply { answer, headers }) => {
-                payments.set_pending(key, None);
                 let settlement = pay::x402::settlement(&headers);
                 let decoded = match &settlement {
                     Some(Ok(value)) => Some(value.clone()),
@@ -311,7 +368,20 @@ impl Tollgate {
                     tool = %tool.name, receipt = %receipt.receipt_id,
                     transaction = ?receipt.transaction, usd = %quote.usd, "paid"
                 );
-                let receipt = serde_json::to_value(&receipt).unwrap_or(Value::Null);
+                let receipt_json = serde_json::to_value(&receipt).unwrap_or(Value::Null);
+                let row = NewReceipt {
+                    receipt_id: receipt.receipt_id.clone(),
+                    at: now_unix(),
+                    json: receipt_json.to_string(),
+                };
+                if let Err(e) =
+                    blocking(|| ledger.commit(reservation, quote.usd.0, row, now_unix()))
+                {
+                    // Paid, but not recorded: the reservation stays held (never under-counted)
+                    // and the owner must hear of it.
+                    tracing::error!(error = %e, receipt = %receipt.receipt_id, "paid, but the receipt could not be committed");
+                }
+                let receipt = receipt_json;
                 let mut result = success(tool, answer, Some(receipt));
                 if let Some(decoded) = decoded {
                     let mut meta = Map::new();
@@ -330,6 +400,21 @@ impl Tollgate {
                 )))
             }
         }
+    }
+}
+
+/// Runs a (short, blocking) ledger operation without stalling the async workers.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+/// A cap's key in words.
+fn describe_cap(key: &str) -> String {
+    match key {
+        "policy:per_day" => "the policy's per-day cap".to_owned(),
+        "policy:total" => "the policy's total cap".to_owned(),
+        k if k.starts_with("budget:") => "your credential's budget".to_owned(),
+        other => format!("the cap {other}"),
     }
 }
 

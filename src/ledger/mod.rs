@@ -1,0 +1,867 @@
+//! The ledger: durable memory of money (reservations, pending proofs, spend, receipts,
+//! revocations) in one SQLite file, `ledger.sqlite3` in the state directory.
+//!
+//! It owns the two invariants that need a disk: a budget is never exceeded, even by many
+//! concurrent calls in several tollgate processes sharing one file (the check and the
+//! reservation are one `BEGIN IMMEDIATE` transaction); and a crash loses no receipt and leaves
+//! no budget wrong (a reservation counts until it is committed or released, and a proof is
+//! recorded before it leaves the process, so a restart can reconcile it).
+//!
+//! It does not decide what a budget is (that is `budget/`), nor know HTTP, MCP or any payment
+//! protocol: caps are opaque keys with a limit, proofs and receipts opaque JSON text.
+//!
+//! The life of one payment:
+//!
+//! ```text
+//! reserve ──► mark_pending (proof recorded) ──► commit (actual amount, receipt)
+//!    │                  │
+//!    └──────────────────┴──► release (provably not paid)     otherwise: stays counted,
+//!                                                            listed by `pending()`
+//! ```
+//!
+//! Cost: a budget check reads one running total per cap (lifetime caps) or sums the spend
+//! entries inside the window through the `(key, at)` index (rolling caps); it never looks at
+//! receipts, so it costs the same with a million receipts as with ten.
+//!
+//! Every method blocks on SQLite (a commit waits for an fsync, a writer may wait up to five
+//! seconds for another process's transaction); call it from `spawn_blocking` in async code.
+//! Times are Unix seconds given by the caller, so tests control the clock.
+
+mod error;
+mod schema;
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+
+pub use error::LedgerError;
+
+/// The ledger's file name inside the state directory.
+pub const FILE_NAME: &str = "ledger.sqlite3";
+
+/// One limit a payment must fit under.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Cap {
+    /// Opaque key chosen by the caller, e.g. `policy:per-day`, `budget:<64 hex>`. Spend is
+    /// recorded per key, so the same key must always mean the same budget.
+    pub key: String,
+    /// The most that may be spent (plus reserved) under this key, in micro-USD.
+    pub limit_usd_micros: u64,
+    /// `None`: a lifetime total. `Some(w)`: a rolling window; spend committed in the last `w`
+    /// seconds (`at > now - w`) counts.
+    pub window_secs: Option<u64>,
+}
+
+impl Cap {
+    /// A lifetime cap: everything ever spent under `key` counts.
+    pub fn lifetime(key: impl Into<String>, limit_usd_micros: u64) -> Self {
+        Cap {
+            key: key.into(),
+            limit_usd_micros,
+            window_secs: None,
+        }
+    }
+
+    /// A rolling cap: spend committed in the last `window_secs` seconds counts.
+    pub fn rolling(key: impl Into<String>, limit_usd_micros: u64, window_secs: u64) -> Self {
+        Cap {
+            key: key.into(),
+            limit_usd_micros,
+            window_secs: Some(window_secs),
+        }
+    }
+}
+
+/// A payment about to be attempted, as given to [`Ledger::reserve`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewReservation {
+    /// The tool call this payment is for (for people reading receipts).
+    pub call_id: String,
+    /// Identifies "the same call" across retries (e.g. a hash of tool, arguments and payee),
+    /// so a retry finds the proof already sent with [`Ledger::find_pending`].
+    pub fingerprint: String,
+    /// The most this payment may cost, in micro-USD: what is held against every cap.
+    pub amount_usd_micros: u64,
+    /// Every cap the payment must fit under (policy and each budget caveat in the chain).
+    pub caps: Vec<Cap>,
+    /// The tool's name.
+    pub tool: String,
+    /// Who is paid (an address, a node id...).
+    pub payee: String,
+    /// The payment protocol (`x402`, `l402`, `mpp`).
+    pub protocol: String,
+    /// Anything else the caller wants kept with the payment, as JSON text.
+    pub meta_json: String,
+}
+
+/// A receipt for a settled payment, as given to [`Ledger::commit`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewReceipt {
+    /// The protocol's id for the payment (transaction hash, payment hash...). Unique in the
+    /// ledger: the same payment cannot be recorded twice.
+    pub receipt_id: String,
+    /// When the payment settled, Unix seconds, as the protocol reports it.
+    pub at: u64,
+    /// The whole receipt, as JSON text.
+    pub json: String,
+}
+
+/// Names one reservation in the ledger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ReservationId(pub i64);
+
+impl fmt::Display for ReservationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
+/// Where a reservation is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ReservationState {
+    /// Held against its caps; no proof has left the process.
+    Reserved,
+    /// Held; a proof was recorded and may have left the process: the payment may have
+    /// happened. Only reconciliation may release it.
+    Pending,
+    /// Paid: its actual amount is spend, and it has a receipt.
+    Committed,
+    /// Provably not paid: it no longer counts.
+    Released,
+}
+
+impl ReservationState {
+    /// The name stored in the file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReservationState::Reserved => "reserved",
+            ReservationState::Pending => "pending",
+            ReservationState::Committed => "committed",
+            ReservationState::Released => "released",
+        }
+    }
+
+    fn parse(text: &str) -> Result<Self, LedgerError> {
+        Ok(match text {
+            "reserved" => ReservationState::Reserved,
+            "pending" => ReservationState::Pending,
+            "committed" => ReservationState::Committed,
+            "released" => ReservationState::Released,
+            other => {
+                return Err(LedgerError::Corrupt(format!("reservation state {other:?}")));
+            }
+        })
+    }
+}
+
+impl fmt::Display for ReservationState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A reservation that is still open (reserved or pending): what a restart must reconcile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingPayment {
+    /// The reservation.
+    pub id: ReservationId,
+    /// `Reserved` (no proof left the process) or `Pending` (a proof may have).
+    pub state: ReservationState,
+    /// The tool call it was for.
+    pub call_id: String,
+    /// The retry fingerprint given at reservation.
+    pub fingerprint: String,
+    /// The amount held against every key.
+    pub amount_usd_micros: u64,
+    /// The cap keys it counts against, sorted.
+    pub keys: Vec<String>,
+    /// The tool's name.
+    pub tool: String,
+    /// Who is paid.
+    pub payee: String,
+    /// The payment protocol.
+    pub protocol: String,
+    /// The caller's JSON given at reservation.
+    pub meta_json: String,
+    /// The recorded proof, to re-send on retry (`None` while `Reserved`).
+    pub proof_json: Option<String>,
+    /// The proof cannot settle after this time (Unix seconds), if the protocol says so.
+    pub valid_before: Option<u64>,
+    /// When it was reserved (Unix seconds).
+    pub created_at: u64,
+}
+
+impl PendingPayment {
+    /// Seconds since it was reserved.
+    pub fn age_secs(&self, now: u64) -> u64 {
+        now.saturating_sub(self.created_at)
+    }
+}
+
+/// Where one cap stands, from [`Ledger::status`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CapStatus {
+    /// The cap's key.
+    pub key: String,
+    /// The cap's limit.
+    pub limit_usd_micros: u64,
+    /// The cap's window (`None`: lifetime).
+    pub window_secs: Option<u64>,
+    /// Committed spend within the window (or ever).
+    pub spent_usd_micros: u64,
+    /// Open reservations on the key (they count whatever the window).
+    pub reserved_usd_micros: u64,
+    /// What a new payment may still reserve: `limit - spent - reserved`, at least 0.
+    pub remaining_usd_micros: u64,
+}
+
+/// A committed payment with its receipt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceiptRow {
+    /// The reservation it settled.
+    pub reservation_id: ReservationId,
+    /// The protocol's id for the payment.
+    pub receipt_id: String,
+    /// The tool call it was for.
+    pub call_id: String,
+    /// The tool's name.
+    pub tool: String,
+    /// Who was paid.
+    pub payee: String,
+    /// The payment protocol.
+    pub protocol: String,
+    /// What was held at reservation.
+    pub reserved_usd_micros: u64,
+    /// What was actually paid: the spend recorded under every key.
+    pub amount_usd_micros: u64,
+    /// When the payment settled, as the protocol reported it.
+    pub at: u64,
+    /// When it was committed to the ledger (the time its spend counts from).
+    pub committed_at: u64,
+    /// The cap keys it counts against, sorted.
+    pub keys: Vec<String>,
+    /// The receipt, as given to commit.
+    pub json: String,
+    /// The caller's JSON given at reservation.
+    pub meta_json: String,
+}
+
+/// The ledger file, opened by this process. Cheap to share (`&self` everywhere; one
+/// connection behind a mutex); several processes may each open the same file.
+#[derive(Debug)]
+pub struct Ledger {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+impl Ledger {
+    /// Opens `state_dir/ledger.sqlite3`, creating the directory (mode 0700) and the file
+    /// (mode 0600) if needed, and migrating an older schema.
+    pub fn open(state_dir: &Path) -> Result<Ledger, LedgerError> {
+        create_private_dir(state_dir)?;
+        let path = state_dir.join(FILE_NAME);
+        let conn = schema::open(&path)?;
+        Ok(Ledger {
+            path,
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// The ledger file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The schema version this build writes (`PRAGMA user_version` of an up-to-date file).
+    pub const SCHEMA_VERSION: i64 = schema::SCHEMA_VERSION;
+
+    /// Holds `r.amount_usd_micros` against every cap in `r.caps`, if it fits under all of
+    /// them: for each cap, spend in its window + open reservations on its key + the amount
+    /// must not exceed its limit. Check and write are one transaction, so concurrent callers
+    /// (threads or processes) can never together exceed a cap.
+    ///
+    /// Fails with [`LedgerError::Exceeded`] naming the first cap that does not fit; then
+    /// nothing is written.
+    pub fn reserve(&self, r: NewReservation, now: u64) -> Result<ReservationId, LedgerError> {
+        let amount = to_sql("amount", r.amount_usd_micros)?;
+        let now_sql = to_sql("time", now)?;
+        self.write(|tx| {
+            for cap in &r.caps {
+                let (spent, reserved) = usage(tx, cap, now)?;
+                let needed =
+                    u128::from(spent) + u128::from(reserved) + u128::from(r.amount_usd_micros);
+                if needed > u128::from(cap.limit_usd_micros) {
+                    return Err(LedgerError::Exceeded {
+                        key: cap.key.clone(),
+                        window_secs: cap.window_secs,
+                        limit_usd_micros: cap.limit_usd_micros,
+                        spent_usd_micros: spent,
+                        reserved_usd_micros: reserved,
+                        requested_usd_micros: r.amount_usd_micros,
+                    });
+                }
+            }
+            tx.prepare_cached(
+                "INSERT INTO reservations (call_id, fingerprint, state, amount_usd_micros, tool,
+                     payee, protocol, meta_json, created_at)
+                 VALUES (?1, ?2, 'reserved', ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params![
+                r.call_id,
+                r.fingerprint,
+                amount,
+                r.tool,
+                r.payee,
+                r.protocol,
+                r.meta_json,
+                now_sql
+            ])?;
+            let id = tx.last_insert_rowid();
+            let keys: BTreeSet<&str> = r.caps.iter().map(|c| c.key.as_str()).collect();
+            let mut link = tx.prepare_cached(
+                "INSERT INTO reservation_keys (reservation_id, key) VALUES (?1, ?2)",
+            )?;
+            let mut hold = tx.prepare_cached(
+                "INSERT INTO key_totals (key, reserved_usd_micros) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE
+                 SET reserved_usd_micros = reserved_usd_micros + excluded.reserved_usd_micros",
+            )?;
+            for key in keys {
+                link.execute(params![id, key])?;
+                hold.execute(params![key, amount])?;
+            }
+            Ok(ReservationId(id))
+        })
+    }
+
+    /// Records that a proof is about to leave the process (state `pending`), so a crash or a
+    /// retry re-sends this proof rather than making a new one. Call it before sending.
+    ///
+    /// Recording the same proof again is a no-op; a different proof for an already pending
+    /// reservation is [`LedgerError::ProofAlreadyRecorded`] (two proofs could pay twice).
+    pub fn mark_pending(
+        &self,
+        id: ReservationId,
+        proof_json: &str,
+        valid_before: u64,
+    ) -> Result<(), LedgerError> {
+        let valid_before = to_sql("time", valid_before)?;
+        self.write(|tx| {
+            let (state, _) = state_of(tx, id)?;
+            match state {
+                ReservationState::Reserved => {
+                    tx.prepare_cached(
+                        "UPDATE reservations
+                         SET state = 'pending', proof_json = ?2, valid_before = ?3
+                         WHERE id = ?1",
+                    )?
+                    .execute(params![id.0, proof_json, valid_before])?;
+                    Ok(())
+                }
+                ReservationState::Pending => {
+                    let recorded: Option<String> = tx
+                        .prepare_cached("SELECT proof_json FROM reservations WHERE id = ?1")?
+                        .query_row([id.0], |row| row.get(0))?;
+                    if recorded.as_deref() == Some(proof_json) {
+                        Ok(())
+                    } else {
+                        Err(LedgerError::ProofAlreadyRecorded(id))
+                    }
+                }
+                state => Err(LedgerError::WrongState {
+                    id,
+                    state,
+                    action: "mark pending",
+                }),
+            }
+        })
+    }
+
+    /// The newest open (reserved or pending) reservation made with this fingerprint, if any:
+    /// a retry of the same call uses it instead of reserving and paying again.
+    pub fn find_pending(&self, fingerprint: &str) -> Result<Option<PendingPayment>, LedgerError> {
+        self.read(|tx| {
+            let id: Option<i64> = tx
+                .prepare_cached(
+                    "SELECT id FROM reservations
+                     WHERE fingerprint = ?1 AND state IN ('reserved', 'pending')
+                     ORDER BY id DESC LIMIT 1",
+                )?
+                .query_row([fingerprint], |row| row.get(0))
+                .optional()?;
+            id.map(|id| load_pending(tx, ReservationId(id))).transpose()
+        })
+    }
+
+    /// Settles a reservation: the payment happened and cost `actual_usd_micros`. Records that
+    /// amount as spend under every key of the reservation at `now` (even if it is more than
+    /// was reserved: the money is gone either way), stops the reservation counting, and
+    /// stores the receipt; all in one transaction.
+    ///
+    /// Committing an already committed reservation with the same receipt id is a no-op;
+    /// anything else on a settled reservation is [`LedgerError::WrongState`]. Spend is never
+    /// recorded twice.
+    pub fn commit(
+        &self,
+        id: ReservationId,
+        actual_usd_micros: u64,
+        receipt: NewReceipt,
+        now: u64,
+    ) -> Result<(), LedgerError> {
+        let actual = to_sql("amount", actual_usd_micros)?;
+        let now_sql = to_sql("time", now)?;
+        let receipt_at = to_sql("time", receipt.at)?;
+        self.write(|tx| {
+            let (state, reserved) = state_of(tx, id)?;
+            match state {
+                ReservationState::Reserved | ReservationState::Pending => {}
+                ReservationState::Committed => {
+                    let recorded: Option<String> = tx
+                        .prepare_cached(
+                            "SELECT receipt_id FROM receipts WHERE reservation_id = ?1",
+                        )?
+                        .query_row([id.0], |row| row.get(0))
+                        .optional()?;
+                    return if recorded.as_deref() == Some(receipt.receipt_id.as_str()) {
+                        Ok(())
+                    } else {
+                        Err(LedgerError::WrongState {
+                            id,
+                            state,
+                            action: "commit",
+                        })
+                    };
+                }
+                ReservationState::Released => {
+                    return Err(LedgerError::WrongState {
+                        id,
+                        state,
+                        action: "commit",
+                    });
+                }
+            }
+            let existing: Option<i64> = tx
+                .prepare_cached("SELECT reservation_id FROM receipts WHERE receipt_id = ?1")?
+                .query_row([&receipt.receipt_id], |row| row.get(0))
+                .optional()?;
+            if let Some(existing) = existing {
+                return Err(LedgerError::ReceiptAlreadyRecorded {
+                    receipt_id: receipt.receipt_id,
+                    existing: ReservationId(existing),
+                });
+            }
+            tx.prepare_cached(
+                "UPDATE reservations
+                 SET state = 'committed', actual_usd_micros = ?2, settled_at = ?3
+                 WHERE id = ?1",
+            )?
+            .execute(params![id.0, actual, now_sql])?;
+            tx.prepare_cached(
+                "INSERT INTO receipts (reservation_id, receipt_id, at, committed_at, json)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![
+                id.0,
+                receipt.receipt_id,
+                receipt_at,
+                now_sql,
+                receipt.json
+            ])?;
+            let mut spend = tx.prepare_cached(
+                "INSERT INTO spend (key, at, reservation_id, amount_usd_micros)
+                 VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            // An upsert, though `reserve` created the row: spend that happened is recorded
+            // whatever else is wrong.
+            let mut totals = tx.prepare_cached(
+                "INSERT INTO key_totals (key, spent_usd_micros) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE
+                 SET spent_usd_micros = spent_usd_micros + excluded.spent_usd_micros,
+                     reserved_usd_micros = reserved_usd_micros - ?3",
+            )?;
+            for key in keys_of(tx, id)? {
+                spend.execute(params![key, now_sql, id.0, actual])?;
+                totals.execute(params![key, actual, reserved])?;
+            }
+            Ok(())
+        })
+    }
+
+    /// The payment provably did not happen: the reservation stops counting. Releasing a
+    /// released reservation is a no-op; releasing a committed one is
+    /// [`LedgerError::WrongState`].
+    pub fn release(&self, id: ReservationId, now: u64) -> Result<(), LedgerError> {
+        let now_sql = to_sql("time", now)?;
+        self.write(|tx| {
+            let (state, reserved) = state_of(tx, id)?;
+            match state {
+                ReservationState::Reserved | ReservationState::Pending => {}
+                ReservationState::Released => return Ok(()),
+                ReservationState::Committed => {
+                    return Err(LedgerError::WrongState {
+                        id,
+                        state,
+                        action: "release",
+                    });
+                }
+            }
+            tx.prepare_cached(
+                "UPDATE reservations SET state = 'released', settled_at = ?2 WHERE id = ?1",
+            )?
+            .execute(params![id.0, now_sql])?;
+            let mut totals = tx.prepare_cached(
+                "UPDATE key_totals SET reserved_usd_micros = reserved_usd_micros - ?2
+                 WHERE key = ?1",
+            )?;
+            for key in keys_of(tx, id)? {
+                totals.execute(params![key, reserved])?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Every open reservation (reserved or pending), oldest first: what a process must
+    /// reconcile at start. Each still counts against its caps.
+    pub fn pending(&self) -> Result<Vec<PendingPayment>, LedgerError> {
+        self.read(|tx| {
+            let ids: Vec<i64> = tx
+                .prepare_cached(
+                    "SELECT id FROM reservations WHERE state IN ('reserved', 'pending')
+                     ORDER BY id",
+                )?
+                .query_map([], |row| row.get(0))?
+                .collect::<Result<_, _>>()?;
+            ids.into_iter()
+                .map(|id| load_pending(tx, ReservationId(id)))
+                .collect()
+        })
+    }
+
+    /// Where each cap stands at `now`, from one consistent snapshot.
+    pub fn status(&self, caps: &[Cap], now: u64) -> Result<Vec<CapStatus>, LedgerError> {
+        to_sql("time", now)?;
+        self.read(|tx| {
+            caps.iter()
+                .map(|cap| {
+                    let (spent, reserved) = usage(tx, cap, now)?;
+                    Ok(CapStatus {
+                        key: cap.key.clone(),
+                        limit_usd_micros: cap.limit_usd_micros,
+                        window_secs: cap.window_secs,
+                        spent_usd_micros: spent,
+                        reserved_usd_micros: reserved,
+                        remaining_usd_micros: cap
+                            .limit_usd_micros
+                            .saturating_sub(spent.saturating_add(reserved)),
+                    })
+                })
+                .collect()
+        })
+    }
+
+    /// Receipts of payments that count against any of `keys`, committed at or after `since`,
+    /// newest first, at most `limit`. Pass a budget's key to see its descendants' spend too
+    /// (every descendant's payment counts against its ancestors' keys).
+    pub fn receipts(
+        &self,
+        keys: &[String],
+        since: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<ReceiptRow>, LedgerError> {
+        let since = to_sql("time", since.unwrap_or(0))?;
+        let limit_sql = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(|tx| {
+            // One indexed, limited walk per key, then merge: ORDER BY over `key IN (...)`
+            // would sort every matching entry.
+            let mut newest: BTreeSet<(i64, i64)> = BTreeSet::new();
+            let mut walk = tx.prepare_cached(
+                "SELECT at, reservation_id FROM spend WHERE key = ?1 AND at >= ?2
+                 ORDER BY at DESC, reservation_id DESC LIMIT ?3",
+            )?;
+            for key in keys {
+                let rows = walk.query_map(params![key, since, limit_sql], |row| {
+                    Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?))
+                })?;
+                for row in rows {
+                    newest.insert(row?);
+                }
+            }
+            let mut seen = BTreeSet::new();
+            newest
+                .into_iter()
+                .rev()
+                .filter(|(_, id)| seen.insert(*id))
+                .take(limit)
+                .map(|(_, id)| load_receipt(tx, ReservationId(id)))
+                .collect()
+        })
+    }
+
+    /// Every receipt committed at or after `since`, newest first, at most `limit`.
+    pub fn all_receipts(
+        &self,
+        since: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<ReceiptRow>, LedgerError> {
+        let since = to_sql("time", since.unwrap_or(0))?;
+        let limit_sql = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(|tx| {
+            let ids: Vec<i64> = tx
+                .prepare_cached(
+                    "SELECT reservation_id FROM receipts WHERE committed_at >= ?1
+                     ORDER BY committed_at DESC, reservation_id DESC LIMIT ?2",
+                )?
+                .query_map(params![since, limit_sql], |row| row.get(0))?
+                .collect::<Result<_, _>>()?;
+            ids.into_iter()
+                .map(|id| load_receipt(tx, ReservationId(id)))
+                .collect()
+        })
+    }
+
+    /// Records that `id` (an opaque string, e.g. a credential's fingerprint) is revoked from
+    /// `now` on. Revoking twice keeps the first time.
+    pub fn revoke(&self, id: &str, now: u64) -> Result<(), LedgerError> {
+        let now = to_sql("time", now)?;
+        self.write(|tx| {
+            tx.prepare_cached("INSERT OR IGNORE INTO revocations (id, at) VALUES (?1, ?2)")?
+                .execute(params![id, now])?;
+            Ok(())
+        })
+    }
+
+    /// Whether any of `ids` is revoked (e.g. any credential in a token's chain).
+    pub fn is_revoked(&self, ids: &[String]) -> Result<bool, LedgerError> {
+        self.read(|tx| {
+            let mut find = tx.prepare_cached("SELECT 1 FROM revocations WHERE id = ?1")?;
+            for id in ids {
+                if find.exists([id])? {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock dropped its transaction, which rolled back: the
+        // connection is as good as before.
+        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `f` in a write transaction taken at once (`BEGIN IMMEDIATE`): no other connection,
+    /// in any process, writes between its reads and its writes. An error rolls back.
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, LedgerError>,
+    ) -> Result<T, LedgerError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Runs `f` in a read transaction: one consistent snapshot, blocking no writer.
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, LedgerError>,
+    ) -> Result<T, LedgerError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), LedgerError> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir).map_err(|source| LedgerError::Create {
+        path: dir.to_owned(),
+        source,
+    })
+}
+
+/// SQLite integers are signed 64-bit.
+fn to_sql(what: &'static str, value: u64) -> Result<i64, LedgerError> {
+    i64::try_from(value).map_err(|_| LedgerError::OutOfRange { what, value })
+}
+
+fn from_sql(what: &str, value: i64) -> Result<u64, LedgerError> {
+    u64::try_from(value).map_err(|_| LedgerError::Corrupt(format!("negative {what} {value}")))
+}
+
+/// (spent in the cap's window, open reservations) for one cap.
+fn usage(tx: &Transaction<'_>, cap: &Cap, now: u64) -> Result<(u64, u64), LedgerError> {
+    let totals: Option<(i64, i64)> = tx
+        .prepare_cached(
+            "SELECT spent_usd_micros, reserved_usd_micros FROM key_totals WHERE key = ?1",
+        )?
+        .query_row([&cap.key], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()?;
+    let (lifetime, reserved) = totals.unwrap_or((0, 0));
+    let spent = match cap.window_secs {
+        None => lifetime,
+        Some(window) => {
+            // Entries with `at > now - window` count; before the epoch, all of them.
+            let after = match now.checked_sub(window) {
+                Some(start) => to_sql("time", start)?,
+                None => -1,
+            };
+            tx.prepare_cached(
+                "SELECT COALESCE(SUM(amount_usd_micros), 0) FROM spend
+                 WHERE key = ?1 AND at > ?2",
+            )?
+            .query_row(params![cap.key, after], |row| row.get(0))?
+        }
+    };
+    Ok((
+        from_sql("spend", spent)?,
+        from_sql("reserved amount", reserved)?,
+    ))
+}
+
+/// (state, reserved amount) of a reservation.
+fn state_of(
+    tx: &Transaction<'_>,
+    id: ReservationId,
+) -> Result<(ReservationState, i64), LedgerError> {
+    let row: Option<(String, i64)> = tx
+        .prepare_cached("SELECT state, amount_usd_micros FROM reservations WHERE id = ?1")?
+        .query_row([id.0], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()?;
+    let (state, amount) = row.ok_or(LedgerError::UnknownReservation(id))?;
+    Ok((ReservationState::parse(&state)?, amount))
+}
+
+fn keys_of(tx: &Transaction<'_>, id: ReservationId) -> Result<Vec<String>, LedgerError> {
+    Ok(tx
+        .prepare_cached("SELECT key FROM reservation_keys WHERE reservation_id = ?1 ORDER BY key")?
+        .query_map([id.0], |row| row.get(0))?
+        .collect::<Result<_, _>>()?)
+}
+
+fn load_pending(tx: &Transaction<'_>, id: ReservationId) -> Result<PendingPayment, LedgerError> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT state, call_id, fingerprint, amount_usd_micros, tool, payee, protocol,
+                meta_json, proof_json, valid_before, created_at
+         FROM reservations WHERE id = ?1",
+    )?;
+    let row = stmt
+        .query_row([id.0], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, i64>(3)?,
+                row.get::<_, String>(4)?,
+                row.get::<_, String>(5)?,
+                row.get::<_, String>(6)?,
+                row.get::<_, String>(7)?,
+                row.get::<_, Option<String>>(8)?,
+                row.get::<_, Option<i64>>(9)?,
+                row.get::<_, i64>(10)?,
+            ))
+        })
+        .optional()?;
+    let Some((
+        state,
+        call_id,
+        fingerprint,
+        amount,
+        tool,
+        payee,
+        protocol,
+        meta_json,
+        proof_json,
+        valid_before,
+        created_at,
+    )) = row
+    else {
+        return Err(LedgerError::UnknownReservation(id));
+    };
+    Ok(PendingPayment {
+        id,
+        state: ReservationState::parse(&state)?,
+        call_id,
+        fingerprint,
+        amount_usd_micros: from_sql("amount", amount)?,
+        keys: keys_of(tx, id)?,
+        tool,
+        payee,
+        protocol,
+        meta_json,
+        proof_json,
+        valid_before: valid_before.map(|v| from_sql("time", v)).transpose()?,
+        created_at: from_sql("time", created_at)?,
+    })
+}
+
+fn load_receipt(tx: &Transaction<'_>, id: ReservationId) -> Result<ReceiptRow, LedgerError> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT r.receipt_id, v.call_id, v.tool, v.payee, v.protocol, v.amount_usd_micros,
+                v.actual_usd_micros, r.at, r.committed_at, r.json, v.meta_json
+         FROM receipts r JOIN reservations v ON v.id = r.reservation_id
+         WHERE r.reservation_id = ?1",
+    )?;
+    let row = stmt
+        .query_row([id.0], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, String>(3)?,
+                row.get::<_, String>(4)?,
+                row.get::<_, i64>(5)?,
+                row.get::<_, Option<i64>>(6)?,
+                row.get::<_, i64>(7)?,
+                row.get::<_, i64>(8)?,
+                row.get::<_, String>(9)?,
+                row.get::<_, String>(10)?,
+            ))
+        })
+        .optional()?;
+    let Some((
+        receipt_id,
+        call_id,
+        tool,
+        payee,
+        protocol,
+        reserved,
+        actual,
+        at,
+        committed_at,
+        json,
+        meta_json,
+    )) = row
+    else {
+        return Err(LedgerError::UnknownReservation(id));
+    };
+    let actual = actual
+        .ok_or_else(|| LedgerError::Corrupt(format!("receipt {receipt_id:?} has no amount")))?;
+    Ok(ReceiptRow {
+        reservation_id: id,
+        receipt_id,
+        call_id,
+        tool,
+        payee,
+        protocol,
+        reserved_usd_micros: from_sql("amount", reserved)?,
+        amount_usd_micros: from_sql("amount", actual)?,
+        at: from_sql("time", at)?,
+        committed_at: from_sql("time", committed_at)?,
+        keys: keys_of(tx, id)?,
+        json,
+        meta_json,
+    })
+}

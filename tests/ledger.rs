@@ -1,0 +1,704 @@
+//! The ledger as a specification: budgets hold under concurrency (threads with their own
+//! connections, and real OS processes), windows roll, reservations count until settled, a
+//! kill -9 loses nothing, and old files migrate.
+//!
+//! Tests that need other processes re-run this test binary with `LEDGER_TEST_CHILD` set,
+//! selecting [`child_process`] (which does nothing in a normal run).
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::{Arc, Barrier};
+
+use tollgate::ledger::{
+    Cap, Ledger, LedgerError, NewReceipt, NewReservation, ReservationId, ReservationState,
+};
+
+const CHILD_MODE: &str = "LEDGER_TEST_CHILD";
+const CHILD_DIR: &str = "LEDGER_TEST_DIR";
+const CHILD_TAG: &str = "LEDGER_TEST_TAG";
+const CHILD_ATTEMPTS: &str = "LEDGER_TEST_ATTEMPTS";
+const T0: u64 = 1_800_000_000;
+
+fn reservation(call: &str, amount: u64, caps: Vec<Cap>) -> NewReservation {
+    NewReservation {
+        call_id: call.to_owned(),
+        fingerprint: format!("fp-{call}"),
+        amount_usd_micros: amount,
+        caps,
+        tool: "search".to_owned(),
+        payee: "0x209693Bc6afc0C5328bA36FaF03C514EF312287C".to_owned(),
+        protocol: "x402".to_owned(),
+        meta_json: r#"{"network":"eip155:8453"}"#.to_owned(),
+    }
+}
+
+fn receipt(id: &str, at: u64) -> NewReceipt {
+    NewReceipt {
+        receipt_id: id.to_owned(),
+        at,
+        json: format!(r#"{{"tx":"{id}"}}"#),
+    }
+}
+
+/// The N-payment cap shared by the concurrency tests.
+fn total_cap(n: u64, amount: u64) -> Cap {
+    Cap::lifetime("policy:total", n * amount)
+}
+
+fn exceeded(result: &Result<ReservationId, LedgerError>) -> bool {
+    matches!(result, Err(LedgerError::Exceeded { .. }))
+}
+
+/// Reserves and commits `attempts` payments of `amount`, returning how many succeeded.
+/// Anything but success or `Exceeded` fails the test.
+fn pay_loop(ledger: &Ledger, tag: &str, attempts: usize, cap: &Cap, amount: u64) -> u64 {
+    let mut paid = 0;
+    for i in 0..attempts {
+        let call = format!("{tag}-{i}");
+        let result = ledger.reserve(reservation(&call, amount, vec![cap.clone()]), T0);
+        if exceeded(&result) {
+            continue;
+        }
+        let id = result.expect("reserve failed other than Exceeded");
+        ledger
+            .commit(id, amount, receipt(&call, T0), T0)
+            .expect("commit");
+        paid += 1;
+    }
+    paid
+}
+
+#[test]
+fn exactly_n_payments_fit_under_a_cap_with_eight_connections() {
+    const N: u64 = 50;
+    const AMOUNT: u64 = 10_000;
+    let dir = tempfile::tempdir().unwrap();
+    Ledger::open(dir.path()).unwrap();
+    let barrier = Arc::new(Barrier::new(8));
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let dir = dir.path().to_owned();
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                // Each thread its own connection, as separate processes would have.
+                let ledger = Ledger::open(&dir).unwrap();
+                barrier.wait();
+                pay_loop(&ledger, &format!("t{t}"), 32, &total_cap(N, AMOUNT), AMOUNT)
+            })
+        })
+        .collect();
+    let paid: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    assert_eq!(paid, N);
+
+    let ledger = Ledger::open(dir.path()).unwrap();
+    let status = ledger.status(&[total_cap(N, AMOUNT)], T0).unwrap();
+    assert_eq!(status[0].spent_usd_micros, N * AMOUNT);
+    assert_eq!(status[0].reserved_usd_micros, 0);
+    assert_eq!(status[0].remaining_usd_micros, 0);
+    let receipts = ledger.all_receipts(None, 1000).unwrap();
+    assert_eq!(receipts.len() as u64, N);
+    assert_eq!(
+        receipts.iter().map(|r| r.amount_usd_micros).sum::<u64>(),
+        N * AMOUNT
+    );
+}
+
+#[test]
+fn exactly_n_reservations_fit_when_none_commit() {
+    // Open reservations alone must hold the line: nothing is committed here. And eight
+    // connections create and migrate the fresh file at once.
+    const N: u64 = 20;
+    let dir = tempfile::tempdir().unwrap();
+    let barrier = Arc::new(Barrier::new(8));
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let dir = dir.path().to_owned();
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                barrier.wait();
+                let ledger = Ledger::open(&dir).unwrap();
+                (0..32)
+                    .filter(|i| {
+                        let r = reservation(&format!("t{t}-{i}"), 7, vec![total_cap(N, 7)]);
+                        let result = ledger.reserve(r, T0);
+                        assert!(result.is_ok() || exceeded(&result), "{result:?}");
+                        result.is_ok()
+                    })
+                    .count()
+            })
+        })
+        .collect();
+    let reserved: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    assert_eq!(reserved as u64, N);
+    let ledger = Ledger::open(dir.path()).unwrap();
+    assert_eq!(ledger.pending().unwrap().len() as u64, N);
+    let status = ledger.status(&[total_cap(N, 7)], T0).unwrap();
+    assert_eq!(
+        (status[0].spent_usd_micros, status[0].reserved_usd_micros),
+        (0, N * 7)
+    );
+}
+
+/// A child process of this test binary, killed by [`Drop`] if the test fails first.
+struct ChildProcess(Child);
+
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_child(mode: &str, dir: &Path, tag: &str, attempts: usize) -> ChildProcess {
+    let exe = std::env::current_exe().unwrap();
+    let child = Command::new(exe)
+        .args([
+            "--exact",
+            "child_process",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_MODE, mode)
+        .env(CHILD_DIR, dir)
+        .env(CHILD_TAG, tag)
+        .env(CHILD_ATTEMPTS, attempts.to_string())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    ChildProcess(child)
+}
+
+/// Reads the child's stdout up to its `LEDGER <word> <value>` line, returning the value.
+fn wait_for(stdout: &mut BufReader<ChildStdout>, word: &str) -> String {
+    let prefix = format!("LEDGER {word} ");
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = stdout.read_line(&mut line).unwrap();
+        assert!(n > 0, "the child exited before saying {word:?}");
+        // libtest may have written "test child_process ... " on the same line.
+        if let Some(at) = line.find(&prefix) {
+            return line[at + prefix.len()..].trim_end().to_owned();
+        }
+    }
+}
+
+/// Not a test of its own: the body of the child processes the other tests spawn.
+#[test]
+fn child_process() {
+    let Ok(mode) = std::env::var(CHILD_MODE) else {
+        return;
+    };
+    let dir = std::env::var(CHILD_DIR).unwrap();
+    let tag = std::env::var(CHILD_TAG).unwrap();
+    let attempts: usize = std::env::var(CHILD_ATTEMPTS).unwrap().parse().unwrap();
+    let ledger = Ledger::open(Path::new(&dir)).unwrap();
+    let hang = || std::thread::sleep(std::time::Duration::from_secs(60));
+    match mode.as_str() {
+        "pay-loop" => {
+            let paid = pay_loop(&ledger, &tag, attempts, &total_cap(60, 1_000), 1_000);
+            println!("LEDGER paid {paid}");
+        }
+        "reserve-then-hang" => {
+            let id = ledger
+                .reserve(reservation(&tag, 40_000, vec![total_cap(1, 100_000)]), T0)
+                .unwrap();
+            ledger
+                .mark_pending(id, r#"{"sig":"0xabc"}"#, T0 + 60)
+                .unwrap();
+            println!("LEDGER reserved {}", id.0);
+            hang();
+        }
+        "commit-then-hang" => {
+            let id = ledger
+                .reserve(reservation(&tag, 40_000, vec![total_cap(1, 100_000)]), T0)
+                .unwrap();
+            ledger.commit(id, 30_000, receipt(&tag, T0), T0).unwrap();
+            println!("LEDGER committed {}", id.0);
+            hang();
+        }
+        other => panic!("unknown child mode {other:?}"),
+    }
+}
+
+#[test]
+fn exactly_n_payments_fit_under_a_cap_across_os_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    Ledger::open(dir.path()).unwrap();
+    let mut children: Vec<ChildProcess> = (0..4)
+        .map(|p| spawn_child("pay-loop", dir.path(), &format!("p{p}"), 40))
+        .collect();
+    let mut paid = 0u64;
+    for child in &mut children {
+        let mut stdout = BufReader::new(child.0.stdout.take().unwrap());
+        paid += wait_for(&mut stdout, "paid").parse::<u64>().unwrap();
+        assert!(child.0.wait().unwrap().success());
+    }
+    assert_eq!(paid, 60, "4 processes x 40 attempts under a 60-payment cap");
+
+    let ledger = Ledger::open(dir.path()).unwrap();
+    let status = ledger.status(&[total_cap(60, 1_000)], T0).unwrap();
+    assert_eq!(status[0].spent_usd_micros, 60_000);
+    assert_eq!(ledger.all_receipts(None, 1000).unwrap().len(), 60);
+    assert!(ledger.pending().unwrap().is_empty());
+}
+
+#[test]
+fn a_reservation_killed_before_commit_stays_pending_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = spawn_child("reserve-then-hang", dir.path(), "killed", 0);
+    let mut stdout = BufReader::new(child.0.stdout.take().unwrap());
+    let id: i64 = wait_for(&mut stdout, "reserved").parse().unwrap();
+    child.0.kill().unwrap(); // SIGKILL
+    child.0.wait().unwrap();
+
+    let ledger = Ledger::open(dir.path()).unwrap();
+    let pending = ledger.pending().unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].id, ReservationId(id));
+    assert_eq!(pending[0].state, ReservationState::Pending);
+    assert_eq!(pending[0].proof_json.as_deref(), Some(r#"{"sig":"0xabc"}"#));
+    assert_eq!(pending[0].valid_before, Some(T0 + 60));
+    assert_eq!(pending[0].fingerprint, "fp-killed");
+    assert_eq!(pending[0].age_secs(T0 + 5), 5);
+    let status = ledger.status(&[total_cap(1, 100_000)], T0).unwrap();
+    assert_eq!(status[0].reserved_usd_micros, 40_000);
+    assert_eq!(status[0].remaining_usd_micros, 60_000);
+    // Still counted: a payment that would fit only without it is refused.
+    let r = ledger.reserve(reservation("next", 70_000, vec![total_cap(1, 100_000)]), T0);
+    assert!(exceeded(&r), "{r:?}");
+}
+
+#[test]
+fn a_committed_receipt_survives_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = spawn_child("commit-then-hang", dir.path(), "survivor", 0);
+    let mut stdout = BufReader::new(child.0.stdout.take().unwrap());
+    let id: i64 = wait_for(&mut stdout, "committed").parse().unwrap();
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
+
+    let ledger = Ledger::open(dir.path()).unwrap();
+    let receipts = ledger.all_receipts(None, 10).unwrap();
+    assert_eq!(receipts.len(), 1);
+    assert_eq!(receipts[0].reservation_id, ReservationId(id));
+    assert_eq!(receipts[0].receipt_id, "survivor");
+    assert_eq!(receipts[0].amount_usd_micros, 30_000);
+    assert!(ledger.pending().unwrap().is_empty());
+    let status = ledger.status(&[total_cap(1, 100_000)], T0).unwrap();
+    assert_eq!(
+        (status[0].spent_usd_micros, status[0].reserved_usd_micros),
+        (30_000, 0)
+    );
+}
+
+#[test]
+fn spend_outside_the_rolling_window_no_longer_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(dir.path()).unwrap();
+    let day = Cap::rolling("policy:per-day", 3_000, 86_400);
+    let id = ledger
+        .reserve(reservation("a", 2_000, vec![day.clone()]), T0)
+        .unwrap();
+    ledger.commit(id, 2_000, receipt("a", T0), T0).unwrap();
+
+    let later = T0 + 86_399;
+    let r = ledger.reserve(reservation("b", 2_000, vec![day.clone()]), later);
+    assert!(exceeded(&r), "still inside the window: {r:?}");
+    let status = ledger.status(std::slice::from_ref(&day), later).unwrap();
+    assert_eq!(status[0].spent_usd_micros, 2_000);
+
+    // Exactly one window later the old spend has left it.
+    let next_day = T0 + 86_400;
+    assert_eq!(
+        ledger.status(std::slice::from_ref(&day), next_day).unwrap()[0].spent_usd_micros,
+        0
+    );
+    let id = ledger
+        .reserve(reservation("b", 2_000, vec![day.clone()]), next_day)
+        .unwrap();
+    ledger
+        .commit(id, 2_000, receipt("b", next_day), next_day)
+        .unwrap();
+    // The same key read as a lifetime total still sees both.
+    let lifetime = Cap::lifetime("policy:per-day", 10_000);
+    assert_eq!(
+        ledger.status(&[lifetime], next_day).unwrap()[0].spent_usd_micros,
+        4_000
+    );
+}
+
+#[test]
+fn open_reservations_count_against_a_rolling_cap_whatever_their_age() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(dir.path()).unwrap();
+    let hour = Cap::rolling("policy:per-hour", 1_000, 3_600);
+    ledger
+        .reserve(reservation("old", 800, vec![hour.clone()]), T0)
+        .unwrap();
+    let r = ledger.reserve(reservation("new", 800, vec![hour.clone()]), T0 + 10 * 3_600);
+    assert!(exceeded(&r), "{r:?}");
+}
+
+#[test]
+fn release_frees_the_amount() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(dir.path()).unwrap();
+    let cap = Cap::lifetime("policy:total", 1_000);
+    let id = ledger
+        .reserve(reservation("a", 1_000, vec![cap.clone()]), T0)
+        .unwrap();
+    assert!(exceeded(
+        &ledger.reserve(reservation("b", 1, vec![cap.clone()]), T0)
+    ));
+    ledger.release(id, T0).unwrap();
+    ledger.release(id, T0).unwrap(); // releasing twice is a no-op
+    let status = ledger.status(std::slice::from_ref(&cap), T0).unwrap();
+    assert_eq!(
+        (status[0].spent_usd_micros, status[0].reserved_usd_micros),
+        (0, 0)
+    );
+    assert!(ledger.pending().unwrap().is_empty());
+    assert!(matches!(
+        ledger.commit(id, 1_000, receipt("a", T0), T0),
+        Err(LedgerError::WrongState {
+            state: ReservationState::Released,
+            ..
+        })
+    ));
+    ledger
+        .reserve(reservation("b", 1_000, vec![cap]), T0)
+        .unwrap();
+}
+
+#[test]
+fn a_pending_payment_stays_counted_and_a_retry_finds_its_proof() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(dir.path()).unwrap();
+    let cap = Cap::lifetime("policy:total", 1_000);
+    let id = ledger
+        .reserve(reservation("call-1", 600, vec![cap.clone()]), T0)
+        .unwrap();
+    assert_eq!(
+        ledger.find_pending("fp-call-1").unwrap().map(|p| p.state),
+        Some(ReservationState::Reserved)
+    );
+    ledger.mark_pending(id, "proof-A", T0 + 300).unwrap();
+    ledger.mark_pending(id, "proof-A", T0 + 300).unwrap(); // same proof: no-op
+    assert!(matches!(
+        ledger.mark_pending(id, "proof-B", T0 + 300),
+        Err(LedgerError::ProofAlreadyRecorded(_))
+    ));
+
+    let found = ledger.find_pending("fp-call-1").unwrap().unwrap();
+    assert_eq!(found.id, id);
+    assert_eq!(found.proof_json.as_deref(), Some("proof-A"));
+    assert_eq!(found.keys, vec!["policy:total".to_owned()]);
+    assert!(ledger.find_pending("fp-other").unwrap().is_none());
+
+    let status = ledger
+        .status(std::slice::from_ref(&cap), T0 + 3_600)
+        .unwrap();
+    assert_eq!(status[0].reserved_usd_micros, 600);
+    assert!(exceeded(
+        &ledger.reserve(reservation("call-2", 600, vec![cap]), T0)
+    ));
+    ledger.commit(id, 600, receipt("r1", T0), T0).unwrap();
+    assert!(ledger.find_pending("fp-call-1").unwrap().is_none());
+}
+
+#[test]
+fn commit_with_a_lower_actual_amount_counts_the_actual() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(dir.path()).unwrap();
+    let caps = vec![
+        Cap::lifetime("policy:total", 10_000),
+        Cap::rolling("policy:per-day", 5_000, 86_400),
+    ];
+    let id = ledger
+        .reserve(reservation("a", 5_000, caps.clone()), T0)
+        .unwrap();
+    ledger.commit(id, 1_200, receipt("a", T0), T0).unwrap();
+    for s in ledger.status(&caps, T0).unwrap() {
+        assert_eq!(
+            (s.spent_usd_micros, s.reserved_usd_micros),
+            (1_200, 0),
+            "{}",
+            s.key
+        );
+    }
+    let row = &ledger.all_receipts(None, 10).unwrap()[0];
+    assert_eq!(
+        (row.reserved_usd_micros, row.amount_usd_micros),
+        (5_000, 1_200)
+    );
+}
+
+#[test]
+fn committing_twice_records_spend_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(dir.path()).unwrap();
+    let cap = Cap::lifetime("policy:total", 10_000);
+    let id = ledger
+        .reserve(reservation("a", 1_000, vec![cap.clone()]), T0)
+        .unwrap();
+    ledger.commit(id, 1_000, receipt("tx1", T0), T0).unwrap();
+    ledger
+        .commit(id, 1_000, receipt("tx1", T0), T0 + 1)
+        .unwrap(); // same receipt: no-op
+    assert!(matches!(
+        ledger.commit(id, 1_000, receipt("tx2", T0), T0),
+        Err(LedgerError::WrongState { .. })
+    ));
+    assert!(matches!(
+        ledger.release(id, T0),
+        Err(LedgerError::WrongState { .. })
+    ));
+    // The same payment cannot settle a second reservation either.
+    let other = ledger
+        .reserve(reservation("b", 1_000, vec![cap.clone()]), T0)
+        .unwrap();
+    assert!(matches!(
+        ledger.commit(other, 1_000, receipt("tx1", T0), T0),
+        Err(LedgerError::ReceiptAlreadyRecorded { .. })
+    ));
+    let status = ledger.status(&[cap], T0).unwrap();
+    assert_eq!(
+        (status[0].spent_usd_micros, status[0].reserved_usd_micros),
+        (1_000, 1_000)
+    );
+    assert_eq!(ledger.all_receipts(None, 10).unwrap().len(), 1);
+    assert!(matches!(
+        ledger.commit(ReservationId(999), 1, receipt("x", T0), T0),
+        Err(LedgerError::UnknownReservation(ReservationId(999)))
+    ));
+}
+
+#[test]
+fn a_payment_must_fit_every_cap_and_exceeded_names_the_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(dir.path()).unwrap();
+    let parent = Cap::lifetime("budget:parent", 10_000);
+    let child = Cap::lifetime("budget:child", 3_000);
+    let policy = Cap::lifetime("policy:total", 1_000_000);
+    let id = ledger
+        .reserve(
+            reservation(
+                "a",
+                2_500,
+                vec![policy.clone(), parent.clone(), child.clone()],
+            ),
+            T0,
+        )
+        .unwrap();
+    ledger.commit(id, 2_500, receipt("a", T0), T0).unwrap();
+    let err = ledger
+        .reserve(
+            reservation(
+                "b",
+                1_000,
+                vec![policy.clone(), parent.clone(), child.clone()],
+            ),
+            T0,
+        )
+        .unwrap_err();
+    match &err {
+        LedgerError::Exceeded {
+            key,
+            limit_usd_micros,
+            spent_usd_micros,
+            reserved_usd_micros,
+            requested_usd_micros,
+            window_secs,
+        } => {
+            assert_eq!(key, "budget:child");
+            assert_eq!(
+                (
+                    *limit_usd_micros,
+                    *spent_usd_micros,
+                    *reserved_usd_micros,
+                    *requested_usd_micros
+                ),
+                (3_000, 2_500, 0, 1_000)
+            );
+            assert_eq!(*window_secs, None);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(err.to_string().contains("budget:child"), "{err}");
+    assert!(err.to_string().contains("nothing was reserved"), "{err}");
+    // Nothing was written: the parent and the policy did not move.
+    let status = ledger.status(&[policy, parent], T0).unwrap();
+    assert!(
+        status
+            .iter()
+            .all(|s| s.spent_usd_micros == 2_500 && s.reserved_usd_micros == 0)
+    );
+    assert!(ledger.pending().unwrap().is_empty());
+}
+
+#[test]
+fn receipts_are_listed_per_key_newest_first_including_descendants() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(dir.path()).unwrap();
+    let parent = Cap::lifetime("budget:parent", 100_000);
+    let child = Cap::lifetime("budget:child", 100_000);
+    let sibling = Cap::lifetime("budget:sibling", 100_000);
+    let pay = |call: &str, caps: Vec<Cap>, at: u64| {
+        let id = ledger.reserve(reservation(call, 100, caps), at).unwrap();
+        ledger.commit(id, 100, receipt(call, at), at).unwrap();
+    };
+    pay("p1", vec![parent.clone()], T0);
+    pay("c1", vec![parent.clone(), child.clone()], T0 + 1);
+    pay("s1", vec![parent.clone(), sibling.clone()], T0 + 2);
+    pay("c2", vec![parent.clone(), child.clone()], T0 + 3);
+
+    let ids = |rows: Vec<tollgate::ledger::ReceiptRow>| {
+        rows.into_iter().map(|r| r.receipt_id).collect::<Vec<_>>()
+    };
+    let key = |c: &Cap| c.key.clone();
+    assert_eq!(
+        ids(ledger.receipts(&[key(&parent)], None, 10).unwrap()),
+        ["c2", "s1", "c1", "p1"]
+    );
+    assert_eq!(
+        ids(ledger.receipts(&[key(&child)], None, 10).unwrap()),
+        ["c2", "c1"]
+    );
+    assert_eq!(
+        ids(ledger
+            .receipts(&[key(&child), key(&sibling)], None, 10)
+            .unwrap()),
+        ["c2", "s1", "c1"]
+    );
+    // Several matching keys list a receipt once.
+    assert_eq!(
+        ids(ledger
+            .receipts(&[key(&parent), key(&child)], Some(T0 + 1), 2)
+            .unwrap()),
+        ["c2", "s1"]
+    );
+    assert_eq!(
+        ids(ledger.all_receipts(Some(T0 + 2), 10).unwrap()),
+        ["c2", "s1"]
+    );
+    let row = &ledger.receipts(&[key(&child)], None, 1).unwrap()[0];
+    assert_eq!(row.keys, ["budget:child", "budget:parent"]);
+    assert_eq!(row.committed_at, T0 + 3);
+    assert_eq!(row.tool, "search");
+    assert_eq!(row.json, r#"{"tx":"c2"}"#);
+}
+
+#[test]
+fn revocations_are_durable_and_checked_across_a_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let ledger = Ledger::open(dir.path()).unwrap();
+        ledger.revoke("aa11", T0).unwrap();
+        ledger.revoke("aa11", T0 + 5).unwrap();
+    }
+    let ledger = Ledger::open(dir.path()).unwrap();
+    assert!(ledger.is_revoked(&["ff00".into(), "aa11".into()]).unwrap());
+    assert!(!ledger.is_revoked(&["ff00".into()]).unwrap());
+    assert!(!ledger.is_revoked(&[]).unwrap());
+}
+
+#[test]
+fn a_fresh_ledger_is_migrated_and_reopening_is_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(dir.path()).unwrap();
+    let id = ledger
+        .reserve(reservation("a", 5, vec![Cap::lifetime("k", 10)]), T0)
+        .unwrap();
+    drop(ledger);
+    let path = dir.path().join(tollgate::ledger::FILE_NAME);
+    let version = |path: &Path| -> i64 {
+        let conn = rusqlite::Connection::open(path).unwrap();
+        conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(version(&path), Ledger::SCHEMA_VERSION);
+    let ledger = Ledger::open(dir.path()).unwrap();
+    let ledger2 = Ledger::open(dir.path()).unwrap();
+    assert_eq!(version(&path), Ledger::SCHEMA_VERSION);
+    assert_eq!(ledger.pending().unwrap()[0].id, id);
+    assert_eq!(ledger2.pending().unwrap().len(), 1);
+}
+
+#[test]
+fn an_old_version_file_is_migrated_keeping_what_it_holds() {
+    // Version 0: a SQLite file tollgate has not set up yet (here with something in it).
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(tollgate::ledger::FILE_NAME);
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch("CREATE TABLE notes (body TEXT); INSERT INTO notes VALUES ('kept');")
+            .unwrap();
+    }
+    let ledger = Ledger::open(dir.path()).unwrap();
+    ledger
+        .reserve(reservation("a", 5, vec![Cap::lifetime("k", 10)]), T0)
+        .unwrap();
+    drop(ledger);
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    let kept: String = conn
+        .query_row("SELECT body FROM notes", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        (version, mode.as_str(), kept.as_str()),
+        (Ledger::SCHEMA_VERSION, "wal", "kept")
+    );
+}
+
+#[test]
+fn refuses_a_file_from_a_newer_tollgate() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(tollgate::ledger::FILE_NAME);
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.pragma_update(None, "user_version", Ledger::SCHEMA_VERSION + 1)
+            .unwrap();
+    }
+    let err = Ledger::open(dir.path()).unwrap_err();
+    assert!(matches!(err, LedgerError::NewerSchema { .. }), "{err:?}");
+    assert!(err.to_string().contains("upgrade tollgate"), "{err}");
+}
+
+#[cfg(unix)]
+#[test]
+fn the_ledger_file_and_a_new_state_directory_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let ledger = Ledger::open(&state).unwrap();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&state), 0o700);
+    assert_eq!(mode(ledger.path()), 0o600);
+    ledger
+        .reserve(reservation("a", 5, vec![Cap::lifetime("k", 10)]), T0)
+        .unwrap();
+    let wal = state.join(format!("{}-wal", tollgate::ledger::FILE_NAME));
+    assert_eq!(mode(&wal), 0o600);
+}
+
+#[test]
+fn amounts_beyond_sqlite_integers_are_refused_not_wrapped() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(dir.path()).unwrap();
+    let r = ledger.reserve(
+        reservation("a", u64::MAX, vec![Cap::lifetime("k", u64::MAX)]),
+        T0,
+    );
+    assert!(matches!(r, Err(LedgerError::OutOfRange { .. })), "{r:?}");
+    // A limit of u64::MAX is fine: only stored values must fit.
+    ledger
+        .reserve(reservation("b", 1, vec![Cap::lifetime("k", u64::MAX)]), T0)
+        .unwrap();
+}
