@@ -1,0 +1,124 @@
+//! Invariant 2: never exceed a budget, with many concurrent calls in several tollgate
+//! processes sharing one ledger. 4 processes × 32 concurrent paid calls against a cap that
+//! allows exactly N payments: exactly N succeed, the receipts add up to what the seller
+//! received, and the refused calls signed nothing.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde_json::{Value, json};
+use support::mcp::Setup;
+use support::upstream::{Reply, TestUpstream};
+
+const KEY: &str = "0x2a871d0798f97d79848a013d4936a73bf4cc922c825d33c1cf7073dff6d409c6";
+const PROCESSES: usize = 4;
+const CALLS: usize = 32;
+const N: usize = 10;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn four_processes_pay_exactly_n_times_under_a_shared_cap() {
+    let up = TestUpstream::start(|seen| {
+        if seen.header("PAYMENT-SIGNATURE").is_some() {
+            let response = json!({"success": true, "transaction": "0x01", "network": "eip155:8453"});
+            return Reply::json(200, json!({"paid": true}))
+                .with_header("PAYMENT-RESPONSE", &B64.encode(response.to_string()));
+        }
+        let header = json!({"x402Version": 2, "accepts": [{"scheme": "exact", "network": "eip155:8453",
+            "amount": "10000", "asset": "0x833589fCD6eDb6E08f4c3C32D4f71b54bdA02913",
+            "payTo": "0x209693Bc6afc0C5328bA36FaF03C514EF312287C", "maxTimeoutSeconds": 60,
+            "extra": {"name": "USD Coin", "version": "2"}}]});
+        Reply::json(402, json!({})).with_header("PAYMENT-REQUIRED", &B64.encode(header.to_string()))
+    })
+    .await;
+    let setup = Setup::new(&format!(
+        "[[tool]]\nname = \"paid\"\ndescription = \"paid\"\nurl = \"{}/paid?n={{n}}\"\nmax_price = \"0.05 USD\"\n\
+         input_schema = {{ type = \"object\", properties = {{ n = {{ type = \"integer\" }} }} }}\n",
+        up.base()
+    ));
+    let dir = setup.dir.path().to_owned();
+    std::fs::create_dir_all(dir.join("policies")).unwrap();
+    // N payments of 0.01 USD fit; the (N+1)th does not.
+    std::fs::write(dir.join("policies/default.toml"), format!("[caps]\ntotal = \"0.{N:02}5 USD\"\n")).unwrap();
+
+    let config = setup.config();
+    let outcomes = tokio::task::spawn_blocking(move || {
+        let handles: Vec<_> = (0..PROCESSES)
+            .map(|p| {
+                let config = config.clone();
+                std::thread::spawn(move || run_process(&config, p))
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap()).collect::<Vec<Value>>()
+    })
+    .await
+    .unwrap();
+
+    assert_eq!(outcomes.len(), PROCESSES * CALLS);
+    let paid = outcomes.iter().filter(|r| r["structuredContent"]["payment"].is_object()).count();
+    let refused: Vec<&Value> = outcomes.iter().filter(|r| r["isError"] == json!(true)).collect();
+    assert_eq!(paid, N, "exactly N payments");
+    assert_eq!(refused.len(), PROCESSES * CALLS - N);
+    for r in &refused {
+        let text = r["content"][0]["text"].as_str().unwrap_or_default();
+        assert!(text.contains("policy's total cap") && text.contains("nothing was paid"), "{text}");
+    }
+    let received = up.seen().iter().filter(|s| s.header("PAYMENT-SIGNATURE").is_some()).count();
+    assert_eq!(received, N, "the seller received exactly N signed payments");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["receipts", "--format", "json", "--config"])
+        .arg(setup.config())
+        .output()
+        .unwrap();
+    let receipts: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let total: u64 = receipts
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["amount_usd_micros"].as_u64())
+        .sum();
+    assert_eq!(total, N as u64 * 10_000, "the receipts add up to what the seller received");
+}
+
+/// One tollgate process: 32 calls sent at once, their results collected.
+fn run_process(config: &std::path::Path, p: usize) -> Vec<Value> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("TOLLGATE_EVM_KEY", KEY)
+        .env("RUST_LOG", "off")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    writeln!(stdin, "{}", json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}}))
+    .unwrap();
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    writeln!(stdin, "{}", json!({"jsonrpc": "2.0", "method": "notifications/initialized"})).unwrap();
+    for i in 0..CALLS {
+        let n = p * CALLS + i; // distinct arguments: distinct calls
+        writeln!(stdin, "{}", json!({"jsonrpc": "2.0", "id": i + 1, "method": "tools/call",
+            "params": {"name": "paid", "arguments": {"n": n}}}))
+        .unwrap();
+    }
+    let mut results = Vec::new();
+    while results.len() < CALLS {
+        line.clear();
+        assert!(stdout.read_line(&mut line).unwrap() > 0, "tollgate exited early");
+        let message: Value = serde_json::from_str(&line).unwrap();
+        if message.get("id").is_some() {
+            results.push(message["result"].clone());
+        }
+    }
+    drop(stdin);
+    let _ = child.wait();
+    results
+}
