@@ -42,7 +42,11 @@ async fn four_processes_pay_exactly_n_times_under_a_shared_cap() {
     let dir = setup.dir.path().to_owned();
     std::fs::create_dir_all(dir.join("policies")).unwrap();
     // N payments of 0.01 USD fit; the (N+1)th does not.
-    std::fs::write(dir.join("policies/default.toml"), format!("[caps]\ntotal = \"0.{N:02}5 USD\"\n")).unwrap();
+    std::fs::write(
+        dir.join("policies/default.toml"),
+        format!("[caps]\ntotal = \"0.{N:02}5 USD\"\n"),
+    )
+    .unwrap();
 
     let config = setup.config();
     let outcomes = tokio::task::spawn_blocking(move || {
@@ -52,21 +56,37 @@ async fn four_processes_pay_exactly_n_times_under_a_shared_cap() {
                 std::thread::spawn(move || run_process(&config, p))
             })
             .collect();
-        handles.into_iter().flat_map(|h| h.join().unwrap()).collect::<Vec<Value>>()
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect::<Vec<Value>>()
     })
     .await
     .unwrap();
 
     assert_eq!(outcomes.len(), PROCESSES * CALLS);
-    let paid = outcomes.iter().filter(|r| r["structuredContent"]["payment"].is_object()).count();
-    let refused: Vec<&Value> = outcomes.iter().filter(|r| r["isError"] == json!(true)).collect();
+    let paid = outcomes
+        .iter()
+        .filter(|r| r["structuredContent"]["payment"].is_object())
+        .count();
+    let refused: Vec<&Value> = outcomes
+        .iter()
+        .filter(|r| r["isError"] == json!(true))
+        .collect();
     assert_eq!(paid, N, "exactly N payments");
     assert_eq!(refused.len(), PROCESSES * CALLS - N);
     for r in &refused {
         let text = r["content"][0]["text"].as_str().unwrap_or_default();
-        assert!(text.contains("policy's total cap") && text.contains("nothing was paid"), "{text}");
+        assert!(
+            text.contains("policy's total cap") && text.contains("nothing was paid"),
+            "{text}"
+        );
     }
-    let received = up.seen().iter().filter(|s| s.header("PAYMENT-SIGNATURE").is_some()).count();
+    let received = up
+        .seen()
+        .iter()
+        .filter(|s| s.header("PAYMENT-SIGNATURE").is_some())
+        .count();
     assert_eq!(received, N, "the seller received exactly N signed payments");
 
     let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
@@ -81,7 +101,11 @@ async fn four_processes_pay_exactly_n_times_under_a_shared_cap() {
         .iter()
         .filter_map(|r| r["amount_usd_micros"].as_u64())
         .sum();
-    assert_eq!(total, N as u64 * 10_000, "the receipts add up to what the seller received");
+    assert_eq!(
+        total,
+        N as u64 * 10_000,
+        "the receipts add up to what the seller received"
+    );
 }
 
 /// One tollgate process: 32 calls sent at once, their results collected.
@@ -102,17 +126,29 @@ fn run_process(config: &std::path::Path, p: usize) -> Vec<Value> {
     .unwrap();
     let mut line = String::new();
     stdout.read_line(&mut line).unwrap();
-    writeln!(stdin, "{}", json!({"jsonrpc": "2.0", "method": "notifications/initialized"})).unwrap();
+    writeln!(
+        stdin,
+        "{}",
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"})
+    )
+    .unwrap();
     for i in 0..CALLS {
         let n = p * CALLS + i; // distinct arguments: distinct calls
-        writeln!(stdin, "{}", json!({"jsonrpc": "2.0", "id": i + 1, "method": "tools/call",
-            "params": {"name": "paid", "arguments": {"n": n}}}))
+        writeln!(
+            stdin,
+            "{}",
+            json!({"jsonrpc": "2.0", "id": i + 1, "method": "tools/call",
+            "params": {"name": "paid", "arguments": {"n": n}}})
+        )
         .unwrap();
     }
     let mut results = Vec::new();
     while results.len() < CALLS {
         line.clear();
-        assert!(stdout.read_line(&mut line).unwrap() > 0, "tollgate exited early");
+        assert!(
+            stdout.read_line(&mut line).unwrap() > 0,
+            "tollgate exited early"
+        );
         let message: Value = serde_json::from_str(&line).unwrap();
         if message.get("id").is_some() {
             results.push(message["result"].clone());

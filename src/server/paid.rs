@@ -257,7 +257,8 @@ impl Tollgate {
                     payee: quote.offer.payee.clone(),
                     protocol: quote.offer.protocol.to_string(),
                     meta_json: json!({"network": quote.offer.network, "asset": quote.offer.asset,
-                                      "amount_atomic": quote.offer.amount_atomic.to_string()})
+                                      "amount_atomic": quote.offer.amount_atomic.to_string(),
+                                      "arguments": arguments})
                     .to_string(),
                 };
                 let id = match blocking(|| ledger.reserve(new, now)) {
@@ -332,8 +333,10 @@ impl Tollgate {
                 answer: Answer::PaymentRequired { body },
                 headers,
             }) => {
-                // The seller refused the signed payment: it will not settle. Never sign again.
-                if let Err(e) = blocking(|| ledger.release(reservation, now_unix())) {
+                // The seller refused the signed payment. Never sign again. A fresh proof that is
+                // refused will not settle: release it. A re-sent one may be refused because it
+                // already settled (its nonce is used): keep it counted, never under-count.
+                if !reused && let Err(e) = blocking(|| ledger.release(reservation, now_unix())) {
                     tracing::error!(error = %e, "could not release a refused payment's reservation");
                 }
                 let again = pay::read_challenge(&headers, &body);
