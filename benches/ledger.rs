@@ -64,6 +64,11 @@ fn bulk_fill(path: &Path, count: u64) -> rusqlite::Result<()> {
         for (k, spent) in &totals {
             total.execute(params![k, spent])?;
         }
+        tx.execute(
+            "INSERT INTO spend_hours (key, hour, amount_usd_micros)
+             SELECT key, at / 3600, SUM(amount_usd_micros) FROM spend GROUP BY key, at / 3600",
+            [],
+        )?;
     }
     tx.commit()
 }
@@ -129,7 +134,27 @@ fn measure(receipts: u64) {
     );
 }
 
+/// What one durable append costs on this disk: the floor under every ledger commit.
+fn fsync_floor() -> Duration {
+    use std::io::Write;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut file = std::fs::File::create(dir.path().join("probe")).expect("probe file");
+    let mut times: Vec<Duration> = (0..200)
+        .map(|_| {
+            let t = Instant::now();
+            file.write_all(&[0u8; 4096]).expect("write");
+            file.sync_data().expect("fsync");
+            t.elapsed()
+        })
+        .collect();
+    percentile(&mut times, 50)
+}
+
 fn main() {
+    println!(
+        "one 4 KiB write+fdatasync here: median {:?} (reserve+commit is two of them)",
+        fsync_floor()
+    );
     measure(10);
     measure(1_000_000);
 }

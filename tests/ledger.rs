@@ -330,6 +330,69 @@ fn spend_outside_the_rolling_window_no_longer_counts() {
 }
 
 #[test]
+fn rolling_spend_equals_the_sum_of_entries_inside_the_window() {
+    // Rolling windows are read from hourly totals plus the entries of the first, partial
+    // hour; compare with the plain sum over entries at many edges, hour boundaries included.
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(dir.path()).unwrap();
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut next = |n: u64| {
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        (seed >> 33) % n
+    };
+    let base = T0 - T0 % 3_600; // an hour boundary
+    let mut entries = Vec::new();
+    for i in 0..300 {
+        let at = match i % 3 {
+            0 => base + next(3 * 86_400),
+            1 => base + 3_600 * next(72),     // exactly on an hour
+            _ => base + 3_600 * next(72) - 1, // just before one
+        };
+        let amount = 1 + next(1_000);
+        let id = ledger
+            .reserve(
+                reservation(
+                    &format!("w{i}"),
+                    amount,
+                    vec![Cap::lifetime("k", u64::MAX / 2)],
+                ),
+                at,
+            )
+            .unwrap();
+        ledger
+            .commit(id, amount, receipt(&format!("w{i}"), at), at)
+            .unwrap();
+        entries.push((at, amount));
+    }
+    for round in 0..600 {
+        let window = match next(4) {
+            0 => 1 + next(7_200),
+            1 => 3_600 * (1 + next(48)),
+            2 => 86_400,
+            _ => 1 + next(5 * 86_400),
+        };
+        let now = match round % 3 {
+            // An entry exactly at the window's open edge (excluded), or just inside it.
+            0 => entries[next(entries.len() as u64) as usize].0 + window,
+            1 => entries[next(entries.len() as u64) as usize].0 + window - 1,
+            _ => base + next(4 * 86_400),
+        };
+        let expected: u64 = entries
+            .iter()
+            .filter(|(at, _)| now < window || *at > now - window)
+            .map(|(_, amount)| amount)
+            .sum();
+        let status = ledger
+            .status(&[Cap::rolling("k", u64::MAX, window)], now)
+            .unwrap();
+        assert_eq!(
+            status[0].spent_usd_micros, expected,
+            "now {now}, window {window}"
+        );
+    }
+}
+
+#[test]
 fn open_reservations_count_against_a_rolling_cap_whatever_their_age() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = Ledger::open(dir.path()).unwrap();

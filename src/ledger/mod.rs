@@ -19,9 +19,10 @@
 //!                                                            listed by `pending()`
 //! ```
 //!
-//! Cost: a budget check reads one running total per cap (lifetime caps) or sums the spend
-//! entries inside the window through the `(key, at)` index (rolling caps); it never looks at
-//! receipts, so it costs the same with a million receipts as with ten.
+//! Cost: a budget check reads one running total per cap (lifetime caps), or for a rolling cap
+//! sums hourly totals for the whole hours of its window plus the spend entries of its first,
+//! partial hour (both through indexes on key and time). It never reads receipts or history
+//! before the window, so it costs the same with a million receipts as with ten.
 //!
 //! Every method blocks on SQLite (a commit waits for an fsync, a writer may wait up to five
 //! seconds for another process's transaction); call it from `spawn_blocking` in async code.
@@ -279,8 +280,8 @@ impl Ledger {
     pub const SCHEMA_VERSION: i64 = schema::SCHEMA_VERSION;
 
     /// Holds `r.amount_usd_micros` against every cap in `r.caps`, if it fits under all of
-    /// them: for each cap, spend in its window + open reservations on its key + the amount
-    /// must not exceed its limit. Check and write are one transaction, so concurrent callers
+    /// them: for each cap, spend in its window + open reservations on its key (whatever their
+    /// age) + the amount must not exceed its limit. Check and write are one transaction, so concurrent callers
     /// (threads or processes) can never together exceed a cap.
     ///
     /// Fails with [`LedgerError::Exceeded`] naming the first cap that does not fit; then
@@ -482,8 +483,15 @@ impl Ledger {
                  SET spent_usd_micros = spent_usd_micros + excluded.spent_usd_micros,
                      reserved_usd_micros = reserved_usd_micros - ?3",
             )?;
+            let mut hourly = tx.prepare_cached(
+                "INSERT INTO spend_hours (key, hour, amount_usd_micros) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (key, hour) DO UPDATE
+                 SET amount_usd_micros = amount_usd_micros + excluded.amount_usd_micros",
+            )?;
+            let hour = now_sql / HOUR_SECS;
             for key in keys_of(tx, id)? {
                 spend.execute(params![key, now_sql, id.0, actual])?;
+                hourly.execute(params![key, hour, actual])?;
                 totals.execute(params![key, actual, reserved])?;
             }
             Ok(())
@@ -692,6 +700,9 @@ fn create_private_dir(dir: &Path) -> Result<(), LedgerError> {
     })
 }
 
+/// The granularity of `spend_hours`, in seconds.
+const HOUR_SECS: i64 = 3_600;
+
 /// SQLite integers are signed 64-bit.
 fn to_sql(what: &'static str, value: u64) -> Result<i64, LedgerError> {
     i64::try_from(value).map_err(|_| LedgerError::OutOfRange { what, value })
@@ -710,19 +721,34 @@ fn usage(tx: &Transaction<'_>, cap: &Cap, now: u64) -> Result<(u64, u64), Ledger
         .query_row([&cap.key], |row| Ok((row.get(0)?, row.get(1)?)))
         .optional()?;
     let (lifetime, reserved) = totals.unwrap_or((0, 0));
-    let spent = match cap.window_secs {
+    // Spend with `at > now - window` counts (and any stamped later than `now` by a process
+    // whose clock runs ahead). A window reaching before the epoch is the lifetime total.
+    let spent = match cap.window_secs.and_then(|w| now.checked_sub(w)) {
         None => lifetime,
-        Some(window) => {
-            // Entries with `at > now - window` count; before the epoch, all of them.
-            let after = match now.checked_sub(window) {
-                Some(start) => to_sql("time", start)?,
-                None => -1,
-            };
-            tx.prepare_cached(
-                "SELECT COALESCE(SUM(amount_usd_micros), 0) FROM spend
-                 WHERE key = ?1 AND at > ?2",
-            )?
-            .query_row(params![cap.key, after], |row| row.get(0))?
+        Some(start) => {
+            // Whole hours from `spend_hours`; the partial first hour, (start, next hour),
+            // entry by entry. The cost is one hour's entries plus one row per hour of the
+            // window, however much history lies before it.
+            let start = to_sql("time", start)?;
+            let first_whole_hour = start / HOUR_SECS + 1;
+            let partial: i64 = tx
+                .prepare_cached(
+                    "SELECT COALESCE(SUM(amount_usd_micros), 0) FROM spend
+                     WHERE key = ?1 AND at > ?2 AND at < ?3",
+                )?
+                .query_row(
+                    params![cap.key, start, first_whole_hour * HOUR_SECS],
+                    |row| row.get(0),
+                )?;
+            let whole: i64 = tx
+                .prepare_cached(
+                    "SELECT COALESCE(SUM(amount_usd_micros), 0) FROM spend_hours
+                     WHERE key = ?1 AND hour >= ?2",
+                )?
+                .query_row(params![cap.key, first_whole_hour], |row| row.get(0))?;
+            partial.checked_add(whole).ok_or_else(|| {
+                LedgerError::Corrupt(format!("spend under {:?} overflows", cap.key))
+            })?
         }
     };
     Ok((

@@ -24,9 +24,10 @@ pub(super) const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 ///   against.
 /// * `key_totals`: running totals per key: lifetime spend, and open reservations. Budget
 ///   checks read these instead of summing history.
-/// * `spend`: one entry per (key, committed payment) at its commit time; clustered by
-///   (key, at) so a rolling window sums only the entries inside it. Also the index for
-///   listing receipts per key.
+/// * `spend`: one entry per (key, committed payment) at its commit time, clustered by
+///   (key, at); also the index for listing receipts per key.
+/// * `spend_hours`: the same spend summed per (key, hour), so a rolling window reads whole
+///   hours from here and only its first, partial hour from `spend`.
 /// * `receipts`: one per committed reservation.
 /// * `revocations`: opaque ids (credential fingerprints) that must no longer be honoured.
 const MIGRATION_1: &str = "
@@ -70,6 +71,13 @@ CREATE TABLE spend (
     reservation_id    INTEGER NOT NULL REFERENCES reservations (id),
     amount_usd_micros INTEGER NOT NULL CHECK (amount_usd_micros >= 0),
     PRIMARY KEY (key, at, reservation_id)
+) WITHOUT ROWID;
+
+CREATE TABLE spend_hours (
+    key               TEXT    NOT NULL,
+    hour              INTEGER NOT NULL,
+    amount_usd_micros INTEGER NOT NULL CHECK (amount_usd_micros >= 0),
+    PRIMARY KEY (key, hour)
 ) WITHOUT ROWID;
 
 CREATE TABLE receipts (
