@@ -41,33 +41,21 @@ fn output_schema(tool: &HttpTool) -> Map<String, Value> {
         Some(schema) => Value::Object(schema.clone()),
         None => json!({ "description": "the upstream answer: JSON as sent, or text" }),
     };
+    let mut properties = json!({ "result": result });
+    // Only a tool that may pay returns a receipt. The schema stays short: hundreds of tools
+    // repeat it in every tools/list.
+    if tool.max_price.is_some() {
+        properties["payment"] = json!({
+            "type": "object",
+            "description": "the receipt, when the call was paid: protocol, version, network, \
+                asset, asset_symbol, amount_atomic, amount_usd, amount_usd_micros, \
+                rate_usd_micros_per_unit, payee, payer, transaction, receipt_id, at",
+            "required": ["protocol", "amount_usd", "payee", "receipt_id"]
+        });
+    }
     let schema = json!({
         "type": "object",
-        "properties": {
-            "result": result,
-            "payment": {
-                "description": "the receipt, when the call was paid",
-                "type": "object",
-                "properties": {
-                    "protocol": {"type": "string"},
-                    "version": {"type": "integer"},
-                    "network": {"type": "string"},
-                    "asset": {"type": "string"},
-                    "asset_symbol": {"type": "string"},
-                    "amount_atomic": {"type": "string"},
-                    "amount_usd": {"type": "string"},
-                    "amount_usd_micros": {"type": "integer"},
-                    "rate_usd_micros_per_unit": {"type": "integer"},
-                    "payee": {"type": "string"},
-                    "payer": {"type": "string"},
-                    "transaction": {"type": ["string", "null"]},
-                    "receipt_id": {"type": "string"},
-                    "at": {"type": "string"}
-                },
-                "required": ["protocol", "network", "asset", "amount_atomic", "amount_usd",
-                             "payee", "payer", "receipt_id", "at"]
-            }
-        },
+        "properties": properties,
         "required": ["result"],
     });
     match schema {
