@@ -8,32 +8,18 @@ mod support;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Value, json};
 use support::mcp::Setup;
-use support::upstream::{Reply, TestUpstream};
+use support::upstream::TestUpstream;
 
-const KEY: &str = "0x2a871d0798f97d79848a013d4936a73bf4cc922c825d33c1cf7073dff6d409c6";
+use support::seller::BUYER_KEY as KEY;
 const PROCESSES: usize = 4;
 const CALLS: usize = 32;
 const N: usize = 10;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn four_processes_pay_exactly_n_times_under_a_shared_cap() {
-    let up = TestUpstream::start(|seen| {
-        if seen.header("PAYMENT-SIGNATURE").is_some() {
-            let response = json!({"success": true, "transaction": "0x01", "network": "eip155:8453"});
-            return Reply::json(200, json!({"paid": true}))
-                .with_header("PAYMENT-RESPONSE", &B64.encode(response.to_string()));
-        }
-        let header = json!({"x402Version": 2, "accepts": [{"scheme": "exact", "network": "eip155:8453",
-            "amount": "10000", "asset": "0x833589fCD6eDb6E08f4c3C32D4f71b54bdA02913",
-            "payTo": "0x209693Bc6afc0C5328bA36FaF03C514EF312287C", "maxTimeoutSeconds": 60,
-            "extra": {"name": "USD Coin", "version": "2"}}]});
-        Reply::json(402, json!({})).with_header("PAYMENT-REQUIRED", &B64.encode(header.to_string()))
-    })
-    .await;
+    let up = TestUpstream::start(support::seller::always_settles).await;
     let setup = Setup::new(&format!(
         "[[tool]]\nname = \"paid\"\ndescription = \"paid\"\nurl = \"{}/paid?n={{n}}\"\nmax_price = \"0.05 USD\"\n\
          input_schema = {{ type = \"object\", properties = {{ n = {{ type = \"integer\" }} }} }}\n",

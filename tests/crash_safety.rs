@@ -16,16 +16,14 @@ use serde_json::{Value, json};
 use support::mcp::Setup;
 use support::upstream::{Reply, TestUpstream};
 
-const KEY: &str = "0x2a871d0798f97d79848a013d4936a73bf4cc922c825d33c1cf7073dff6d409c6";
+use support::seller::BUYER_KEY as KEY;
 const TRIALS: usize = 50;
 
 fn offer() -> Reply {
-    let header = json!({"x402Version": 2, "accepts": [{"scheme": "exact", "network": "eip155:8453",
-        "amount": "10000", "asset": "0x833589fCD6eDb6E08f4c3C32D4f71b54bdA02913",
-        "payTo": "0x209693Bc6afc0C5328bA36FaF03C514EF312287C", "maxTimeoutSeconds": 60,
-        "extra": {"name": "USD Coin", "version": "2"}}]});
-    Reply::json(402, json!({"error": "nonce already used"}))
-        .with_header("PAYMENT-REQUIRED", &B64.encode(header.to_string()))
+    support::seller::payment_required(
+        json!([support::seller::requirements("10000")]),
+        "nonce already used",
+    )
 }
 
 /// One serve process: initialize, one call, then killed after `kill_after` (or left to finish).

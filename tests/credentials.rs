@@ -5,13 +5,11 @@ mod support;
 
 use std::process::Command;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Value, json};
 use support::mcp::{Mode, Setup, drive, python};
 use support::upstream::{Reply, TestUpstream};
 
-const KEY: &str = "0x2a871d0798f97d79848a013d4936a73bf4cc922c825d33c1cf7073dff6d409c6";
+use support::seller::BUYER_KEY as KEY;
 
 fn tollgate(args: &[&str], config: &std::path::Path) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
@@ -46,16 +44,7 @@ async fn seller() -> TestUpstream {
         if seen.path() == "/free" {
             return Reply::json(200, json!({"free": true}));
         }
-        if seen.header("PAYMENT-SIGNATURE").is_some() {
-            let response = json!({"success": true, "transaction": "0x01", "network": "eip155:8453"});
-            return Reply::json(200, json!({"paid": true}))
-                .with_header("PAYMENT-RESPONSE", &B64.encode(response.to_string()));
-        }
-        let header = json!({"x402Version": 2, "accepts": [{"scheme": "exact", "network": "eip155:8453",
-            "amount": "10000", "asset": "0x833589fCD6eDb6E08f4c3C32D4f71b54bdA02913",
-            "payTo": "0x209693Bc6afc0C5328bA36FaF03C514EF312287C", "maxTimeoutSeconds": 60,
-            "extra": {"name": "USD Coin", "version": "2"}}]});
-        Reply::json(402, json!({})).with_header("PAYMENT-REQUIRED", &B64.encode(header.to_string()))
+        support::seller::always_settles(seen)
     })
     .await
 }

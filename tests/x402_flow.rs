@@ -4,30 +4,11 @@
 
 mod support;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Value, json};
 use support::mcp::{Mode, Setup, drive, python};
-use support::upstream::{Reply, Seen, TestUpstream};
+use support::upstream::{Reply, TestUpstream};
 
-const KEY: &str = "0x2a871d0798f97d79848a013d4936a73bf4cc922c825d33c1cf7073dff6d409c6";
-const USDC_BASE: &str = "0x833589fCD6eDb6E08f4c3C32D4f71b54bdA02913";
-const PAYEE: &str = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C";
-
-fn requirements(amount: &str) -> Value {
-    json!({"scheme": "exact", "network": "eip155:8453", "amount": amount, "asset": USDC_BASE,
-           "payTo": PAYEE, "maxTimeoutSeconds": 60, "extra": {"name": "USD Coin", "version": "2"}})
-}
-
-fn payment_required(accepts: Value, error: &str) -> Reply {
-    let header = json!({"x402Version": 2, "error": error, "resource": {"url": "http://seller/r"}, "accepts": accepts});
-    Reply::json(402, json!({})).with_header("PAYMENT-REQUIRED", &B64.encode(header.to_string()))
-}
-
-fn signature_of(seen: &Seen) -> Option<Value> {
-    let header = seen.header("PAYMENT-SIGNATURE")?;
-    serde_json::from_slice(&B64.decode(header).ok()?).ok()
-}
+use support::seller::{BUYER_KEY as KEY, PAYEE, payment_required, requirements, signature_of};
 
 /// A seller that asks `amount` at /paid, and settles any signed payment (or refuses all).
 async fn seller(amount: &'static str, settles: bool) -> TestUpstream {
@@ -36,15 +17,15 @@ async fn seller(amount: &'static str, settles: bool) -> TestUpstream {
         ("/paid", Some(_)) if !settles => {
             payment_required(json!([requirements(amount)]), "insufficient_funds")
         }
-        ("/paid", Some(sig)) => {
-            let response = json!({"success": true, "transaction": "0xabc123", "network": "eip155:8453",
-                                  "payer": sig["payload"]["authorization"]["from"]});
-            Reply::json(200, json!({"data": "paid content"}))
-                .with_header("PAYMENT-RESPONSE", &B64.encode(response.to_string()))
-        }
+        ("/paid", Some(sig)) => support::seller::settled(
+            json!({"data": "paid content"}),
+            &sig["payload"]["authorization"]["from"],
+        ),
         // The paid request to /slow never gets an answer the first time.
         ("/slow", None) => payment_required(json!([requirements(amount)]), "payment required"),
-        ("/slow", Some(_)) if SLOW_FIRST.swap(false, std::sync::atomic::Ordering::SeqCst) => Reply::Hang,
+        ("/slow", Some(_)) if SLOW_FIRST.swap(false, std::sync::atomic::Ordering::SeqCst) => {
+            Reply::Hang
+        }
         ("/slow", Some(_)) => Reply::json(200, json!({"data": "slow but paid"})),
         ("/baits", _) => payment_required(
             json!([requirements("900000"), {"scheme": "exact", "network": "eip155:1", "amount": "1",

@@ -2,5 +2,6 @@
 #![allow(dead_code)]
 
 pub mod mcp;
+pub mod seller;
 pub mod upstream;
 pub mod x402_peer;
