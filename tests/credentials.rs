@@ -188,6 +188,9 @@ async fn budgets_hold_across_the_hierarchy_and_the_process_token_applies() {
         call("paid", Some(&b)),      // b untouched by a; parent 0.02
         call("paid", None),          // the process token (the parent): 0.03
         call("paid", Some(&greedy)), // parent has 0.005 left: refused
+        call("budget_status", Some(&a)),
+        call("list_receipts", Some(&parent)),
+        call("list_receipts", Some(&b)),
     ]);
     let report = drive(
         &python,
@@ -223,6 +226,26 @@ async fn budgets_hold_across_the_hierarchy_and_the_process_token_applies() {
         .filter(|s| s.header("PAYMENT-SIGNATURE").is_some())
         .count();
     assert_eq!(signed, 3, "exactly three payments");
+
+    // budget_status shows the child's own budget and its ancestor's, which counts everyone.
+    let status = &report["steps"][5]["result"]["structuredContent"];
+    let caps = status["caps"].as_array().expect("caps");
+    assert_eq!(caps.len(), 2, "{status}");
+    assert_eq!(caps[0]["limit_usd"], "0.035", "{status}");
+    assert_eq!(
+        caps[0]["spent_usd"], "0.03",
+        "the parent's budget counts every child: {status}"
+    );
+    assert_eq!(caps[1]["limit_usd"], "0.01");
+    assert_eq!(caps[1]["remaining_usd"], "0", "{status}");
+    // The parent sees its descendants' receipts; a child sees its own.
+    let receipts = |i: usize| {
+        report["steps"][i]["result"]["structuredContent"]["receipts"]
+            .as_array()
+            .map(Vec::len)
+    };
+    assert_eq!(receipts(6), Some(3), "{}", report["steps"][6]);
+    assert_eq!(receipts(7), Some(1), "{}", report["steps"][7]);
 
     // The owner sees the receipts, and revoking the parent stops its children.
     let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))

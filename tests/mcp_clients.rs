@@ -150,6 +150,8 @@ async fn lists_the_definitions_with_their_schemas(mode: Mode) {
             "stuck",
             "stuck_long",
             "weather",
+            "budget_status",
+            "list_receipts",
             "price_check"
         ]
     );

@@ -15,6 +15,8 @@ use crate::pay;
 use crate::upstream::{Answer, Reply};
 
 pub const PRICE_CHECK: &str = "price_check";
+pub const BUDGET_STATUS: &str = "budget_status";
+pub const LIST_RECEIPTS: &str = "list_receipts";
 
 /// The MCP tools tollgate adds.
 pub fn tools() -> Vec<Tool> {
@@ -52,7 +54,63 @@ pub fn tools() -> Vec<Tool> {
     let mut annotations = ToolAnnotations::new();
     annotations.read_only_hint = Some(true);
     annotations.open_world_hint = Some(true);
+    let mut local = ToolAnnotations::new();
+    local.read_only_hint = Some(true);
+    local.open_world_hint = Some(false);
+    let no_input =
+        object(json!({"type": "object", "properties": {}, "additionalProperties": false}));
+    let status_output = object(json!({
+        "type": "object",
+        "required": ["caller", "per_call_usd", "caps"],
+        "properties": {
+            "caller": {"type": "string"},
+            "per_call_usd": {"type": "string"},
+            "max_per_call_usd": {"type": ["string", "null"]},
+            "caps": {"type": "array", "items": {"type": "object", "properties": {
+                "cap": {"type": "string"},
+                "window_seconds": {"type": ["integer", "null"]},
+                "limit_usd": {"type": "string"},
+                "spent_usd": {"type": "string"},
+                "reserved_usd": {"type": "string"},
+                "remaining_usd": {"type": "string"}
+            }}}
+        }
+    }));
+    let receipts_input = object(json!({
+        "type": "object",
+        "additionalProperties": false,
+        "properties": {
+            "since": {"type": "integer", "minimum": 0, "description": "unix seconds"},
+            "limit": {"type": "integer", "minimum": 1, "maximum": 1000, "description": "default 50"}
+        }
+    }));
+    let receipts_output = object(json!({
+        "type": "object",
+        "required": ["receipts"],
+        "properties": {"receipts": {"type": "array", "items": {"type": "object"}}, "note": {"type": "string"}}
+    }));
     vec![
+        Tool::new(
+            BUDGET_STATUS,
+            "Your spending limits: the most one call may pay, and for each cap that applies to \
+             you (the owner's per-day and total caps, and every budget in your credential's \
+             chain, ancestors included) the limit, spent, held for calls in flight, and \
+             remaining.",
+            Arc::new(no_input),
+        )
+        .with_title("Budget status")
+        .with_raw_output_schema(Arc::new(status_output))
+        .with_annotations(local.clone()),
+        Tool::new(
+            LIST_RECEIPTS,
+            "Receipts of paid calls made under your credential's budget (yours and those of \
+             credentials delegated from it), newest first; every receipt when no credential is \
+             presented.",
+            Arc::new(receipts_input),
+        )
+        .with_title("List receipts")
+        .with_raw_output_schema(Arc::new(receipts_output))
+        .with_annotations(local),
         Tool::new(
             PRICE_CHECK,
             "What a call to another tool would cost, without paying: makes the unpaid request \
@@ -76,6 +134,34 @@ impl Tollgate {
     ) -> Option<CallToolResult> {
         match name {
             PRICE_CHECK => Some(self.price_check(arguments, context).await),
+            BUDGET_STATUS | LIST_RECEIPTS => {
+                let caller = match self
+                    .payments
+                    .identify(super::request_token(context).as_deref())
+                {
+                    Ok(caller) => caller,
+                    Err(reason) => {
+                        return Some(tool_error(format!("your credential is refused: {reason}")));
+                    }
+                };
+                let payments = &self.payments;
+                let value = tokio::task::block_in_place(|| {
+                    if name == BUDGET_STATUS {
+                        budget_status(payments, caller.as_ref())
+                    } else {
+                        list_receipts(payments, caller.as_ref(), arguments)
+                    }
+                });
+                Some(match value {
+                    Ok(value) => {
+                        let mut result =
+                            CallToolResult::success(vec![ContentBlock::text(value.to_string())]);
+                        result.structured_content = Some(value);
+                        result
+                    }
+                    Err(e) => tool_error(format!("{name}: the ledger could not be read: {e}")),
+                })
+            }
             _ => None,
         }
     }
@@ -144,4 +230,78 @@ impl Tollgate {
         result.structured_content = Some(value);
         result
     }
+}
+
+fn budget_status(
+    payments: &super::Payments,
+    caller: Option<&crate::budget::credential::Credential>,
+) -> Result<Value, crate::ledger::LedgerError> {
+    let caps = payments.caps(caller);
+    let status = payments.ledger.status(&caps, crate::money::now_unix())?;
+    let usd = |micros: u64| crate::money::UsdMicros(micros).decimal();
+    let caps: Vec<Value> = status
+        .iter()
+        .map(|s| {
+            let cap = match s.key.as_str() {
+                "policy:per_day" => "policy per day".to_owned(),
+                "policy:total" => "policy total".to_owned(),
+                key => match caller.and_then(|c| c.budgets.iter().position(|(k, _)| k == key)) {
+                    Some(0) => "credential budget (outermost ancestor)".to_owned(),
+                    Some(i) => format!("credential budget (level {i})"),
+                    None => key.to_owned(),
+                },
+            };
+            json!({
+                "cap": cap,
+                "window_seconds": s.window_secs,
+                "limit_usd": usd(s.limit_usd_micros),
+                "spent_usd": usd(s.spent_usd_micros),
+                "reserved_usd": usd(s.reserved_usd_micros),
+                "remaining_usd": usd(s.remaining_usd_micros),
+            })
+        })
+        .collect();
+    Ok(json!({
+        "caller": caller.map_or_else(|| "no credential (the owner's policy alone)".to_owned(), |c| c.token.fingerprint()),
+        "per_call_usd": payments.policy.per_call.decimal(),
+        "max_per_call_usd": caller.and_then(|c| c.restrictions.max_per_call()).map(|u| u.decimal()),
+        "caps": caps,
+    }))
+}
+
+fn list_receipts(
+    payments: &super::Payments,
+    caller: Option<&crate::budget::credential::Credential>,
+    arguments: &Map<String, Value>,
+) -> Result<Value, crate::ledger::LedgerError> {
+    let since = arguments.get("since").and_then(Value::as_u64);
+    let limit = arguments
+        .get("limit")
+        .and_then(Value::as_u64)
+        .unwrap_or(50)
+        .clamp(1, 1000) as usize;
+    let (rows, note) = match caller {
+        None => (payments.ledger.all_receipts(since, limit)?, None),
+        Some(c) => match c.budgets.last() {
+            Some((key, _)) => (
+                payments
+                    .ledger
+                    .receipts(std::slice::from_ref(key), since, limit)?,
+                None,
+            ),
+            None => (
+                Vec::new(),
+                Some("your credential has no budget caveat, so no receipts are kept under it"),
+            ),
+        },
+    };
+    let receipts: Vec<Value> = rows
+        .iter()
+        .filter_map(|r| serde_json::from_str(&r.json).ok())
+        .collect();
+    let mut value = json!({"receipts": receipts});
+    if let Some(note) = note {
+        value["note"] = json!(note);
+    }
+    Ok(value)
 }

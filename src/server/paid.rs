@@ -59,7 +59,7 @@ impl Payments {
 
     /// Every cap a payment by `caller` must fit under: the policy's, and each budget caveat in
     /// the caller's chain (a child's spend counts against every ancestor's budget).
-    fn caps(&self, caller: Option<&Credential>) -> Vec<Cap> {
+    pub(super) fn caps(&self, caller: Option<&Credential>) -> Vec<Cap> {
         let mut caps = Vec::new();
         if let Some(day) = self.policy.per_day {
             caps.push(Cap::rolling("policy:per_day", day.0, 86_400));
