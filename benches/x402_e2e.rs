@@ -6,14 +6,17 @@
 //! Both sides include verify and on-chain settlement (the seller's cost, ~30 ms here), so the
 //! ratio is near 1 when tollgate adds little.
 
+#[path = "../tests/support/stdio.rs"]
+#[allow(dead_code)]
+mod stdio;
 #[path = "../tests/support/x402_peer.rs"]
 mod x402_peer;
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use stdio::Session;
 
 const CALLS: usize = 30;
 
@@ -54,47 +57,16 @@ fn main() {
     )
     .unwrap();
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .args(["serve", "--config"])
-        .arg(p.join("tollgate.toml"))
-        .env("TOLLGATE_EVM_KEY", peers.str("/buyer_key"))
-        .env("RUST_LOG", "off")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut request = |id: u64, method: &str, params: Value| -> Value {
-        writeln!(
-            stdin,
-            "{}",
-            json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params})
-        )
-        .unwrap();
-        let mut line = String::new();
-        loop {
-            line.clear();
-            stdout.read_line(&mut line).unwrap();
-            let v: Value = serde_json::from_str(&line).unwrap();
-            if v["id"] == json!(id) {
-                return v;
-            }
-        }
-    };
-    request(
-        0,
-        "initialize",
-        json!({"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "bench", "version": "0"}}),
+    let buyer_key = peers.str("/buyer_key");
+    let mut session = Session::start(
+        &p.join("tollgate.toml"),
+        &[("TOLLGATE_EVM_KEY", &buyer_key)],
     );
     let mut ours = Vec::new();
     for i in 0..CALLS + 2 {
         let t0 = Instant::now();
-        let r = request(
-            i as u64 + 1,
-            "tools/call",
-            json!({"name": "weather", "arguments": {}}),
-        );
+        session.call_tool(i as u64 + 1, "weather", json!({}));
+        let r = session.response(i as u64 + 1).expect("tollgate answered");
         let ms = t0.elapsed().as_secs_f64() * 1e3;
         assert!(
             r["result"]["structuredContent"]["payment"].is_object(),
@@ -104,8 +76,7 @@ fn main() {
             ours.push(ms);
         }
     }
-    drop(stdin);
-    let _ = child.wait();
+    session.finish();
 
     let out = Command::new("node")
         .arg(concat!(

@@ -5,11 +5,11 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use serde_json::{Value, json};
 use support::mcp::Setup;
+use support::stdio::Session;
 use support::upstream::TestUpstream;
 
 use support::seller::BUYER_KEY as KEY;
@@ -96,51 +96,14 @@ async fn four_processes_pay_exactly_n_times_under_a_shared_cap() {
 
 /// One tollgate process: 32 calls sent at once, their results collected.
 fn run_process(config: &std::path::Path, p: usize) -> Vec<Value> {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .env("TOLLGATE_EVM_KEY", KEY)
-        .env("RUST_LOG", "off")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    writeln!(stdin, "{}", json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
-        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}}))
-    .unwrap();
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    writeln!(
-        stdin,
-        "{}",
-        json!({"jsonrpc": "2.0", "method": "notifications/initialized"})
-    )
-    .unwrap();
+    let mut session = Session::start(config, &[("TOLLGATE_EVM_KEY", KEY)]);
     for i in 0..CALLS {
         let n = p * CALLS + i; // distinct arguments: distinct calls
-        writeln!(
-            stdin,
-            "{}",
-            json!({"jsonrpc": "2.0", "id": i + 1, "method": "tools/call",
-            "params": {"name": "paid", "arguments": {"n": n}}})
-        )
-        .unwrap();
+        session.call_tool(i as u64 + 1, "paid", json!({"n": n}));
     }
-    let mut results = Vec::new();
-    while results.len() < CALLS {
-        line.clear();
-        assert!(
-            stdout.read_line(&mut line).unwrap() > 0,
-            "tollgate exited early"
-        );
-        let message: Value = serde_json::from_str(&line).unwrap();
-        if message.get("id").is_some() {
-            results.push(message["result"].clone());
-        }
-    }
-    drop(stdin);
-    let _ = child.wait();
+    let results = (0..CALLS)
+        .map(|_| session.next_response().expect("tollgate exited early")["result"].clone())
+        .collect();
+    session.finish();
     results
 }

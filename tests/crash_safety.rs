@@ -5,8 +5,7 @@
 mod support;
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,6 +13,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Value, json};
 use support::mcp::Setup;
+use support::stdio::Session;
 use support::upstream::{Reply, TestUpstream};
 
 use support::seller::BUYER_KEY as KEY;
@@ -28,46 +28,15 @@ fn offer() -> Reply {
 
 /// One serve process: initialize, one call, then killed after `kill_after` (or left to finish).
 fn one_call(config: &std::path::Path, n: usize, kill_after: Option<Duration>) -> Option<Value> {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .env("TOLLGATE_EVM_KEY", KEY)
-        .env("RUST_LOG", "off")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
-        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}});
-    let call = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-        "params": {"name": "paid", "arguments": {"n": n}}});
-    writeln!(
-        stdin,
-        "{init}\n{}\n{call}",
-        json!({"jsonrpc": "2.0", "method": "notifications/initialized"})
-    )
-    .unwrap();
+    let mut session = Session::start(config, &[("TOLLGATE_EVM_KEY", KEY)]);
+    session.call_tool(1, "paid", json!({"n": n}));
     if let Some(delay) = kill_after {
         std::thread::sleep(delay);
-        let _ = child.kill(); // SIGKILL
-        let _ = child.wait();
+        session.kill(); // SIGKILL
         return None;
     }
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    let result = loop {
-        line.clear();
-        if stdout.read_line(&mut line).unwrap_or(0) == 0 {
-            break None;
-        }
-        let message: Value = serde_json::from_str(&line).unwrap();
-        if message["id"] == json!(1) {
-            break Some(message["result"].clone());
-        }
-    };
-    drop(stdin);
-    let _ = child.wait();
+    let result = session.response(1).map(|m| m["result"].clone());
+    session.finish();
     result
 }
 

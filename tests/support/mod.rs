@@ -3,5 +3,6 @@
 
 pub mod mcp;
 pub mod seller;
+pub mod stdio;
 pub mod upstream;
 pub mod x402_peer;
