@@ -8,6 +8,7 @@
 //! cap), and the [`Receipt`]. Nothing here touches the ledger or MCP.
 
 pub mod assets;
+pub mod l402;
 pub mod x402;
 
 use std::fmt;
