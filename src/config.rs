@@ -13,6 +13,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use crate::budget::policy::Policy;
+use crate::lightning::LightningConfig;
 use crate::pay::assets::Asset;
 use crate::wallet::WalletConfig;
 
@@ -158,6 +159,9 @@ struct ConfigFile {
     assets: Vec<AssetConfig>,
     #[serde(default)]
     wallet: WalletConfig,
+    /// The Lightning backend that pays L402 invoices, if any.
+    #[serde(default)]
+    lightning: Option<LightningConfig>,
 }
 
 /// An `[[assets]]` entry: an ERC-20 token tollgate may value (its rate comes from the policy's
@@ -200,6 +204,8 @@ pub struct Config {
     /// Built-in and configured assets.
     pub assets: Vec<Asset>,
     pub wallet: WalletConfig,
+    /// `[lightning]`: the backend that pays L402 invoices (`tls_cert` resolved).
+    pub lightning: Option<LightningConfig>,
     raw_assets: Vec<AssetConfig>,
 }
 
@@ -264,6 +270,10 @@ impl Config {
                 evm_keystore: file.wallet.evm_keystore.map(&at),
                 evm_keystore_password_file: file.wallet.evm_keystore_password_file.map(&at),
             },
+            lightning: file.lightning.map(|l| LightningConfig {
+                tls_cert: l.tls_cert.clone().map(&at),
+                ..l
+            }),
             raw_assets: file.assets,
         }
     }
@@ -327,6 +337,11 @@ impl Config {
                     format!("assets[{i}].decimals"),
                     "at most 36",
                 ));
+            }
+        }
+        if let Some(lightning) = &self.lightning {
+            for (key, reason) in lightning.problems() {
+                problems.push(Problem::new(&file, format!("lightning.{key}"), reason));
             }
         }
         if let Some(policy) = &self.policy_file

@@ -7,6 +7,7 @@
 //! * [`catalog`]: tool definitions (`tools/*.toml`), checked at start, turned into requests.
 //! * [`upstream`]: one HTTP call with every limit (timeouts, size, same-origin redirects).
 //! * [`pay`]: what a `402 Payment Required` asks for (protocol code: x402, L402, MPP).
+//! * [`lightning`]: the Lightning backends that pay L402 invoices (LNbits, LND REST).
 //! * [`server`]: the MCP server (rmcp), the only module that knows MCP.
 //! * [`money`]: integer money (micro-USD); never a float.
 //!
@@ -16,6 +17,7 @@ pub mod budget;
 pub mod catalog;
 pub mod config;
 pub mod ledger;
+pub mod lightning;
 pub mod money;
 pub mod pay;
 pub mod server;
