@@ -388,6 +388,18 @@ fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
             None => tracing::info!("no EVM wallet configured; paid tools will not pay"),
         }
         let ledger = Arc::new(Ledger::open(&config.state_dir).context("cannot open the ledger")?);
+        let lightning = match &config.lightning {
+            Some(c) => {
+                let lightning = tollgate::lightning::Lightning::open(c)?;
+                tracing::info!(backend = lightning.backend.name(), network = %lightning.network, "Lightning backend ready");
+                // Lightning payments an earlier run left pending: ask the backend, settle them.
+                for line in tollgate::server::l402::reconcile(&ledger, &lightning).await {
+                    tracing::warn!("pending Lightning payment: {line}");
+                }
+                Some(lightning)
+            }
+            None => None,
+        };
         // Payments whose outcome was unknown when a process stopped stay reserved (they count
         // against every cap) and visible until they settle or are released.
         for pending in ledger.pending().context("cannot read pending payments")? {
@@ -400,6 +412,7 @@ fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
             );
         }
         let mut payments = Payments::new(policy, config.assets.clone(), evm, ledger);
+        payments.lightning = lightning;
         payments.root = match RootKey::load(&config.state_dir) {
             Ok(root) => Some(root),
             Err(CredentialError::NoRootKey(_)) => None,

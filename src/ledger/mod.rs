@@ -30,6 +30,7 @@
 
 mod error;
 mod schema;
+mod tokens;
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -39,6 +40,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
 pub use error::LedgerError;
+pub use tokens::PaidToken;
 
 /// The ledger's file name inside the state directory.
 pub const FILE_NAME: &str = "ledger.sqlite3";

@@ -95,8 +95,25 @@ CREATE TABLE revocations (
 ) WITHOUT ROWID;
 ";
 
+/// Paid L402 tokens, kept to be sent again: one per (origin, service), replaced when a
+/// fresh one is paid, deleted when the seller refuses it. `preimage` is a bearer secret (the
+/// ledger is the one place besides the `Authorization` header that holds it).
+const MIGRATION_L402_TOKENS: &str = "
+CREATE TABLE l402_tokens (
+    origin       TEXT    NOT NULL,
+    service      TEXT    NOT NULL,
+    scheme       TEXT    NOT NULL,
+    macaroon     TEXT    NOT NULL,
+    preimage     TEXT    NOT NULL,
+    payment_hash TEXT    NOT NULL,
+    expires_at   INTEGER,
+    created_at   INTEGER NOT NULL,
+    PRIMARY KEY (origin, service)
+) WITHOUT ROWID;
+";
+
 /// Every migration, in order; the schema version is their number.
-const MIGRATIONS: &[&str] = &[MIGRATION_1];
+const MIGRATIONS: &[&str] = &[MIGRATION_1, MIGRATION_L402_TOKENS];
 
 /// The schema version this build writes.
 pub(super) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -24,6 +24,8 @@ use reqwest::header::{HeaderMap, HeaderValue};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+use super::assets::Asset;
+use super::{Offer, Protocol};
 use crate::budget::macaroon::Macaroon;
 
 /// The longest `WWW-Authenticate` value read (a macaroon with a few caveats and an invoice
@@ -199,6 +201,51 @@ impl Invoice {
 
     pub fn payment_hash_hex(&self) -> String {
         hex::encode(self.payment_hash)
+    }
+}
+
+/// The asset of every L402 offer: bitcoin, counted in millisatoshis, valued per sat (the
+/// policy's `[rates] sat`). `amount_atomic` of an L402 offer is in millisatoshis.
+pub fn asset() -> Asset {
+    Asset {
+        chain_id: 0,
+        address: "BTC".to_owned(),
+        symbol: "sat".to_owned(),
+        decimals: 3,
+        // Unknown until the policy gives a rate for a sat.
+        usd_micros_per_unit: 0,
+    }
+}
+
+/// A challenge as an [`Offer`]: the amount in millisatoshis, the network as
+/// `lightning:<name>`, the payee's node id; `raw` keeps macaroon and invoice.
+pub fn offer(challenge: &L402Challenge, now: u64) -> Offer {
+    let invoice = &challenge.invoice;
+    Offer {
+        protocol: Protocol::L402,
+        scheme: challenge.scheme.clone(),
+        network: invoice.network.offer_name(),
+        chain_id: None,
+        asset: "BTC".to_owned(),
+        amount_atomic: u128::from(invoice.amount_msat),
+        payee: invoice.payee.clone(),
+        max_timeout_seconds: invoice.expires_at.saturating_sub(now),
+        raw: challenge.to_raw(),
+        resource: None,
+        extensions: None,
+    }
+}
+
+/// Whether an L402 offer can be paid on `network` now: its invoice decodes, is for that
+/// network and has not expired. With no network (no backend), only the invoice is checked;
+/// the missing backend is reported on its own.
+pub fn payable(offer: &Offer, network: Option<Network>) -> Result<(), String> {
+    let challenge = L402Challenge::from_raw(&offer.raw)?;
+    let now = crate::money::now_unix();
+    match network {
+        Some(network) => challenge.invoice.check(network, now),
+        None if challenge.invoice.expires_at <= now => Err("the invoice has expired".to_owned()),
+        None => Ok(()),
     }
 }
 

@@ -123,6 +123,10 @@ pub fn read_challenge(headers: &HeaderMap, body: &[u8]) -> Challenge {
         &mut c.problems,
         &mut c.seller_error,
     );
+    let now = crate::money::now_unix();
+    for challenge in l402::read_challenges(headers, &mut c.problems) {
+        c.offers.push(l402::offer(&challenge, now));
+    }
     for value in headers.get_all("www-authenticate") {
         let scheme: String = value
             .to_str()
@@ -135,10 +139,8 @@ pub fn read_challenge(headers: &HeaderMap, body: &[u8]) -> Challenge {
             .take(32)
             .collect();
         match scheme.to_ascii_lowercase().as_str() {
-            // protocol: L402 challenges are read here.
-            "l402" | "lsat" => c
-                .problems
-                .push(format!("{scheme} challenge: not supported yet")),
+            // L402 challenges were read above (every challenge in every value).
+            "l402" | "lsat" => {}
             // protocol: MPP challenges are read here.
             "payment" => c
                 .problems
@@ -158,16 +160,26 @@ pub enum PayError {
     Unpayable(String),
     #[error("signing failed: {0}")]
     Signing(String),
+    /// The payment was sent and its outcome is not known (an L402 invoice whose payment
+    /// timed out): it stays pending, never released, never paid again.
+    #[error("{0}")]
+    OutcomeUnknown(String),
 }
 
 /// Request headers that prove payment, for exactly one paid retry.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Proof {
     pub headers: Vec<(HeaderName, HeaderValue)>,
-    /// Who pays (the wallet's address).
+    /// Who pays (the wallet's address, or the Lightning backend).
     pub payer: String,
     /// Unix time after which the proof is worthless.
     pub valid_before: u64,
+    /// What paying cost beyond the offer's amount, in the offer's atomic units (an L402
+    /// routing fee); charged to the budget with the amount.
+    pub fee_atomic: u128,
+    /// Protocol-specific facts of the payment for the receipt (an L402 payment hash and
+    /// backend). Never a secret.
+    pub details: serde_json::Map<String, Value>,
 }
 
 impl Proof {
@@ -183,7 +195,8 @@ impl Proof {
                 )
             })
             .collect();
-        serde_json::json!({"headers": headers, "payer": self.payer, "valid_before": self.valid_before})
+        serde_json::json!({"headers": headers, "payer": self.payer, "valid_before": self.valid_before,
+                           "fee_atomic": self.fee_atomic.to_string(), "details": self.details})
             .to_string()
     }
 
@@ -196,7 +209,8 @@ impl Proof {
             .iter()
             .map(|pair| {
                 let name = HeaderName::from_bytes(pair.get(0)?.as_str()?.as_bytes()).ok()?;
-                let value = HeaderValue::from_str(pair.get(1)?.as_str()?).ok()?;
+                let mut value = HeaderValue::from_str(pair.get(1)?.as_str()?).ok()?;
+                value.set_sensitive(name == reqwest::header::AUTHORIZATION);
                 Some((name, value))
             })
             .collect::<Option<Vec<_>>>()?;
@@ -204,6 +218,16 @@ impl Proof {
             headers,
             payer: value.get("payer")?.as_str()?.to_owned(),
             valid_before: value.get("valid_before")?.as_u64()?,
+            fee_atomic: value
+                .get("fee_atomic")
+                .and_then(Value::as_str)
+                .and_then(|f| f.parse().ok())
+                .unwrap_or(0),
+            details: value
+                .get("details")
+                .and_then(Value::as_object)
+                .cloned()
+                .unwrap_or_default(),
         })
     }
 }
@@ -238,6 +262,8 @@ pub struct Wallets {
     pub lightning: bool,
     /// A Tempo signer (MPP).
     pub tempo: bool,
+    /// The network the Lightning backend pays on.
+    pub lightning_network: Option<l402::Network>,
 }
 
 impl Wallets {
@@ -318,7 +344,7 @@ pub fn judge(offer: &Offer, rules: &Rules) -> Judgement {
     j.usd = asset.to_usd_micros(offer.amount_atomic);
     j.asset = Some(asset.clone());
     let names = offer.network_names();
-    j.refusal = if let Err(reason) = supported(offer) {
+    j.refusal = if let Err(reason) = supported(offer, rules) {
         refuse(reason)
     } else if !rules
         .policy
@@ -400,22 +426,23 @@ pub fn valuation(offer: &Offer, rules: &Rules) -> Result<Asset, String> {
                     )
                 })
         }
-        // protocol: L402 offers are valued here (msat through the policy's rate for sats).
-        Protocol::L402 => Err("L402 is not supported yet".to_owned()),
+        // msat, valued through the policy's rate for a sat.
+        Protocol::L402 => Ok(l402::asset()),
     }
 }
 
 /// Whether tollgate can pay an offer of this protocol in the way it asks (its scheme, method
 /// or intent).
-fn supported(offer: &Offer) -> Result<(), String> {
+fn supported(offer: &Offer, rules: &Rules) -> Result<(), String> {
     match offer.protocol {
         Protocol::X402 { .. } if offer.scheme != "exact" => Err(format!(
             "x402 scheme {:?} is not supported (only \"exact\")",
             offer.scheme
         )),
         Protocol::X402 { .. } => Ok(()),
-        // protocol: which L402 / MPP offers can be paid.
-        Protocol::L402 | Protocol::Mpp => Err(format!("{} is not supported yet", offer.protocol)),
+        Protocol::L402 => l402::payable(offer, rules.wallets.lightning_network),
+        // protocol: which MPP offers can be paid.
+        Protocol::Mpp => Err(format!("{} is not supported yet", offer.protocol)),
     }
 }
 

@@ -303,6 +303,7 @@ pub fn prove(offer: &Offer, wallet: &EvmWallet, now: u64) -> Result<Proof, PayEr
         headers: vec![(HeaderName::from_static(header), value)],
         payer: message.from.to_checksum(None),
         valid_before,
+        ..Proof::default()
     })
 }
 

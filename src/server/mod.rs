@@ -10,6 +10,7 @@
 //! message that says what to change; JSON-RPC errors are kept for protocol mistakes (an
 //! unknown tool name).
 
+pub mod l402;
 mod meta;
 mod paid;
 mod tools;
@@ -137,7 +138,13 @@ impl Tollgate {
             Err(result) => return result,
         };
         let progress = Progress::new(context);
-        let reply = match self.send(tool, request.clone(), &progress, context).await {
+        // An L402 token paid earlier for this origin and service is sent on the first request.
+        let token = self.cached_token(tool);
+        let first = match &token {
+            Some(token) => l402::with_token(request.clone(), token),
+            None => request.clone(),
+        };
+        let reply = match self.send(tool, first, &progress, context).await {
             Ok(reply) => reply,
             Err(cancelled) => return cancelled,
         };
@@ -146,13 +153,19 @@ impl Tollgate {
                 answer: Answer::PaymentRequired { body },
                 headers,
             }) => {
+                // A refused token is forgotten; the 402 that refused it is paid once, afresh.
+                if let Some(token) = &token {
+                    self.forget_token(token);
+                }
                 let caller = caller.as_ref();
                 self.pay(
                     tool, &arguments, request, &headers, &body, caller, &progress, context,
                 )
                 .await
             }
-            Ok(Reply { answer, .. }) => success(tool, answer, None),
+            Ok(Reply { answer, .. }) => {
+                success(tool, answer, token.as_ref().map(l402::reused_payment))
+            }
             Err(e) => tool_error(tool.redact(&format!("`{}` failed: {e}", tool.name))),
         };
         progress.finish().await;

@@ -19,7 +19,8 @@ use super::{Progress, Tollgate, success, tool_error};
 use crate::budget::credential::{Credential, RootKey};
 use crate::budget::policy::Policy;
 use crate::catalog::{HttpTool, UpstreamRequest};
-use crate::ledger::{Cap, Ledger, LedgerError, NewReceipt, NewReservation};
+use crate::ledger::{Cap, Ledger, LedgerError, NewReceipt, NewReservation, ReservationId};
+use crate::lightning::Lightning;
 use crate::money::{UsdMicros, now_unix};
 use crate::pay::assets::Asset;
 use crate::pay::{
@@ -40,6 +41,8 @@ pub struct Payments {
     pub env_token: Option<String>,
     /// Budgets, reservations, pending payments, receipts, revocations.
     pub ledger: Arc<Ledger>,
+    /// The Lightning backend that pays L402 invoices, if one is configured.
+    pub lightning: Option<Lightning>,
 }
 
 impl Payments {
@@ -56,6 +59,7 @@ impl Payments {
             root: None,
             env_token: None,
             ledger,
+            lightning: None,
         }
     }
 
@@ -114,6 +118,8 @@ impl Payments {
             tool: &tool.name,
             wallets: Wallets {
                 evm: self.evm.is_some(),
+                lightning: self.lightning.is_some(),
+                lightning_network: self.lightning.as_ref().map(|l| l.network),
                 ..Wallets::default()
             },
             restrictions: caller.map(|c| &c.restrictions),
@@ -253,13 +259,14 @@ impl Tollgate {
                 let new = NewReservation {
                     call_id: hex::encode(rand::random::<[u8; 8]>()),
                     fingerprint: key.clone(),
-                    amount_usd_micros: quote.usd.0,
+                    amount_usd_micros: super::l402::hold_usd(&quote, payments).0,
                     caps: payments.caps(caller),
                     tool: tool.name.clone(),
                     payee: quote.offer.payee.clone(),
                     protocol: quote.offer.protocol.to_string(),
                     meta_json: json!({"network": quote.offer.network, "asset": quote.offer.asset,
                                       "amount_atomic": quote.offer.amount_atomic.to_string(),
+                                      "rate_usd_micros_per_unit": quote.asset.usd_micros_per_unit,
                                       "arguments": arguments})
                     .to_string(),
                 };
@@ -285,17 +292,23 @@ impl Tollgate {
                     }
                     Err(e) => return in_ledger("reserve the payment", e),
                 };
-                let proof = match self.prove(&quote, now).await {
+                let proof = match self.prove(tool, &quote, id, now).await {
                     Ok(proof) => proof,
+                    // Sent, outcome unknown: it stays pending (and reserved), never released.
+                    Err(PayError::OutcomeUnknown(reason)) => {
+                        return tool_error(format!("`{}`: {reason}", tool.name));
+                    }
                     Err(e) => {
                         let _ = blocking(|| ledger.release(id, now));
                         return tool_error(format!("`{}`: {e}; nothing was paid", tool.name));
                     }
                 };
                 // Recorded before the proof leaves the process (a crash after this line leaves
-                // a pending payment that a retry re-sends, never a second one).
-                if let Err(e) =
-                    blocking(|| ledger.mark_pending(id, &proof.to_json(), proof.valid_before))
+                // a pending payment that a retry re-sends, never a second one). L402 recorded
+                // its payment as pending before paying the invoice.
+                if quote.offer.protocol != Protocol::L402
+                    && let Err(e) =
+                        blocking(|| ledger.mark_pending(id, &proof.to_json(), proof.valid_before))
                 {
                     let _ = blocking(|| ledger.release(id, now));
                     return in_ledger("record the pending payment", e);
@@ -335,6 +348,20 @@ impl Tollgate {
                 answer: Answer::PaymentRequired { body },
                 headers,
             }) => {
+                if quote.offer.protocol == Protocol::L402 {
+                    // The invoice is paid (the preimage proves it): the money is gone whatever
+                    // the seller thinks of the token. Commit it, forget the token, pay no more.
+                    let receipt =
+                        commit_receipt(&ledger, reservation, &quote, &proof, None, Map::new());
+                    self.forget_paid_token(tool, &proof);
+                    return tool_error(tool.redact(&format!(
+                        "`{}`: the seller answered 402 again to the L402 token tollgate had just                          paid {} for (receipt {}, payment hash {}). tollgate pays once per call,                          so nothing more was paid.",
+                        tool.name,
+                        quote.usd,
+                        receipt["receipt_id"].as_str().unwrap_or(""),
+                        receipt["payment_hash"].as_str().unwrap_or("")
+                    )));
+                }
                 // The seller refused the signed payment. Never sign again. A fresh proof that is
                 // refused will not settle: release it. A re-sent one may be refused because it
                 // already settled (its nonce is used): keep it counted, never under-count.
@@ -354,31 +381,34 @@ impl Tollgate {
             }
             Ok(Reply { answer, headers }) => {
                 let settled = settlement(&quote, &headers);
-                let mut receipt = Receipt::new(&quote, &proof, settled.transaction, now_unix());
-                receipt.details = settled.details;
-                tracing::info!(
-                    tool = %tool.name, receipt = %receipt.receipt_id,
-                    transaction = ?receipt.transaction, usd = %quote.usd, "paid"
+                let receipt = commit_receipt(
+                    &ledger,
+                    reservation,
+                    &quote,
+                    &proof,
+                    settled.transaction,
+                    settled.details,
                 );
-                let receipt_json = serde_json::to_value(&receipt).unwrap_or(Value::Null);
-                let row = NewReceipt {
-                    receipt_id: receipt.receipt_id.clone(),
-                    at: now_unix(),
-                    json: receipt_json.to_string(),
-                };
-                if let Err(e) =
-                    blocking(|| ledger.commit(reservation, quote.usd.0, row, now_unix()))
-                {
-                    // Paid, but not recorded: the reservation stays held (never under-counted)
-                    // and the owner must hear of it.
-                    tracing::error!(error = %e, receipt = %receipt.receipt_id, "paid, but the receipt could not be committed");
-                }
-                let receipt = receipt_json;
+                tracing::info!(
+                    tool = %tool.name, receipt = %receipt["receipt_id"],
+                    transaction = %receipt["transaction"], usd = %quote.usd, "paid"
+                );
                 let mut result = success(tool, answer, Some(receipt));
                 if !settled.meta.is_empty() {
                     result.meta = Some(rmcp::model::MetaObject(settled.meta));
                 }
                 result
+            }
+            Err(e) if quote.offer.protocol == Protocol::L402 => {
+                // The invoice is paid and the token kept: the next call sends it, pays nothing.
+                let receipt =
+                    commit_receipt(&ledger, reservation, &quote, &proof, None, Map::new());
+                tool_error(tool.redact(&format!(
+                    "`{}`: the request with the paid L402 token failed ({e}). The payment of {}                      went through (receipt {}); calling again sends the same token and pays                      nothing more.",
+                    tool.name,
+                    quote.usd,
+                    receipt["receipt_id"].as_str().unwrap_or("")
+                )))
             }
             Err(e) => {
                 // Unknown outcome: keep the proof pending so a retry re-sends it.
@@ -396,7 +426,13 @@ impl Tollgate {
 impl Tollgate {
     /// Proves payment of the chosen offer: signs it (x402, MPP) or pays it (L402). Called after
     /// the reservation, never before; the caller records the proof as pending before sending it.
-    async fn prove(&self, quote: &Quote, now: u64) -> Result<Proof, PayError> {
+    async fn prove(
+        &self,
+        tool: &HttpTool,
+        quote: &Quote,
+        reservation: ReservationId,
+        now: u64,
+    ) -> Result<Proof, PayError> {
         match quote.offer.protocol {
             Protocol::X402 { .. } => {
                 let wallet =
@@ -405,8 +441,10 @@ impl Tollgate {
                     })?;
                 pay::x402::prove(&quote.offer, wallet, now)
             }
-            // protocol: L402 pays the invoice here (record it pending before paying), MPP signs.
-            Protocol::L402 | Protocol::Mpp => Err(PayError::Unpayable(format!(
+            // Records the payment pending BEFORE paying the invoice (server::l402).
+            Protocol::L402 => self.pay_invoice(tool, quote, reservation, now).await,
+            // protocol: MPP signs here.
+            Protocol::Mpp => Err(PayError::Unpayable(format!(
                 "{} is not supported yet",
                 quote.offer.protocol
             ))),
@@ -452,6 +490,38 @@ fn settlement(quote: &Quote, headers: &HeaderMap) -> Settled {
         Protocol::L402 | Protocol::Mpp => {}
     }
     settled
+}
+
+/// Commits a paid reservation with its receipt (the actual cost: the amount plus any fee the
+/// proof reports) and returns the receipt as shown to the model. A failure to commit leaves
+/// the reservation held (never under-counted) and is logged for the owner.
+fn commit_receipt(
+    ledger: &Ledger,
+    reservation: ReservationId,
+    quote: &Quote,
+    proof: &Proof,
+    transaction: Option<String>,
+    details: Map<String, Value>,
+) -> Value {
+    let mut receipt = Receipt::new(quote, proof, transaction, now_unix());
+    receipt.details = proof.details.clone();
+    receipt.details.extend(details);
+    let actual = super::l402::actual_usd(quote, proof);
+    if actual != quote.usd {
+        receipt
+            .details
+            .insert("charged_usd_micros".into(), actual.0.into());
+    }
+    let receipt_json = serde_json::to_value(&receipt).unwrap_or(Value::Null);
+    let row = NewReceipt {
+        receipt_id: receipt.receipt_id.clone(),
+        at: now_unix(),
+        json: receipt_json.to_string(),
+    };
+    if let Err(e) = blocking(|| ledger.commit(reservation, actual.0, row, now_unix())) {
+        tracing::error!(error = %e, receipt = %receipt.receipt_id, "paid, but the receipt could not be committed");
+    }
+    receipt_json
 }
 
 /// Runs a (short, blocking) ledger operation without stalling the async workers.

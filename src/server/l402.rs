@@ -1,0 +1,443 @@
+//! The L402 parts of one paid call: paying the invoice through the Lightning backend (recorded
+//! as pending before it is paid), keeping the paid token and sending it on later calls to the
+//! same origin and service (here: the tool), and, at start, settling the Lightning payments an
+//! earlier process left pending.
+//!
+//! The preimage is a bearer credential: it goes into the `Authorization` header and the ledger
+//! (the pending proof and the token), never into a log line, a tool result or a receipt;
+//! receipts show the payment hash.
+
+use reqwest::header::AUTHORIZATION;
+use serde_json::{Map, Value, json};
+
+use super::Tollgate;
+use super::paid::Payments;
+use crate::catalog::{HttpTool, UpstreamRequest};
+use crate::ledger::{Ledger, NewReceipt, PaidToken, ReservationId};
+use crate::lightning::{BackendError, Lightning, PaymentStatus};
+use crate::money::{UsdMicros, now_unix};
+use crate::pay::l402::{self, L402Challenge, hash_from_hex, preimage_matches};
+use crate::pay::{PayError, Proof, Quote, Receipt};
+
+/// A token whose caveats name no expiry is sent again for at most this long.
+const TOKEN_DEFAULT_LIFETIME_SECS: u64 = 30 * 86_400;
+
+/// The origin a tool's requests go to (`https://api.example.com:443`).
+fn origin(tool: &HttpTool) -> String {
+    tool.url.origin().ascii_serialization()
+}
+
+/// What to hold against the budgets for a quote: its price, plus for L402 the most the routing
+/// fee may add (charged to the budget like the amount).
+pub(super) fn hold_usd(quote: &Quote, payments: &Payments) -> UsdMicros {
+    match (&payments.lightning, quote.offer.protocol) {
+        (Some(lightning), crate::pay::Protocol::L402) => quote
+            .asset
+            .to_usd_micros(
+                quote
+                    .offer
+                    .amount_atomic
+                    .saturating_add(u128::from(lightning.max_fee_msat)),
+            )
+            .unwrap_or(quote.usd),
+        _ => quote.usd,
+    }
+}
+
+/// What a payment actually cost: the amount plus the fee the proof reports.
+pub(super) fn actual_usd(quote: &Quote, proof: &Proof) -> UsdMicros {
+    if proof.fee_atomic == 0 {
+        return quote.usd;
+    }
+    quote
+        .asset
+        .to_usd_micros(quote.offer.amount_atomic.saturating_add(proof.fee_atomic))
+        .unwrap_or(quote.usd)
+}
+
+/// `a msat` as sats in decimal (`"21"`, `"21.5"`): integers only.
+fn sats(msat: u64) -> String {
+    let (whole, rest) = (msat / 1000, msat % 1000);
+    if rest == 0 {
+        whole.to_string()
+    } else {
+        format!("{whole}.{:03}", rest)
+            .trim_end_matches('0')
+            .to_owned()
+    }
+}
+
+impl Tollgate {
+    /// Pays the quote's invoice: records the payment as pending (with its payment hash)
+    /// BEFORE the backend is asked to pay, pays, checks the preimage against the hash, keeps
+    /// the token for later calls, and returns the `Authorization` proof.
+    pub(super) async fn pay_invoice(
+        &self,
+        tool: &HttpTool,
+        quote: &Quote,
+        reservation: ReservationId,
+        now: u64,
+    ) -> Result<Proof, PayError> {
+        let payments = &self.payments;
+        let lightning = payments
+            .lightning
+            .as_ref()
+            .ok_or_else(|| PayError::Unpayable("no Lightning backend is configured".to_owned()))?;
+        let challenge = L402Challenge::from_raw(&quote.offer.raw).map_err(PayError::Unpayable)?;
+        let invoice = &challenge.invoice;
+        invoice
+            .check(lightning.network, now)
+            .map_err(PayError::Unpayable)?;
+        let backend = lightning.backend.name();
+        let origin = origin(tool);
+        let mut details = Map::new();
+        details.insert("payment_hash".into(), invoice.payment_hash_hex().into());
+        details.insert("backend".into(), backend.into());
+        details.insert("amount_msat".into(), invoice.amount_msat.to_string().into());
+        details.insert("amount_sats".into(), sats(invoice.amount_msat).into());
+        details.insert("rate_unit".into(), "sat".into());
+        let pending = Proof {
+            headers: Vec::new(),
+            payer: format!("lightning:{backend}"),
+            valid_before: invoice.expires_at,
+            fee_atomic: 0,
+            details: {
+                let mut d = details.clone();
+                d.insert("origin".into(), origin.clone().into());
+                d.insert("service".into(), tool.name.clone().into());
+                d.insert("scheme".into(), challenge.scheme.clone().into());
+                d.insert("macaroon".into(), challenge.macaroon.clone().into());
+                d.insert("token_expires_at".into(), json!(challenge.token_expires_at));
+                d
+            },
+        };
+        let ledger = payments.ledger.clone();
+        tokio::task::block_in_place(|| {
+            ledger.mark_pending(reservation, &pending.to_json(), invoice.expires_at)
+        })
+        .map_err(|e| {
+            PayError::Unpayable(format!(
+                "the ledger could not record the pending payment ({e})"
+            ))
+        })?;
+        tracing::info!(
+            tool = %tool.name, backend, payment_hash = %invoice.payment_hash_hex(),
+            amount_msat = invoice.amount_msat, "paying a Lightning invoice"
+        );
+        let paid = match lightning
+            .backend
+            .pay(&invoice.bolt11, lightning.max_fee_msat, lightning.timeout)
+            .await
+        {
+            Ok(paid) => paid,
+            Err(BackendError::Refused(reason)) => return Err(PayError::Unpayable(reason)),
+            Err(BackendError::Unknown(reason)) => {
+                return Err(PayError::OutcomeUnknown(format!(
+                    "the Lightning payment of {} (payment hash {}) has an unknown outcome: \
+                     {reason}. It stays pending and is checked with the backend when tollgate \
+                     next starts; it is never paid twice",
+                    quote.usd,
+                    invoice.payment_hash_hex()
+                )));
+            }
+        };
+        if !preimage_matches(&paid.preimage, &invoice.payment_hash) {
+            return Err(PayError::OutcomeUnknown(format!(
+                "the Lightning backend reported the invoice paid, but its preimage does not hash \
+                 to the payment hash {}; the payment stays pending for the owner to check",
+                invoice.payment_hash_hex()
+            )));
+        }
+        if paid.fee_msat > lightning.max_fee_msat {
+            tracing::warn!(
+                fee_msat = paid.fee_msat,
+                max_fee_msat = lightning.max_fee_msat,
+                backend,
+                "the backend paid a routing fee above lightning.max_fee_msat; it is charged"
+            );
+        }
+        let authorization =
+            l402::authorization(&challenge.scheme, &challenge.macaroon, &paid.preimage)
+                .map_err(|e| PayError::OutcomeUnknown(format!("paid, but {e}")))?;
+        let token_expires = challenge
+            .token_expires_at
+            .unwrap_or(now + TOKEN_DEFAULT_LIFETIME_SECS);
+        details.insert("fee_msat".into(), paid.fee_msat.to_string().into());
+        let proof = Proof {
+            headers: vec![(AUTHORIZATION, authorization)],
+            payer: format!("lightning:{backend}"),
+            valid_before: token_expires,
+            fee_atomic: u128::from(paid.fee_msat),
+            details,
+        };
+        let token = PaidToken {
+            origin,
+            service: tool.name.clone(),
+            scheme: challenge.scheme.clone(),
+            macaroon: challenge.macaroon.clone(),
+            preimage: hex::encode(paid.preimage),
+            payment_hash: invoice.payment_hash_hex(),
+            expires_at: Some(token_expires),
+            created_at: now,
+        };
+        // Paid: from here on a failure to write is logged, never "nothing was paid". The
+        // token is kept at once, so a call after a lost answer sends it instead of paying.
+        tokio::task::block_in_place(|| {
+            if let Err(e) = ledger.replace_proof(reservation, &proof.to_json(), token_expires) {
+                tracing::error!(error = %e, "paid, but the proof could not be recorded");
+            }
+            if let Err(e) = ledger.store_token(&token) {
+                tracing::error!(error = %e, "paid, but the token could not be kept for reuse");
+            }
+        });
+        Ok(proof)
+    }
+
+    /// The paid token to send on this call, if one is kept for the tool's origin and service.
+    pub(super) fn cached_token(&self, tool: &HttpTool) -> Option<PaidToken> {
+        self.payments.lightning.as_ref()?;
+        tool.max_price?;
+        let ledger = &self.payments.ledger;
+        match tokio::task::block_in_place(|| ledger.token(&origin(tool), &tool.name, now_unix())) {
+            Ok(token) => token,
+            Err(e) => {
+                tracing::warn!(error = %e, "the ledger could not be read for a paid L402 token");
+                None
+            }
+        }
+    }
+
+    /// The seller refused the token it had just been paid for: forget it.
+    pub(super) fn forget_paid_token(&self, tool: &HttpTool, proof: &Proof) {
+        let Some(hash) = proof.details.get("payment_hash").and_then(Value::as_str) else {
+            return;
+        };
+        let ledger = &self.payments.ledger;
+        if let Err(e) =
+            tokio::task::block_in_place(|| ledger.forget_token(&origin(tool), &tool.name, hash))
+        {
+            tracing::error!(error = %e, "could not forget a refused L402 token");
+        }
+    }
+
+    /// The seller refused a kept token (it answered 402 to it): forget it.
+    pub(super) fn forget_token(&self, token: &PaidToken) {
+        tracing::info!(
+            origin = %token.origin, service = %token.service, payment_hash = %token.payment_hash,
+            "the seller refused a kept L402 token; paying afresh once"
+        );
+        let ledger = &self.payments.ledger;
+        if let Err(e) = tokio::task::block_in_place(|| {
+            ledger.forget_token(&token.origin, &token.service, &token.payment_hash)
+        }) {
+            tracing::error!(error = %e, "could not forget a refused L402 token");
+        }
+    }
+}
+
+/// `request` with the kept token in its `Authorization` header.
+pub(super) fn with_token(mut request: UpstreamRequest, token: &PaidToken) -> UpstreamRequest {
+    let preimage = hash_from_hex(&token.preimage);
+    let value = preimage.and_then(|p| l402::authorization(&token.scheme, &token.macaroon, &p).ok());
+    if let Some(value) = value {
+        request.headers.insert(AUTHORIZATION, value);
+    }
+    request
+}
+
+/// The `payment` of a result served on a kept token: nothing was paid for this call.
+pub(super) fn reused_payment(token: &PaidToken) -> Value {
+    json!({
+        "protocol": "l402",
+        "reused": true,
+        "amount_usd": "0",
+        "amount_usd_micros": 0,
+        "amount_msat": "0",
+        "payee": token.origin,
+        "payment_hash": token.payment_hash,
+        "receipt_id": format!("reused-{}", &token.payment_hash[..16.min(token.payment_hash.len())]),
+        "note": "served on an L402 token paid earlier (payment_hash); nothing was paid for this call",
+        "at": crate::money::rfc3339(now_unix()),
+    })
+}
+
+/// Settles the Lightning payments an earlier process left pending: asks the backend about each
+/// by its payment hash; a paid one is committed with its receipt (and its token kept), a
+/// failed one released, one still in flight left pending. Returns a line per payment for the
+/// log.
+pub async fn reconcile(ledger: &Ledger, lightning: &Lightning) -> Vec<String> {
+    let mut report = Vec::new();
+    let pending = match tokio::task::block_in_place(|| ledger.pending()) {
+        Ok(p) => p,
+        Err(e) => return vec![format!("cannot read pending payments: {e}")],
+    };
+    for p in pending
+        .into_iter()
+        .filter(|p| p.protocol == crate::pay::Protocol::L402.to_string())
+    {
+        let Some(proof) = p.proof_json.as_deref().and_then(Proof::from_json) else {
+            // Reserved but never marked pending: the invoice was never paid.
+            if let Err(e) = tokio::task::block_in_place(|| ledger.release(p.id, now_unix())) {
+                report.push(format!("reservation {}: cannot release: {e}", p.id));
+            } else {
+                report.push(format!("reservation {}: never paid; released", p.id));
+            }
+            continue;
+        };
+        let Some(hash) = proof
+            .details
+            .get("payment_hash")
+            .and_then(Value::as_str)
+            .and_then(hash_from_hex)
+        else {
+            report.push(format!(
+                "reservation {}: no payment hash recorded; left pending",
+                p.id
+            ));
+            continue;
+        };
+        let hash_hex = hex::encode(hash);
+        match lightning.backend.status(&hash).await {
+            Ok(PaymentStatus::Succeeded(paid)) if preimage_matches(&paid.preimage, &hash) => {
+                let line = settle_paid(ledger, &p, &proof, &hash_hex, &paid);
+                report.push(format!("reservation {} ({hash_hex}): {line}", p.id));
+            }
+            Ok(PaymentStatus::Succeeded(_)) => report.push(format!(
+                "reservation {} ({hash_hex}): the backend's preimage does not match; left pending",
+                p.id
+            )),
+            Ok(PaymentStatus::Failed(reason)) => {
+                let now = now_unix();
+                match tokio::task::block_in_place(|| ledger.release(p.id, now)) {
+                    Ok(()) => report.push(format!(
+                        "reservation {} ({hash_hex}): not paid ({reason}); released",
+                        p.id
+                    )),
+                    Err(e) => report.push(format!(
+                        "reservation {} ({hash_hex}): cannot release: {e}",
+                        p.id
+                    )),
+                }
+            }
+            Ok(PaymentStatus::InFlight) => report.push(format!(
+                "reservation {} ({hash_hex}): still in flight; left pending",
+                p.id
+            )),
+            Err(e) => report.push(format!(
+                "reservation {} ({hash_hex}): {e}; left pending",
+                p.id
+            )),
+        }
+    }
+    report
+}
+
+/// Commits a pending L402 payment the backend says went through, and keeps its token.
+fn settle_paid(
+    ledger: &Ledger,
+    p: &crate::ledger::PendingPayment,
+    proof: &Proof,
+    hash_hex: &str,
+    paid: &crate::lightning::Paid,
+) -> String {
+    let now = now_unix();
+    let meta: Value = serde_json::from_str(&p.meta_json).unwrap_or(Value::Null);
+    let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+    let d = Value::Object(proof.details.clone());
+    let amount_msat: u64 = text(&d, "amount_msat").parse().unwrap_or(0);
+    // The amount held covered the amount and the most fee; the actual cost is in the same
+    // proportion as at reservation: value it with the rate recorded then.
+    let rate = meta
+        .get("rate_usd_micros_per_unit")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    let mut asset = l402::asset();
+    asset.usd_micros_per_unit = rate;
+    let actual = if rate == 0 {
+        UsdMicros(p.amount_usd_micros)
+    } else {
+        asset
+            .to_usd_micros(u128::from(amount_msat.saturating_add(paid.fee_msat)))
+            .unwrap_or(UsdMicros(p.amount_usd_micros))
+    };
+    let price = asset
+        .to_usd_micros(u128::from(amount_msat))
+        .unwrap_or(actual);
+    let mut details = proof.details.clone();
+    for internal in [
+        "macaroon",
+        "origin",
+        "service",
+        "scheme",
+        "token_expires_at",
+    ] {
+        details.remove(internal);
+    }
+    details.insert("fee_msat".into(), paid.fee_msat.to_string().into());
+    details.insert("reconciled".into(), true.into());
+    let receipt = Receipt {
+        protocol: "l402",
+        version: 0,
+        network: text(&meta, "network"),
+        asset: "BTC".to_owned(),
+        asset_symbol: "sat".to_owned(),
+        amount_atomic: amount_msat.to_string(),
+        amount_usd: price.decimal(),
+        amount_usd_micros: price.0,
+        rate_usd_micros_per_unit: rate,
+        payee: p.payee.clone(),
+        payer: proof.payer.clone(),
+        transaction: None,
+        receipt_id: hex::encode(rand::random::<[u8; 12]>()),
+        at: crate::money::rfc3339(now),
+        details,
+    };
+    let row = NewReceipt {
+        receipt_id: receipt.receipt_id.clone(),
+        at: now,
+        json: serde_json::to_value(&receipt)
+            .unwrap_or(Value::Null)
+            .to_string(),
+    };
+    if let Err(e) = tokio::task::block_in_place(|| ledger.commit(p.id, actual.0, row, now)) {
+        return format!("paid, but the receipt could not be committed: {e}");
+    }
+    let d = &proof.details;
+    let token = PaidToken {
+        origin: text(&Value::Object(d.clone()), "origin"),
+        service: text(&Value::Object(d.clone()), "service"),
+        scheme: text(&Value::Object(d.clone()), "scheme"),
+        macaroon: text(&Value::Object(d.clone()), "macaroon"),
+        preimage: hex::encode(paid.preimage),
+        payment_hash: hash_hex.to_owned(),
+        expires_at: Some(
+            d.get("token_expires_at")
+                .and_then(Value::as_u64)
+                .unwrap_or(now + TOKEN_DEFAULT_LIFETIME_SECS),
+        ),
+        created_at: now,
+    };
+    if !token.origin.is_empty()
+        && !token.macaroon.is_empty()
+        && let Err(e) = tokio::task::block_in_place(|| ledger.store_token(&token))
+    {
+        return format!("paid and committed ({actual}), but the token could not be kept: {e}");
+    }
+    format!(
+        "paid; committed {actual} with receipt {}",
+        receipt.receipt_id
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sats;
+
+    #[test]
+    fn sats_are_written_exactly() {
+        assert_eq!(sats(21_000), "21");
+        assert_eq!(sats(21_500), "21.5");
+        assert_eq!(sats(1), "0.001");
+        assert_eq!(sats(0), "0");
+    }
+}
