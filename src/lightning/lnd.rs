@@ -154,6 +154,13 @@ async fn read_stream(
     }
 }
 
+/// Whether LND's message says it never saw a payment with that hash ("payment isn't
+/// initiated"). A bare 404 is not enough: a wrong URL must not release a payment.
+fn never_sent(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    m.contains("isn't initiated") || m.contains("not initiated")
+}
+
 impl LightningBackend for LndRest {
     fn name(&self) -> &'static str {
         "lnd"
@@ -251,7 +258,7 @@ impl LightningBackend for LndRest {
                 if !status.is_success() {
                     let body = super::read_capped(response).await.unwrap_or_default();
                     let text = excerpt(&body);
-                    if text.contains("not initiated") || text.contains("not found") {
+                    if never_sent(&text) {
                         return Ok(Update::Error(text));
                     }
                     return Err(BackendError::Unknown(format!(
@@ -270,9 +277,7 @@ impl LightningBackend for LndRest {
                 Update::Succeeded(paid) => PaymentStatus::Succeeded(paid),
                 Update::Failed(reason) => PaymentStatus::Failed(reason),
                 Update::InFlight => PaymentStatus::InFlight,
-                Update::Error(message)
-                    if message.contains("not initiated") || message.contains("not found") =>
-                {
+                Update::Error(message) if never_sent(&message) => {
                     PaymentStatus::Failed(format!("LND never sent it ({message})"))
                 }
                 Update::Error(message) => {

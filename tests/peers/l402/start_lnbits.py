@@ -54,9 +54,11 @@ def call(url, method, path, body=None, headers=None, timeout=30):
 
 
 def main():
-    import lnbits
+    # Found without importing: importing lnbits reads its settings, which writes
+    # ./data/.lnbits_auth_key into the current directory (the repository).
+    import importlib.util
 
-    package_dir = pathlib.Path(lnbits.__file__).parent
+    package_dir = pathlib.Path(importlib.util.find_spec("lnbits").origin).parent
     work = pathlib.Path(tempfile.mkdtemp(prefix="tollgate-lnbits-"))
     data = work / "data"
     data.mkdir()
