@@ -4,7 +4,8 @@
 //!   `preimage`, `fee` (millisatoshis, negative for an outgoing payment in some versions) and
 //!   `status`.
 //! * status: `GET /api/v1/payments/<payment hash>` → `{"paid", "preimage", "details":
-//!   {"status", "fee"}}`; 404 when the wallet never saw the payment.
+//!   {"status", "fee"}}`; 404 `{"detail": "Payment does not exist."}` when the wallet never
+//!   saw the payment.
 //!
 //! LNbits applies its own routing-fee reserve (its `LNBITS_RESERVE_FEE_*` settings) and takes
 //! no fee limit per payment; tollgate checks the fee it reports against `max_fee_msat` after the
@@ -137,7 +138,9 @@ impl LightningBackend for Lnbits {
                 .map_err(|e| BackendError::Unknown(transport(e)))?;
             let status = response.status();
             let body = read_capped(response).await.map_err(BackendError::Unknown)?;
-            if status == StatusCode::NOT_FOUND {
+            // Only LNbits' own "does not exist" releases a payment: a bare 404 from a wrong
+            // URL must not.
+            if status == StatusCode::NOT_FOUND && detail(&body).contains("does not exist") {
                 return Ok(PaymentStatus::Failed(
                     "LNbits has no payment with this hash".to_owned(),
                 ));

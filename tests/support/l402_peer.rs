@@ -244,6 +244,52 @@ impl L402Peers {
         .await
     }
 
+    /// A fresh invoice of the payee wallet: `(bolt11, payment hash hex)`.
+    pub async fn payee_invoice(&self, sats: u64) -> (String, String) {
+        let v = self
+            .post_json(
+                "/api/v1/payments",
+                &self.wallet("payee", "inkey"),
+                serde_json::json!({"out": false, "amount": sats, "memo": "test"}),
+            )
+            .await;
+        (
+            v["bolt11"].as_str().expect("bolt11").to_owned(),
+            v["payment_hash"].as_str().expect("payment_hash").to_owned(),
+        )
+    }
+
+    /// Pays `bolt11` from the payer wallet directly (not through tollgate).
+    pub async fn pay_from_payer(&self, bolt11: &str) -> Value {
+        self.post_json(
+            "/api/v1/payments",
+            &self.payer_admin_key(),
+            serde_json::json!({"out": true, "bolt11": bolt11}),
+        )
+        .await
+    }
+
+    async fn post_json(&self, path: &str, key: &str, body: Value) -> Value {
+        let url = format!("{}{path}", self.lnbits_url());
+        let resp = self
+            .http
+            .post(&url)
+            .header("X-Api-Key", key)
+            .header("Content-Type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST {url}: {e}"));
+        let status = resp.status();
+        let bytes = resp.bytes().await.expect("body");
+        assert!(
+            status.is_success(),
+            "POST {url}: {status}: {}",
+            String::from_utf8_lossy(&bytes)
+        );
+        serde_json::from_slice(&bytes).expect("JSON")
+    }
+
     /// The seller's counters: `{challenges, served, refused}`.
     pub async fn seller_stats(&self) -> Value {
         self.get_json(&format!("{}/admin/stats", self.seller), None)
