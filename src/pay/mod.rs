@@ -1,8 +1,8 @@
 //! Payments, protocol-neutral: offers out of a 402, the choice of one, proofs into headers,
 //! receipts out of the paid answer.
 //!
-//! Each protocol is one file that knows its wire format ([`x402`]; L402 and MPP join as
-//! siblings); this module knows what they share: the [`Offer`] every protocol's challenge
+//! Each protocol is one file that knows its wire format ([`x402`], [`l402`]; MPP joins as a
+//! sibling); this module knows what they share: the [`Offer`] every protocol's challenge
 //! becomes, the rules for choosing one ([`choose`]: payable by the wallet, allowed by the
 //! policy, cheapest in micro-USD, never above the tool's `max_price` or the policy's per-call
 //! cap), and the [`Receipt`]. Nothing here touches the ledger or MCP.

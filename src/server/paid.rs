@@ -320,6 +320,8 @@ impl Tollgate {
             "{} {} {}: paying {} to {} ({})",
             if reused {
                 "re-sending the signed payment"
+            } else if quote.offer.protocol == Protocol::L402 {
+                "paid the invoice; sending the token"
             } else {
                 "signed"
             },
@@ -486,8 +488,10 @@ fn settlement(quote: &Quote, headers: &HeaderMap) -> Settled {
                 settled.meta.insert("x402/payment-response".into(), decoded);
             }
         }
-        // protocol: L402 (payment hash, backend) and MPP (`Payment-Receipt`) receipts.
-        Protocol::L402 | Protocol::Mpp => {}
+        // L402's facts (payment hash, fee, backend) come with the proof, not the answer.
+        Protocol::L402 => {}
+        // protocol: MPP (`Payment-Receipt`) receipts.
+        Protocol::Mpp => {}
     }
     settled
 }
