@@ -562,6 +562,85 @@ mod tests {
     /// A real LNbits invoice of 5 sats with `expiry = 1`.
     const INVOICE_EXPIRING: &str = "lnbc50n1p4s98fudq2f38xy6t5wvxqppsp5j5s3zzrnuq0ddel3nhhp2mlwjvz68u3kt8vx0w498hfxgn94dq6qpp5sr2pm8t3kkkq3zfn8a99eydrarmxqzysj779nhpla9pwwaaxkrzqsef4p35fxc74hw2dw5sj20ectwwvfv0tuseqwq522fxpm97q8d4x6n0j6naz44hneq90e2t9ymhdzrwfj77k2940jaja20jw79v72jqqusyt02";
 
+    /// Signed with npm `bolt11` for these tests: no amount; 21 sats on regtest; 21 sats on
+    /// mainnet. All with payment hash 00..01 and an expiry of ten years from 2026-11.
+    const AMOUNTLESS: &str = "lnbc1p4s9r7spp5qqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqsdqvve5hsar4wfjsxqxfvcqcqcqpfvgcy9dfyhy6qt20nrf2yy7zn0807cntmcx2l78zrcc3z57c542j3hxxmhyrs49l0q0698vghw43clrrsvvpcz2asq2400ee332dda3squmcdsz";
+    const REGTEST_21: &str = "lnbcrt210n1p4s9r7spp5qqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqsdqvve5hsar4wfjsxqxfvcqcqcqpflpalkj4rzv726yuj4mxa5adtmzj0zywnz0q0ml64fd4m9qawyp0n3pvpmqkemcff44vp2ldtafut3c69n4kr6lmhglm36tq55239j8qqcmzjar";
+    const LONG_21: &str = "lnbc210n1p4s9r7spp5qqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqqsdqvve5hsar4wfjsxqxfvcqcqcqpfdn6jffk2exer0968e479vhrcdnpruv2drj9jv2pf07d6s98y7gypq0tluq09qqq3t86qqklzykgmppda0sfd06qcehy0cthyxuxljfgqv25w88";
+
+    fn hash_01() -> [u8; 32] {
+        let mut h = [0u8; 32];
+        h[31] = 1;
+        h
+    }
+
+    #[test]
+    fn refuses_an_amountless_invoice() {
+        let err = Invoice::decode(AMOUNTLESS).unwrap_err();
+        assert!(err.contains("names no amount"), "{err}");
+    }
+
+    #[test]
+    fn reads_the_network_from_the_prefix() {
+        let inv = Invoice::decode(REGTEST_21).unwrap();
+        assert_eq!(inv.network, Network::Regtest);
+        assert_eq!(inv.amount_msat, 21_000);
+        assert!(inv.check(Network::Bitcoin, inv.created_at).is_err());
+        assert!(inv.check(Network::Regtest, inv.created_at).is_ok());
+    }
+
+    /// An x402 offer of 0.01 USDC and an L402 offer of 21 sats in one 402: the cheaper in
+    /// micro-USD is chosen, whichever protocol it is.
+    #[test]
+    fn an_l402_offer_competes_with_x402_by_price() {
+        use crate::budget::policy::{Allow, Policy};
+        use crate::money::UsdMicros;
+        use crate::pay::{Rules, Wallets, choose, read_challenge};
+
+        let mac = aperture_macaroon(hash_01(), &[]);
+        let mut h = headers(&[&format!("L402 macaroon=\"{mac}\", invoice=\"{LONG_21}\"")]);
+        let x402 = json!({"x402Version": 2, "accepts": [{"scheme": "exact", "network": "eip155:8453",
+            "amount": "10000", "asset": "0x833589fCD6eDb6E08f4c3C32D4f71b54bdA02913",
+            "payTo": "0x209693Bc6afc0C5328bA36FaF03C514EF312287C", "maxTimeoutSeconds": 60,
+            "extra": {"name": "USD Coin", "version": "2"}}]});
+        h.insert(
+            "payment-required",
+            HeaderValue::from_str(&B64.encode(x402.to_string())).unwrap(),
+        );
+        let challenge = read_challenge(&h, b"");
+        assert_eq!(challenge.offers.len(), 2, "{:?}", challenge.problems);
+
+        let chosen = |sat_rate: u64| {
+            let mut policy = Policy::builtin();
+            policy.networks = Allow::Only(vec!["eip155:8453".into(), "lightning:bitcoin".into()]);
+            policy.assets = Allow::Only(vec!["usdc".into(), "sat".into()]);
+            policy.rates.insert("sat".into(), sat_rate);
+            let assets = crate::pay::assets::builtin();
+            let rules = Rules {
+                policy: &policy,
+                assets: &assets,
+                tool_max: UsdMicros(50_000),
+                tool: "t",
+                wallets: Wallets {
+                    evm: true,
+                    lightning: true,
+                    lightning_network: Some(Network::Bitcoin),
+                    ..Wallets::default()
+                },
+                restrictions: None,
+            };
+            let quote = choose(&challenge, &rules).unwrap();
+            (quote.offer.protocol, quote.usd)
+        };
+        // 1000 µUSD a sat: 21 sats = 0.021 USD > 0.01 USD.
+        assert_eq!(
+            chosen(1000),
+            (Protocol::X402 { version: 2 }, UsdMicros(10_000))
+        );
+        // 100 µUSD a sat: 21 sats = 0.0021 USD < 0.01 USD.
+        assert_eq!(chosen(100), (Protocol::L402, UsdMicros(2_100)));
+    }
+
     fn headers(values: &[&str]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for v in values {
