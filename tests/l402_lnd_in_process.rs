@@ -229,3 +229,110 @@ async fn in_process_lnd_track_reports_succeeded_in_flight_and_never_sent() {
     let status = lnd(&server).status(&hash()).await.unwrap();
     assert!(matches!(status, PaymentStatus::Failed(_)), "{status:?}");
 }
+
+/// A blocking HTTP/1.1 POST (the in-process server's routes are synchronous).
+fn post_blocking(base: &str, path: &str, key: &str, body: &str) -> Value {
+    use std::io::{Read, Write};
+    let addr = base.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nX-Api-Key: {key}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    let (_, body) = reply.split_once("\r\n\r\n").unwrap();
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {reply}"))
+}
+
+/// The whole path with `backend = "lnd"`: a real MCP client calls tollgate, which pays the real
+/// seller's LNbits invoice through an in-process LND (it settles each `SendPaymentV2` by paying
+/// the invoice from the LNbits payer wallet and answers with LND's stream shape).
+#[tokio::test(flavor = "multi_thread")]
+async fn in_process_lnd_pays_a_real_seller_through_a_real_mcp_client() {
+    let Some(python) = support::mcp::python() else {
+        return;
+    };
+    let Some(peers) = support::l402_peer::start().await else {
+        return;
+    };
+    let (lnbits, payer_key) = (peers.lnbits_url(), peers.payer_admin_key());
+    let server = TestUpstream::start(move |seen: &Seen| {
+        if seen.path() != "/v2/router/send"
+            || seen.header("grpc-metadata-macaroon") != Some(MACAROON_HEX)
+        {
+            return Reply::json(401, json!({"code": 16, "message": "permission denied"}));
+        }
+        let request: Value = serde_json::from_slice(&seen.body).unwrap();
+        let bolt11 = request["payment_request"].as_str().unwrap();
+        let paid = post_blocking(
+            &lnbits,
+            "/api/v1/payments",
+            &payer_key,
+            &json!({"out": true, "bolt11": bolt11}).to_string(),
+        );
+        let fee = paid["fee"].as_i64().unwrap_or(0).unsigned_abs();
+        stream(&[payment(
+            "SUCCEEDED",
+            json!({"payment_hash": paid["payment_hash"], "payment_preimage": paid["preimage"],
+                   "fee_msat": fee.to_string()}),
+        )])
+    })
+    .await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path();
+    std::fs::create_dir_all(p.join("tools")).unwrap();
+    std::fs::create_dir_all(p.join("policies")).unwrap();
+    std::fs::write(
+        p.join("tollgate.toml"),
+        format!(
+            "tools_dir = \"tools\"\nstate_dir = \"state\"\npolicy = \"test\"\n[lightning]\n\
+             backend = \"lnd\"\nurl = \"{}\"\nnetwork = \"bitcoin\"\nmax_fee_msat = 3000\n",
+            server.base()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        p.join("policies/test.toml"),
+        "[allow]\nnetworks = [\"lightning:bitcoin\"]\nassets = [\"sat\"]\n[rates]\nsat = \"0.001 USD\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        p.join("tools/l402.toml"),
+        format!(
+            "[[tool]]\nname = \"weather\"\ndescription = \"L402 seller\"\nurl = \"{}\"\n\
+             max_price = \"0.05 USD\"\n",
+            peers.seller_url("normal", "weather")
+        ),
+    )
+    .unwrap();
+
+    let payee0 = peers.balance_msat("payee").await;
+    let (report, logs) = support::mcp::drive_with_logs(
+        &python,
+        support::mcp::Mode::Legacy,
+        &p.join("tollgate.toml"),
+        &[("TOLLGATE_LND_MACAROON", MACAROON_HEX)],
+        json!([{"op": "call_tool", "name": "weather", "arguments": {}}]),
+    )
+    .await;
+    let result = &report["steps"][0]["result"];
+    assert_ne!(result["isError"], json!(true), "{result}\n{logs}");
+    assert_eq!(result["structuredContent"]["result"]["forecast"], "sunny");
+    let receipt = &result["structuredContent"]["payment"];
+    assert_eq!(receipt["backend"], "lnd", "{receipt}");
+    assert_eq!(receipt["amount_msat"], "21000");
+    assert_eq!(peers.balance_msat("payee").await, payee0 + 21_000);
+    // What tollgate sent LND: the seller's invoice, the configured fee cap, the macaroon.
+    let sent: Value = serde_json::from_slice(&server.seen()[0].body).unwrap();
+    assert_eq!(sent["fee_limit_msat"], "3000");
+    assert_eq!(sent["timeout_seconds"], 60);
+    assert!(
+        !logs.contains(MACAROON_HEX),
+        "the macaroon is in tollgate's logs"
+    );
+}
