@@ -251,7 +251,9 @@ impl Tollgate {
         };
         let reusable = pending.and_then(|p| {
             let proof = Proof::from_json(p.proof_json.as_deref()?)?;
-            (proof.valid_before > now + 5).then_some((p.id, proof))
+            // An L402 payment recorded before its invoice was paid has no proof to send yet
+            // (its outcome is for the backend to tell at the next start): not reusable.
+            (proof.valid_before > now + 5 && !proof.headers.is_empty()).then_some((p.id, proof))
         });
         let (reservation, proof, reused) = match reusable {
             Some((id, proof)) => (id, proof, true),
