@@ -34,6 +34,8 @@ struct CapsFile {
     per_day: Option<String>,
     /// Everything, ever.
     total: Option<String>,
+    /// A payment above this needs a person's approval.
+    approve_above: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -86,6 +88,8 @@ pub struct Policy {
     pub per_day: Option<UsdMicros>,
     /// The most all calls together may ever pay.
     pub total: Option<UsdMicros>,
+    /// A payment above this needs a person's approval (`None`: the policy never asks).
+    pub approve_above: Option<UsdMicros>,
     pub hosts: Allow,
     pub tools: Allow,
     pub networks: Allow,
@@ -141,6 +145,7 @@ impl Policy {
         };
         let per_day = cap("per_day", file.caps.per_day);
         let total = cap("total", file.caps.total);
+        let approve_above = cap("approve_above", file.caps.approve_above);
         let mut rates: BTreeMap<String, u64> = [
             ("usdc".to_owned(), 1_000_000),
             ("pathusd".to_owned(), 1_000_000),
@@ -167,6 +172,7 @@ impl Policy {
             per_call,
             per_day,
             total,
+            approve_above,
             hosts: Allow::from(a.hosts, Allow::Any),
             tools: Allow::from(a.tools, Allow::Any),
             networks: Allow::from(
