@@ -97,6 +97,12 @@ enum TokenCommand {
         /// A caveat, e.g. "budget_usd_micros <= 1000000" (repeat for more).
         #[arg(long = "caveat", value_name = "CAVEAT")]
         caveats: Vec<String>,
+        /// Start from a profile of the policy (its caveats and lifetime); --caveat narrows it.
+        #[arg(long, value_name = "NAME")]
+        profile: Option<String>,
+        /// Lifetime, e.g. "30m", "12h", "7d" (adds an `expires` caveat).
+        #[arg(long, value_name = "DURATION")]
+        expires_in: Option<String>,
         /// Config file [default: ./tollgate.toml if present, else built-in defaults].
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
@@ -218,8 +224,48 @@ fn init(config: Option<PathBuf>) -> anyhow::Result<()> {
 
 fn token(command: TokenCommand) -> anyhow::Result<()> {
     match command {
-        TokenCommand::Mint { caveats, config } => {
+        TokenCommand::Mint {
+            caveats: extra,
+            profile,
+            expires_in,
+            config,
+        } => {
             let config = Config::load(config.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let mut caveats = Vec::new();
+            let mut lifetime = None;
+            if let Some(name) = &profile {
+                let policy = config.load_policy().map_err(|problems| {
+                    let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+                    anyhow::anyhow!("the policy has problems:\n{}", lines.join("\n"))
+                })?;
+                let Some(p) = policy.profile(name) else {
+                    let known: Vec<&str> = policy.profiles.keys().map(String::as_str).collect();
+                    anyhow::bail!(
+                        "the policy {} has no profile {name:?} (it has: {})",
+                        policy.source,
+                        if known.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            known.join(", ")
+                        }
+                    );
+                };
+                caveats.extend(p.caveats.iter().cloned());
+                lifetime = p.lifetime_secs;
+            }
+            if let Some(text) = &expires_in {
+                lifetime = Some(
+                    tollgate::budget::policy::parse_duration(text)
+                        .map_err(|e| anyhow::anyhow!("--expires-in: {e}"))?,
+                );
+            }
+            if let Some(secs) = lifetime {
+                caveats.push(format!(
+                    "expires < {}",
+                    tollgate::money::now_unix().saturating_add(secs)
+                ));
+            }
+            caveats.extend(extra);
             for caveat in &caveats {
                 Caveat::parse(caveat).with_context(|| format!("caveat {caveat:?}"))?;
             }
@@ -408,6 +454,9 @@ fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
         payments.env_token = std::env::var("TOLLGATE_TOKEN")
             .ok()
             .filter(|t| !t.trim().is_empty());
+        payments
+            .use_default_profile()
+            .map_err(|e| anyhow::anyhow!(e))?;
         let server = Tollgate::new(catalog, upstream, payments);
         let running = server
             .serve(rmcp::transport::stdio_pipes())
@@ -423,7 +472,7 @@ fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
 }
 
 fn check(config: Option<PathBuf>) -> ExitCode {
-    let (_config, catalog, policy) = match load_and_compile(config) {
+    let (config, catalog, policy) = match load_and_compile(config) {
         Ok(loaded) => loaded,
         Err(problems) => {
             for problem in &problems {
@@ -451,9 +500,44 @@ fn check(config: Option<PathBuf>) -> ExitCode {
         println!("warning: {warning}");
     }
     println!(
-        "policy {}: at most {} per call",
-        policy.source, policy.per_call
+        "policy {}: at most {} per call{}",
+        policy.source,
+        policy.per_call,
+        policy
+            .approve_above
+            .map(|a| format!(", a person approves above {a}"))
+            .unwrap_or_default()
     );
+    for (name, profile) in &policy.profiles {
+        let default = if policy.default_profile.as_deref() == Some(name.as_str()) {
+            " (default: callers without a credential)"
+        } else {
+            ""
+        };
+        println!("  profile {name}{default}: {}", profile.caveats.join("; "));
+    }
+    // Every other policy file in policies_dir, so a switch to one of them cannot surprise.
+    let mut other_problems = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(&config.policies_dir) {
+        let mut paths: Vec<PathBuf> = entries
+            .filter_map(|e| Some(e.ok()?.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .filter(|p| p.display().to_string() != policy.source)
+            .collect();
+        paths.sort();
+        for path in paths {
+            if let Err(problems) = Policy::load(&path) {
+                other_problems.extend(problems);
+            }
+        }
+    }
+    for problem in &other_problems {
+        println!("error: {problem}");
+    }
+    if !other_problems.is_empty() {
+        println!("{} problem(s) found", other_problems.len());
+        return ExitCode::FAILURE;
+    }
     println!("{} tool(s) OK", catalog.len());
     ExitCode::SUCCESS
 }

@@ -245,7 +245,7 @@ fn budget_status(
             let cap = match s.key.as_str() {
                 "policy:per_day" => "policy per day".to_owned(),
                 "policy:total" => "policy total".to_owned(),
-                key => match caller.and_then(|c| c.budgets.iter().position(|(k, _)| k == key)) {
+                key => match caller.and_then(|c| c.budgets.iter().position(|b| b.key == key)) {
                     Some(0) => "credential budget (outermost ancestor)".to_owned(),
                     Some(i) => format!("credential budget (level {i})"),
                     None => key.to_owned(),
@@ -283,10 +283,10 @@ fn list_receipts(
     let (rows, note) = match caller {
         None => (payments.ledger.all_receipts(since, limit)?, None),
         Some(c) => match c.budgets.last() {
-            Some((key, _)) => (
+            Some(budget) => (
                 payments
                     .ledger
-                    .receipts(std::slice::from_ref(key), since, limit)?,
+                    .receipts(std::slice::from_ref(&budget.key), since, limit)?,
                 None,
             ),
             None => (

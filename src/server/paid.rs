@@ -38,6 +38,9 @@ pub struct Payments {
     pub root: Option<RootKey>,
     /// `TOLLGATE_TOKEN` of the process: the caller when a request carries no token.
     pub env_token: Option<String>,
+    /// The credential of the policy's default profile: the caller when there is no token at
+    /// all (see [`Payments::use_default_profile`]).
+    pub profile_token: Option<String>,
     /// Budgets, reservations, pending payments, receipts, revocations.
     pub ledger: Arc<Ledger>,
 }
@@ -55,8 +58,33 @@ impl Payments {
             evm,
             root: None,
             env_token: None,
+            profile_token: None,
             ledger,
         }
+    }
+
+    /// Makes the policy's default profile (if it names one) the caller of requests without a
+    /// credential. Needs the root key.
+    pub fn use_default_profile(&mut self) -> Result<(), String> {
+        let Some(name) = self.policy.default_profile.clone() else {
+            return Ok(());
+        };
+        let profile = self
+            .policy
+            .profile(&name)
+            .ok_or_else(|| format!("the policy has no profile {name:?}"))?;
+        let root = self.root.as_ref().ok_or_else(|| {
+            format!(
+                "the policy ({}) gives callers without a credential the profile {name:?}, which \
+                 needs the root key: run `tollgate init`",
+                self.policy.source
+            )
+        })?;
+        let token = root
+            .profile_credential(&name, &profile.caveats)
+            .map_err(|e| e.to_string())?;
+        self.profile_token = Some(token.to_base64url());
+        Ok(())
     }
 
     /// Every cap a payment by `caller` must fit under: the policy's, and each budget caveat in
@@ -69,20 +97,23 @@ impl Payments {
         if let Some(total) = self.policy.total {
             caps.push(Cap::lifetime("policy:total", total.0));
         }
-        for (key, limit) in caller.map(|c| c.budgets.as_slice()).unwrap_or_default() {
-            caps.push(Cap::lifetime(key.clone(), limit.0));
+        for budget in caller.map(|c| c.budgets.as_slice()).unwrap_or_default() {
+            caps.push(Cap::lifetime(budget.key.clone(), budget.limit.0));
         }
         caps
     }
 
     /// Who is calling: the request's `_meta["tollgate/token"]`, else `TOLLGATE_TOKEN`, else
-    /// nobody in particular (the policy alone applies). An invalid token is an error, never
-    /// "nobody".
+    /// the policy's default profile, else nobody in particular (the policy alone applies). An
+    /// invalid token is an error, never "nobody".
     pub(super) fn identify(
         &self,
         request_token: Option<&str>,
     ) -> Result<Option<Credential>, String> {
-        let Some(token) = request_token.or(self.env_token.as_deref()) else {
+        let Some(token) = request_token
+            .or(self.env_token.as_deref())
+            .or(self.profile_token.as_deref())
+        else {
             return Ok(None);
         };
         let Some(root) = &self.root else {
