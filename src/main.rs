@@ -76,11 +76,27 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// The tree of budgets: every credential budget seen, with spent, held and remaining,
+    /// children under their parents; and the policy's caps.
+    Budget {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = BudgetFormat::Table)]
+        format: BudgetFormat,
+        /// Config file [default: ./tollgate.toml if present, else built-in defaults].
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
     /// The delegated wallet.
     Wallet {
         #[command(subcommand)]
         command: WalletCommand,
     },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum BudgetFormat {
+    Table,
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -157,6 +173,7 @@ fn main() -> ExitCode {
             format,
             config,
         } => receipts(config, since, format),
+        Command::Budget { format, config } => budget(config, format),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -383,6 +400,131 @@ fn receipts(
                 &rows,
             );
             println!("{} receipt(s)", rows.len());
+        }
+    }
+    Ok(())
+}
+
+fn budget(config: Option<PathBuf>, format: BudgetFormat) -> anyhow::Result<()> {
+    use tollgate::ledger::Cap;
+    let config = Config::load(config.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let policy = config.load_policy().map_err(|problems| {
+        let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        anyhow::anyhow!("the policy has problems:\n{}", lines.join("\n"))
+    })?;
+    let ledger = Ledger::open(&config.state_dir)?;
+    let now = tollgate::money::now_unix();
+    let mut caps = Vec::new();
+    if let Some(day) = policy.per_day {
+        caps.push(Cap::rolling("policy:per_day", day.0, 86_400));
+    }
+    if let Some(total) = policy.total {
+        caps.push(Cap::lifetime("policy:total", total.0));
+    }
+    let policy_caps = ledger.status(&caps, now)?;
+    let tree = ledger.budget_tree()?;
+    let depth = |row: &tollgate::ledger::BudgetRow| {
+        let mut depth = 0;
+        let mut parent = row.parent.as_deref();
+        while let Some(p) = parent {
+            depth += 1;
+            parent = tree
+                .iter()
+                .find(|r| r.key == p)
+                .and_then(|r| r.parent.as_deref());
+            if depth > 64 {
+                break;
+            }
+        }
+        depth
+    };
+    let usd = |m: u64| UsdMicros(m).decimal();
+    let remaining = |r: &tollgate::ledger::BudgetRow| {
+        r.limit_usd_micros
+            .saturating_sub(r.spent_usd_micros.saturating_add(r.reserved_usd_micros))
+    };
+    // A budget's key is derived from a signature: show only its start, as an id.
+    let short = |key: &str| {
+        key.trim_start_matches("budget:")
+            .chars()
+            .take(12)
+            .collect::<String>()
+    };
+    match format {
+        BudgetFormat::Json => {
+            let value = serde_json::json!({
+                "policy": {
+                    "source": policy.source,
+                    "per_call_usd": policy.per_call.decimal(),
+                    "caps": policy_caps.iter().map(|c| serde_json::json!({
+                        "cap": c.key, "limit_usd": usd(c.limit_usd_micros),
+                        "spent_usd": usd(c.spent_usd_micros),
+                        "reserved_usd": usd(c.reserved_usd_micros),
+                        "remaining_usd": usd(c.remaining_usd_micros),
+                    })).collect::<Vec<_>>(),
+                },
+                "budgets": tree.iter().map(|r| serde_json::json!({
+                    "id": short(&r.key),
+                    "parent": r.parent.as_deref().map(short),
+                    "depth": depth(r),
+                    "label": r.label,
+                    "limit_usd": usd(r.limit_usd_micros),
+                    "spent_usd": usd(r.spent_usd_micros),
+                    "reserved_usd": usd(r.reserved_usd_micros),
+                    "remaining_usd": usd(remaining(r)),
+                    "first_seen": tollgate::money::rfc3339(r.first_seen),
+                })).collect::<Vec<_>>(),
+            });
+            println!("{}", serde_json::to_string_pretty(&value)?);
+        }
+        BudgetFormat::Table => {
+            println!(
+                "policy {}: at most {} per call",
+                policy.source, policy.per_call
+            );
+            for c in &policy_caps {
+                println!(
+                    "  {}: limit {}, spent {}, held {}, remaining {}",
+                    match c.key.as_str() {
+                        "policy:per_day" => "per day (rolling 24 h)",
+                        _ => "total",
+                    },
+                    usd(c.limit_usd_micros),
+                    usd(c.spent_usd_micros),
+                    usd(c.reserved_usd_micros),
+                    usd(c.remaining_usd_micros)
+                );
+            }
+            let rows: Vec<[String; 6]> = tree
+                .iter()
+                .map(|r| {
+                    let name = r.label.clone().unwrap_or_else(|| "(no label)".to_owned());
+                    [
+                        format!("{}{} {}", "  ".repeat(depth(r)), name, short(&r.key)),
+                        usd(r.limit_usd_micros),
+                        usd(r.spent_usd_micros),
+                        usd(r.reserved_usd_micros),
+                        usd(remaining(r)),
+                        tollgate::money::rfc3339(r.first_seen),
+                    ]
+                })
+                .collect();
+            println!();
+            print_table(
+                [
+                    "BUDGET",
+                    "LIMIT USD",
+                    "SPENT",
+                    "HELD",
+                    "REMAINING",
+                    "FIRST USED",
+                ],
+                &rows,
+            );
+            println!(
+                "{} budget(s); a child's spend also counts in every budget above it",
+                rows.len()
+            );
         }
     }
     Ok(())

@@ -19,7 +19,7 @@ use super::{Progress, Tollgate, success, tool_error};
 use crate::budget::credential::{Credential, RootKey};
 use crate::budget::policy::Policy;
 use crate::catalog::{HttpTool, UpstreamRequest};
-use crate::ledger::{Cap, Ledger, LedgerError, NewReceipt, NewReservation};
+use crate::ledger::{BudgetNode, Cap, Ledger, LedgerError, NewReceipt, NewReservation};
 use crate::money::{UsdMicros, now_unix};
 use crate::pay::assets::Asset;
 use crate::pay::{
@@ -43,6 +43,8 @@ pub struct Payments {
     pub profile_token: Option<String>,
     /// Budgets, reservations, pending payments, receipts, revocations.
     pub ledger: Arc<Ledger>,
+    /// Credentials whose budgets this process has recorded in the tree of budgets.
+    registered: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Payments {
@@ -60,6 +62,7 @@ impl Payments {
             env_token: None,
             profile_token: None,
             ledger,
+            registered: Default::default(),
         }
     }
 
@@ -125,11 +128,45 @@ impl Payments {
         };
         let credential = Credential::verify(token, root, now_unix()).map_err(|e| e.to_string())?;
         match self.ledger.is_revoked(&credential.lineage) {
-            Ok(false) => Ok(Some(credential)),
+            Ok(false) => {
+                self.register(&credential);
+                Ok(Some(credential))
+            }
             Ok(true) => Err("the token has been revoked".to_owned()),
             Err(e) => Err(format!(
                 "the ledger cannot be read to check revocations: {e}"
             )),
+        }
+    }
+
+    /// Records the credential's chain of budgets in the ledger's tree, once per process.
+    pub(super) fn register(&self, credential: &Credential) {
+        if credential.budgets.is_empty() {
+            return;
+        }
+        let id = credential.id().to_owned();
+        let mut seen = self
+            .registered
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if seen.contains(&id) {
+            return;
+        }
+        let chain: Vec<BudgetNode> = credential
+            .budgets
+            .iter()
+            .map(|b| BudgetNode {
+                key: b.key.clone(),
+                label: b.label.clone(),
+                limit_usd_micros: b.limit.0,
+            })
+            .collect();
+        match self.ledger.register_budgets(&chain, now_unix()) {
+            Ok(()) => {
+                seen.insert(id);
+            }
+            // Only the tree view misses it; spending is checked against the keys themselves.
+            Err(e) => tracing::warn!(error = %e, "could not record a credential's budgets"),
         }
     }
 
