@@ -144,7 +144,9 @@ fn measure(receipts: u64) {
     }
     let text = token.to_base64url();
     for i in 0..10_000u64 {
-        ledger.revoke(&format!("token:{i:064x}"), NOW).expect("revoke");
+        ledger
+            .revoke(&format!("token:{i:064x}"), NOW)
+            .expect("revoke");
     }
     let mut verify = Vec::with_capacity(ROUNDS * 5);
     let mut identify = Vec::with_capacity(ROUNDS * 5);

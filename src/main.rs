@@ -86,6 +86,13 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// Settle payments whose outcome is unknown (a process was killed mid-call) against the
+    /// chain: commit the used ones with a receipt, release the expired unused ones.
+    Reconcile {
+        /// Config file [default: ./tollgate.toml if present, else built-in defaults].
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
     /// The delegated wallet.
     Wallet {
         #[command(subcommand)]
@@ -174,6 +181,7 @@ fn main() -> ExitCode {
             config,
         } => receipts(config, since, format),
         Command::Budget { format, config } => budget(config, format),
+        Command::Reconcile { config } => reconcile(config),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -530,6 +538,63 @@ fn budget(config: Option<PathBuf>, format: BudgetFormat) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn log_reconciled(
+    outcome: Result<tollgate::reconcile::Report, tollgate::ledger::LedgerError>,
+) -> Option<tollgate::reconcile::Report> {
+    match outcome {
+        Ok(report) => {
+            tracing::info!(
+                settled = report.settled,
+                released = report.released,
+                pending = report.pending,
+                unsent = report.unsent,
+                unchecked = report.unchecked.len(),
+                "reconciled payments from earlier runs"
+            );
+            for why in &report.unchecked {
+                tracing::warn!("a payment stays reserved: {why}");
+            }
+            Some(report)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "could not reconcile payments from earlier runs");
+            None
+        }
+    }
+}
+
+fn reconcile(config: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = Config::load(config.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let ledger = Ledger::open(&config.state_dir)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let report = runtime
+        .block_on(tollgate::reconcile::reconcile(
+            &ledger,
+            &config.rpc,
+            tollgate::money::now_unix(),
+        ))
+        .context("reconciling")?;
+    println!(
+        "{} settled (receipt written), {} released (provably unpaid), {} still pending \
+         (valid and unused: a retry re-sends it), {} reserved but never sent (released after \
+         {} s), {} not checkable",
+        report.settled,
+        report.released,
+        report.pending,
+        report.unsent,
+        tollgate::reconcile::STALE_RESERVED_SECS,
+        report.unchecked.len()
+    );
+    for why in &report.unchecked {
+        println!("  not checkable: {why}");
+    }
+    Ok(())
+}
+
 fn wallet_address(config: Option<PathBuf>) -> anyhow::Result<()> {
     let config = Config::load(config.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
     match EvmWallet::open(&config.wallet)? {
@@ -577,15 +642,23 @@ fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
         }
         let ledger = Arc::new(Ledger::open(&config.state_dir).context("cannot open the ledger")?);
         // Payments whose outcome was unknown when a process stopped stay reserved (they count
-        // against every cap) and visible until they settle or are released.
-        for pending in ledger.pending().context("cannot read pending payments")? {
+        // against every cap) until the chain says whether they happened.
+        let open = ledger.pending().context("cannot read pending payments")?;
+        if !open.is_empty() {
             tracing::warn!(
-                tool = %pending.tool, payee = %pending.payee,
-                usd = %tollgate::money::UsdMicros(pending.amount_usd_micros),
-                state = pending.state.as_str(),
-                "a payment from an earlier run has no known outcome; it stays reserved, and a \
-                 retry of the same call re-sends the same proof"
+                count = open.len(),
+                "payments from an earlier run have no known outcome; they stay reserved until \
+                 reconciled (a retry of the same call re-sends the same proof)"
             );
+            let (ledger, rpc) = (ledger.clone(), config.rpc.clone());
+            tokio::spawn(async move {
+                // After the host's first requests, like the HTTP client's warm-up.
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                log_reconciled(
+                    tollgate::reconcile::reconcile(&ledger, &rpc, tollgate::money::now_unix())
+                        .await,
+                );
+            });
         }
         let mut payments = Payments::new(policy, config.assets.clone(), evm, ledger);
         payments.root = match RootKey::load(&config.state_dir) {
