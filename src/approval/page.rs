@@ -313,7 +313,9 @@ fn page(status: StatusCode, title: &str, body: &str) -> Response<Full<Bytes>> {
     let set = |v: &'static str| HeaderValue::from_static(v);
     headers.insert(CONTENT_TYPE, set("text/html; charset=utf-8"));
     headers.insert("cache-control", set("no-store"));
-    headers.insert("referrer-policy", set("no-referrer"));
+    // same-origin, not no-referrer: with no-referrer Chromium sends `Origin: null` on the
+    // form POST, and the Origin check needs the page's own origin.
+    headers.insert("referrer-policy", set("same-origin"));
     headers.insert("x-frame-options", set("DENY"));
     headers.insert(
         "content-security-policy",
