@@ -10,12 +10,14 @@ use std::sync::Arc;
 
 use reqwest::header::HeaderMap;
 use rmcp::RoleServer;
-use rmcp::model::CallToolResult;
+use rmcp::model::{CallToolResponse, CallToolResult};
 use rmcp::service::RequestContext;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
+use super::approval::{Continuation, Gate};
 use super::{Progress, Tollgate, success, tool_error};
+use crate::approval::ApprovalRecord;
 use crate::budget::credential::{Credential, RootKey};
 use crate::budget::policy::Policy;
 use crate::catalog::{HttpTool, UpstreamRequest};
@@ -41,6 +43,8 @@ pub struct Payments {
     /// The credential of the policy's default profile: the caller when there is no token at
     /// all (see [`Payments::use_default_profile`]).
     pub profile_token: Option<String>,
+    /// How a person is asked to approve a payment above the threshold.
+    pub approval: crate::approval::Settings,
     /// Budgets, reservations, pending payments, receipts, revocations.
     pub ledger: Arc<Ledger>,
     /// Credentials whose budgets this process has recorded in the tree of budgets.
@@ -61,6 +65,7 @@ impl Payments {
             root: None,
             env_token: None,
             profile_token: None,
+            approval: crate::approval::Settings::default(),
             ledger,
             registered: Default::default(),
         }
@@ -258,9 +263,10 @@ impl Tollgate {
         headers: &HeaderMap,
         body: &[u8],
         caller: Option<&Credential>,
+        continuation: &Continuation,
         progress: &Progress,
         context: &RequestContext<RoleServer>,
-    ) -> CallToolResult {
+    ) -> CallToolResponse {
         let payments = &self.payments;
         let challenge = pay::read_challenge(headers, body);
         if tool.max_price.is_none() {
@@ -269,7 +275,8 @@ impl Tollgate {
                  never pays for it; nothing was paid. {}",
                 tool.name,
                 describe(&challenge)
-            )));
+            )))
+            .into();
         }
         if !payments.policy.tools.permits(&tool.name)
             || !payments.policy.hosts.permits(&tool.host())
@@ -279,24 +286,53 @@ impl Tollgate {
                 payments.policy.source,
                 tool.name,
                 tool.host()
-            ));
+            ))
+            .into();
         }
         let quote = match pay::choose(&challenge, &payments.rules(tool, caller)) {
             Ok(quote) => quote,
             Err(judged) => {
-                return tool_error(tool.redact(&refusal_message(tool, &challenge, &judged)));
+                return tool_error(tool.redact(&refusal_message(tool, &challenge, &judged))).into();
             }
         };
-        // Fail closed on a rule this tollgate cannot enforce yet: an approval threshold needs
-        // a human to ask.
-        if caller.is_some_and(|c| c.restrictions.needs_approval(quote.usd)) {
-            return tool_error(format!(
-                "{} is above your credential's approval threshold, and this tollgate cannot ask \
-                 a human yet; nothing was paid",
-                quote.usd
-            ));
-        }
+        // Above the threshold a person decides, before anything is signed (signatures expire
+        // within seconds to a minute).
+        let approval = match self
+            .approval_gate(
+                tool,
+                arguments,
+                &quote,
+                caller,
+                continuation,
+                progress,
+                context,
+            )
+            .await
+        {
+            Gate::Pay(approval) => approval,
+            Gate::Stop(response) => return *response,
+        };
+        self.pay_quote(
+            tool, arguments, request, quote, approval, caller, progress, context,
+        )
+        .await
+        .into()
+    }
 
+    /// Pays the chosen, approved offer: reserve, prove, record pending, send, commit.
+    #[allow(clippy::too_many_arguments)]
+    async fn pay_quote(
+        &self,
+        tool: &HttpTool,
+        arguments: &Map<String, Value>,
+        request: UpstreamRequest,
+        quote: Quote,
+        approval: ApprovalRecord,
+        caller: Option<&Credential>,
+        progress: &Progress,
+        context: &RequestContext<RoleServer>,
+    ) -> CallToolResult {
+        let payments = &self.payments;
         let now = now_unix();
         let key = fingerprint(&tool.name, arguments, &quote);
         let ledger = payments.ledger.clone();
@@ -424,6 +460,7 @@ impl Tollgate {
                 let settled = settlement(&quote, &headers);
                 let mut receipt = Receipt::new(&quote, &proof, settled.transaction, now_unix());
                 receipt.details = settled.details;
+                receipt.approval = Some(approval);
                 tracing::info!(
                     tool = %tool.name, receipt = %receipt.receipt_id,
                     transaction = ?receipt.transaction, usd = %quote.usd, "paid"
@@ -523,7 +560,7 @@ fn settlement(quote: &Quote, headers: &HeaderMap) -> Settled {
 }
 
 /// Runs a (short, blocking) ledger operation without stalling the async workers.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
+pub(super) fn blocking<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
 }
 
