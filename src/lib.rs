@@ -8,11 +8,15 @@
 //! * [`upstream`]: one HTTP call with every limit (timeouts, size, same-origin redirects).
 //! * [`pay`]: what a `402 Payment Required` asks for (protocol code: x402, L402, MPP).
 //! * [`lightning`]: the Lightning backends that pay L402 invoices (LNbits, LND REST).
+//! * [`reconcile`]: payments whose outcome is unknown, settled against the chain at start.
+//! * [`approval`]: a person's yes above the threshold: the rule, the facts an approval is
+//!   bound to, sealed request state, the local approval page.
 //! * [`server`]: the MCP server (rmcp), the only module that knows MCP.
 //! * [`money`]: integer money (micro-USD); never a float.
 //!
 //! `ARCHITECTURE.md` at the repository root has the bird's-eye view and the invariants.
 
+pub mod approval;
 pub mod budget;
 pub mod catalog;
 pub mod config;
@@ -20,6 +24,7 @@ pub mod ledger;
 pub mod lightning;
 pub mod money;
 pub mod pay;
+pub mod reconcile;
 pub mod server;
 pub mod upstream;
 pub mod wallet;

@@ -101,7 +101,18 @@ async fn pending_lightning_payments_are_settled_or_released_at_start() {
         max_fee_msat: 4_000,
         timeout: Duration::from_secs(10),
     };
-    let report = tollgate::server::l402::reconcile(&ledger, &lightning).await;
+    // Right away both may still belong to a live process: left alone.
+    let now = tollgate::money::now_unix();
+    let report = tollgate::server::l402::reconcile(&ledger, &lightning, now).await;
+    assert!(
+        report.iter().all(|l| l.contains("left pending")),
+        "{report:?}"
+    );
+    assert_eq!(total(&ledger), (0, 50_000));
+
+    // As at a start past the payment timeout: asked, and settled.
+    let later = now + 10 + tollgate::server::l402::RECONCILE_AFTER_TIMEOUT_SECS;
+    let report = tollgate::server::l402::reconcile(&ledger, &lightning, later).await;
     assert_eq!(report.len(), 2, "{report:?}");
 
     // The paid one is committed at its actual cost (21 sats, no fee: 0.021 USD), the unpaid

@@ -95,7 +95,46 @@ CREATE TABLE revocations (
 ) WITHOUT ROWID;
 ";
 
-/// Paid L402 tokens, kept to be sent again: one per (origin, service), replaced when a
+/// Version 2: `budgets`, the tree of credential budgets (each budget key with its parent's
+/// key, its label and its limit), recorded when a credential is first used or delegated, so
+/// `tollgate budget` can show who spends under whom.
+const MIGRATION_2: &str = "
+CREATE TABLE budgets (
+    key              TEXT    NOT NULL PRIMARY KEY,
+    parent           TEXT,
+    label            TEXT,
+    limit_usd_micros INTEGER NOT NULL CHECK (limit_usd_micros >= 0),
+    first_seen       INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX budgets_parent ON budgets (parent);
+";
+
+/// Version 3: approvals (a person's yes or no to one payment above the threshold).
+///
+/// * `approvals`: one row per time a person is asked, in state `pending` → `approved` →
+///   `used` (paid once), or `pending` → `denied` | `expired`. `facts_json` is what the
+///   person was shown and what the approval is bound to (tool, arguments hash, protocol,
+///   network, asset, payee, amount); `decided_by` is the channel (`elicitation`, `cli`,
+///   `page`). Ids are random, never sequential.
+const MIGRATION_3: &str = "
+CREATE TABLE approvals (
+    id                TEXT    NOT NULL PRIMARY KEY,
+    state             TEXT    NOT NULL
+                      CHECK (state IN ('pending', 'approved', 'denied', 'expired', 'used')),
+    tool              TEXT    NOT NULL,
+    amount_usd_micros INTEGER NOT NULL CHECK (amount_usd_micros >= 0),
+    facts_json        TEXT    NOT NULL,
+    created_at        INTEGER NOT NULL,
+    expires_at        INTEGER NOT NULL,
+    decided_at        INTEGER,
+    decided_by        TEXT,
+    used_at           INTEGER
+) WITHOUT ROWID;
+CREATE INDEX approvals_open ON approvals (state, created_at)
+    WHERE state IN ('pending', 'approved');
+";
+
+/// Version 4: paid L402 tokens, kept to be sent again: one per (origin, service), replaced when a
 /// fresh one is paid, deleted when the seller refuses it. `preimage` is a bearer secret (the
 /// ledger is the one place besides the `Authorization` header that holds it).
 const MIGRATION_L402_TOKENS: &str = "
@@ -113,7 +152,7 @@ CREATE TABLE l402_tokens (
 ";
 
 /// Every migration, in order; the schema version is their number.
-const MIGRATIONS: &[&str] = &[MIGRATION_1, MIGRATION_L402_TOKENS];
+const MIGRATIONS: &[&str] = &[MIGRATION_1, MIGRATION_2, MIGRATION_3, MIGRATION_L402_TOKENS];
 
 /// The schema version this build writes.
 pub(super) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

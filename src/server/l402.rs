@@ -261,27 +261,44 @@ pub(super) fn reused_payment(token: &PaidToken) -> Value {
     })
 }
 
+/// Seconds past a Lightning payment's own timeout after which no live process can still be
+/// paying it (so asking the backend about it cannot race the process that is paying).
+pub const RECONCILE_AFTER_TIMEOUT_SECS: u64 = 60;
+
 /// Settles the Lightning payments an earlier process left pending: asks the backend about each
 /// by its payment hash; a paid one is committed with its receipt (and its token kept), a
-/// failed one released, one still in flight left pending. Returns a line per payment for the
+/// failed one released, one still in flight left pending. Only payments recorded longer ago
+/// than the payment timeout plus [`RECONCILE_AFTER_TIMEOUT_SECS`] are checked: a younger one
+/// may belong to another live process sharing the ledger. Reservations never marked pending
+/// are left to [`crate::reconcile`] (released once stale). Returns a line per payment for the
 /// log.
-pub async fn reconcile(ledger: &Ledger, lightning: &Lightning) -> Vec<String> {
+pub async fn reconcile(ledger: &Ledger, lightning: &Lightning, now: u64) -> Vec<String> {
     let mut report = Vec::new();
     let pending = match tokio::task::block_in_place(|| ledger.pending()) {
         Ok(p) => p,
         Err(e) => return vec![format!("cannot read pending payments: {e}")],
     };
-    for p in pending
-        .into_iter()
-        .filter(|p| p.protocol == crate::pay::Protocol::L402.to_string())
-    {
+    let min_age = lightning
+        .timeout
+        .as_secs()
+        .saturating_add(RECONCILE_AFTER_TIMEOUT_SECS);
+    for p in pending.into_iter().filter(|p| {
+        p.protocol == crate::pay::Protocol::L402.to_string()
+            && p.state == crate::ledger::ReservationState::Pending
+    }) {
+        if p.age_secs(now) < min_age {
+            report.push(format!(
+                "reservation {}: recorded {} s ago, may still be in progress; left pending",
+                p.id,
+                p.age_secs(now)
+            ));
+            continue;
+        }
         let Some(proof) = p.proof_json.as_deref().and_then(Proof::from_json) else {
-            // Reserved but never marked pending: the invoice was never paid.
-            if let Err(e) = tokio::task::block_in_place(|| ledger.release(p.id, now_unix())) {
-                report.push(format!("reservation {}: cannot release: {e}", p.id));
-            } else {
-                report.push(format!("reservation {}: never paid; released", p.id));
-            }
+            report.push(format!(
+                "reservation {}: unreadable proof; left pending",
+                p.id
+            ));
             continue;
         };
         let Some(hash) = proof
@@ -299,7 +316,7 @@ pub async fn reconcile(ledger: &Ledger, lightning: &Lightning) -> Vec<String> {
         let hash_hex = hex::encode(hash);
         match lightning.backend.status(&hash).await {
             Ok(PaymentStatus::Succeeded(paid)) if preimage_matches(&paid.preimage, &hash) => {
-                let line = settle_paid(ledger, &p, &proof, &hash_hex, &paid);
+                let line = settle_paid(ledger, &p, &proof, &hash_hex, &paid, now);
                 report.push(format!("reservation {} ({hash_hex}): {line}", p.id));
             }
             Ok(PaymentStatus::Succeeded(_)) => report.push(format!(
@@ -307,7 +324,6 @@ pub async fn reconcile(ledger: &Ledger, lightning: &Lightning) -> Vec<String> {
                 p.id
             )),
             Ok(PaymentStatus::Failed(reason)) => {
-                let now = now_unix();
                 match tokio::task::block_in_place(|| ledger.release(p.id, now)) {
                     Ok(()) => report.push(format!(
                         "reservation {} ({hash_hex}): not paid ({reason}); released",
@@ -339,8 +355,8 @@ fn settle_paid(
     proof: &Proof,
     hash_hex: &str,
     paid: &crate::lightning::Paid,
+    now: u64,
 ) -> String {
-    let now = now_unix();
     let meta: Value = serde_json::from_str(&p.meta_json).unwrap_or(Value::Null);
     let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
     let d = Value::Object(proof.details.clone());
@@ -388,6 +404,7 @@ fn settle_paid(
         payee: p.payee.clone(),
         payer: proof.payer.clone(),
         transaction: None,
+        approval: None,
         receipt_id: hex::encode(rand::random::<[u8; 12]>()),
         at: crate::money::rfc3339(now),
         details,

@@ -10,16 +10,20 @@ use std::sync::Arc;
 
 use reqwest::header::HeaderMap;
 use rmcp::RoleServer;
-use rmcp::model::CallToolResult;
+use rmcp::model::{CallToolResponse, CallToolResult};
 use rmcp::service::RequestContext;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
+use super::approval::{Continuation, Gate};
 use super::{Progress, Tollgate, success, tool_error};
+use crate::approval::ApprovalRecord;
 use crate::budget::credential::{Credential, RootKey};
 use crate::budget::policy::Policy;
 use crate::catalog::{HttpTool, UpstreamRequest};
-use crate::ledger::{Cap, Ledger, LedgerError, NewReceipt, NewReservation, ReservationId};
+use crate::ledger::{
+    BudgetNode, Cap, Ledger, LedgerError, NewReceipt, NewReservation, ReservationId,
+};
 use crate::lightning::Lightning;
 use crate::money::{UsdMicros, now_unix};
 use crate::pay::assets::Asset;
@@ -39,10 +43,17 @@ pub struct Payments {
     pub root: Option<RootKey>,
     /// `TOLLGATE_TOKEN` of the process: the caller when a request carries no token.
     pub env_token: Option<String>,
+    /// The credential of the policy's default profile: the caller when there is no token at
+    /// all (see [`Payments::use_default_profile`]).
+    pub profile_token: Option<String>,
+    /// How a person is asked to approve a payment above the threshold.
+    pub approval: crate::approval::Settings,
     /// Budgets, reservations, pending payments, receipts, revocations.
     pub ledger: Arc<Ledger>,
     /// The Lightning backend that pays L402 invoices, if one is configured.
     pub lightning: Option<Lightning>,
+    /// Credentials whose budgets this process has recorded in the tree of budgets.
+    registered: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Payments {
@@ -58,9 +69,36 @@ impl Payments {
             evm,
             root: None,
             env_token: None,
+            profile_token: None,
+            approval: crate::approval::Settings::default(),
             ledger,
             lightning: None,
+            registered: Default::default(),
         }
+    }
+
+    /// Makes the policy's default profile (if it names one) the caller of requests without a
+    /// credential. Needs the root key.
+    pub fn use_default_profile(&mut self) -> Result<(), String> {
+        let Some(name) = self.policy.default_profile.clone() else {
+            return Ok(());
+        };
+        let profile = self
+            .policy
+            .profile(&name)
+            .ok_or_else(|| format!("the policy has no profile {name:?}"))?;
+        let root = self.root.as_ref().ok_or_else(|| {
+            format!(
+                "the policy ({}) gives callers without a credential the profile {name:?}, which \
+                 needs the root key: run `tollgate init`",
+                self.policy.source
+            )
+        })?;
+        let token = root
+            .profile_credential(&name, &profile.caveats)
+            .map_err(|e| e.to_string())?;
+        self.profile_token = Some(token.to_base64url());
+        Ok(())
     }
 
     /// Every cap a payment by `caller` must fit under: the policy's, and each budget caveat in
@@ -73,20 +111,23 @@ impl Payments {
         if let Some(total) = self.policy.total {
             caps.push(Cap::lifetime("policy:total", total.0));
         }
-        for (key, limit) in caller.map(|c| c.budgets.as_slice()).unwrap_or_default() {
-            caps.push(Cap::lifetime(key.clone(), limit.0));
+        for budget in caller.map(|c| c.budgets.as_slice()).unwrap_or_default() {
+            caps.push(Cap::lifetime(budget.key.clone(), budget.limit.0));
         }
         caps
     }
 
     /// Who is calling: the request's `_meta["tollgate/token"]`, else `TOLLGATE_TOKEN`, else
-    /// nobody in particular (the policy alone applies). An invalid token is an error, never
-    /// "nobody".
+    /// the policy's default profile, else nobody in particular (the policy alone applies). An
+    /// invalid token is an error, never "nobody".
     pub(super) fn identify(
         &self,
         request_token: Option<&str>,
     ) -> Result<Option<Credential>, String> {
-        let Some(token) = request_token.or(self.env_token.as_deref()) else {
+        let Some(token) = request_token
+            .or(self.env_token.as_deref())
+            .or(self.profile_token.as_deref())
+        else {
             return Ok(None);
         };
         let Some(root) = &self.root else {
@@ -98,11 +139,45 @@ impl Payments {
         };
         let credential = Credential::verify(token, root, now_unix()).map_err(|e| e.to_string())?;
         match self.ledger.is_revoked(&credential.lineage) {
-            Ok(false) => Ok(Some(credential)),
+            Ok(false) => {
+                self.register(&credential);
+                Ok(Some(credential))
+            }
             Ok(true) => Err("the token has been revoked".to_owned()),
             Err(e) => Err(format!(
                 "the ledger cannot be read to check revocations: {e}"
             )),
+        }
+    }
+
+    /// Records the credential's chain of budgets in the ledger's tree, once per process.
+    pub(super) fn register(&self, credential: &Credential) {
+        if credential.budgets.is_empty() {
+            return;
+        }
+        let id = credential.id().to_owned();
+        let mut seen = self
+            .registered
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if seen.contains(&id) {
+            return;
+        }
+        let chain: Vec<BudgetNode> = credential
+            .budgets
+            .iter()
+            .map(|b| BudgetNode {
+                key: b.key.clone(),
+                label: b.label.clone(),
+                limit_usd_micros: b.limit.0,
+            })
+            .collect();
+        match self.ledger.register_budgets(&chain, now_unix()) {
+            Ok(()) => {
+                seen.insert(id);
+            }
+            // Only the tree view misses it; spending is checked against the keys themselves.
+            Err(e) => tracing::warn!(error = %e, "could not record a credential's budgets"),
         }
     }
 
@@ -196,9 +271,10 @@ impl Tollgate {
         headers: &HeaderMap,
         body: &[u8],
         caller: Option<&Credential>,
+        continuation: &Continuation,
         progress: &Progress,
         context: &RequestContext<RoleServer>,
-    ) -> CallToolResult {
+    ) -> CallToolResponse {
         let payments = &self.payments;
         let challenge = pay::read_challenge(headers, body);
         if tool.max_price.is_none() {
@@ -207,7 +283,8 @@ impl Tollgate {
                  never pays for it; nothing was paid. {}",
                 tool.name,
                 describe(&challenge)
-            )));
+            )))
+            .into();
         }
         if !payments.policy.tools.permits(&tool.name)
             || !payments.policy.hosts.permits(&tool.host())
@@ -217,24 +294,53 @@ impl Tollgate {
                 payments.policy.source,
                 tool.name,
                 tool.host()
-            ));
+            ))
+            .into();
         }
         let quote = match pay::choose(&challenge, &payments.rules(tool, caller)) {
             Ok(quote) => quote,
             Err(judged) => {
-                return tool_error(tool.redact(&refusal_message(tool, &challenge, &judged)));
+                return tool_error(tool.redact(&refusal_message(tool, &challenge, &judged))).into();
             }
         };
-        // Fail closed on a rule this tollgate cannot enforce yet: an approval threshold needs
-        // a human to ask.
-        if caller.is_some_and(|c| c.restrictions.needs_approval(quote.usd)) {
-            return tool_error(format!(
-                "{} is above your credential's approval threshold, and this tollgate cannot ask \
-                 a human yet; nothing was paid",
-                quote.usd
-            ));
-        }
+        // Above the threshold a person decides, before anything is signed (signatures expire
+        // within seconds to a minute).
+        let approval = match self
+            .approval_gate(
+                tool,
+                arguments,
+                &quote,
+                caller,
+                continuation,
+                progress,
+                context,
+            )
+            .await
+        {
+            Gate::Pay(approval) => approval,
+            Gate::Stop(response) => return *response,
+        };
+        self.pay_quote(
+            tool, arguments, request, quote, approval, caller, progress, context,
+        )
+        .await
+        .into()
+    }
 
+    /// Pays the chosen, approved offer: reserve, prove, record pending, send, commit.
+    #[allow(clippy::too_many_arguments)]
+    async fn pay_quote(
+        &self,
+        tool: &HttpTool,
+        arguments: &Map<String, Value>,
+        request: UpstreamRequest,
+        quote: Quote,
+        approval: ApprovalRecord,
+        caller: Option<&Credential>,
+        progress: &Progress,
+        context: &RequestContext<RoleServer>,
+    ) -> CallToolResult {
+        let payments = &self.payments;
         let now = now_unix();
         let key = fingerprint(&tool.name, arguments, &quote);
         let ledger = payments.ledger.clone();
@@ -355,11 +461,20 @@ impl Tollgate {
                 if quote.offer.protocol == Protocol::L402 {
                     // The invoice is paid (the preimage proves it): the money is gone whatever
                     // the seller thinks of the token. Commit it, forget the token, pay no more.
-                    let receipt =
-                        commit_receipt(&ledger, reservation, &quote, &proof, None, Map::new());
+                    let receipt = commit_receipt(
+                        &ledger,
+                        reservation,
+                        &quote,
+                        &proof,
+                        None,
+                        Map::new(),
+                        Some(approval),
+                    );
                     self.forget_paid_token(tool, &proof);
                     return tool_error(tool.redact(&format!(
-                        "`{}`: the seller answered 402 again to the L402 token tollgate had just                          paid {} for (receipt {}, payment hash {}). tollgate pays once per call,                          so nothing more was paid.",
+                        "`{}`: the seller answered 402 again to the L402 token tollgate had just \
+                         paid {} for (receipt {}, payment hash {}). tollgate pays once per call, \
+                         so nothing more was paid.",
                         tool.name,
                         quote.usd,
                         receipt["receipt_id"].as_str().unwrap_or(""),
@@ -392,6 +507,7 @@ impl Tollgate {
                     &proof,
                     settled.transaction,
                     settled.details,
+                    Some(approval),
                 );
                 tracing::info!(
                     tool = %tool.name, receipt = %receipt["receipt_id"],
@@ -405,10 +521,19 @@ impl Tollgate {
             }
             Err(e) if quote.offer.protocol == Protocol::L402 => {
                 // The invoice is paid and the token kept: the next call sends it, pays nothing.
-                let receipt =
-                    commit_receipt(&ledger, reservation, &quote, &proof, None, Map::new());
+                let receipt = commit_receipt(
+                    &ledger,
+                    reservation,
+                    &quote,
+                    &proof,
+                    None,
+                    Map::new(),
+                    Some(approval),
+                );
                 tool_error(tool.redact(&format!(
-                    "`{}`: the request with the paid L402 token failed ({e}). The payment of {}                      went through (receipt {}); calling again sends the same token and pays                      nothing more.",
+                    "`{}`: the request with the paid L402 token failed ({e}). The payment of {} \
+                     went through (receipt {}); calling again sends the same token and pays \
+                     nothing more.",
                     tool.name,
                     quote.usd,
                     receipt["receipt_id"].as_str().unwrap_or("")
@@ -501,6 +626,7 @@ fn settlement(quote: &Quote, headers: &HeaderMap) -> Settled {
 /// Commits a paid reservation with its receipt (the actual cost: the amount plus any fee the
 /// proof reports) and returns the receipt as shown to the model. A failure to commit leaves
 /// the reservation held (never under-counted) and is logged for the owner.
+#[allow(clippy::too_many_arguments)]
 fn commit_receipt(
     ledger: &Ledger,
     reservation: ReservationId,
@@ -508,8 +634,10 @@ fn commit_receipt(
     proof: &Proof,
     transaction: Option<String>,
     details: Map<String, Value>,
+    approval: Option<ApprovalRecord>,
 ) -> Value {
     let mut receipt = Receipt::new(quote, proof, transaction, now_unix());
+    receipt.approval = approval;
     receipt.details = proof.details.clone();
     receipt.details.extend(details);
     let actual = super::l402::actual_usd(quote, proof);
@@ -531,7 +659,7 @@ fn commit_receipt(
 }
 
 /// Runs a (short, blocking) ledger operation without stalling the async workers.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
+pub(super) fn blocking<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
 }
 
