@@ -334,6 +334,18 @@ async fn out_of_band_with_the_cli(mode: Mode) {
         out.contains("weather_v2") && out.contains("0.001 USDC"),
         "{out}"
     );
+    // The agent can see where its approval stands, and nothing more.
+    let status = json!({"approval_id": id});
+    let (step, _) = call(&setup, &peers, mode, None, "payment_status", status).await;
+    let s = &step["result"]["structuredContent"];
+    assert_eq!(s["state"], "approved", "{step}");
+    assert_eq!(s["decided_by"], "cli", "{step}");
+    assert!(
+        s["next"]
+            .as_str()
+            .unwrap_or("")
+            .contains("call the tool again")
+    );
 
     // The approved id for other arguments is refused (and stays usable for its own call).
     let mut other = json!({"city": "Rome", "approval_id": id});
@@ -392,6 +404,12 @@ async fn out_of_band_with_the_cli(mode: Mode) {
         "{step}"
     );
     assert_eq!(setup.state(&denied), ApprovalState::Denied);
+    let status = json!({"approval_id": denied});
+    let (step, _) = call(&setup, &peers, mode, None, "payment_status", status).await;
+    assert_eq!(
+        step["result"]["structuredContent"]["state"], "denied",
+        "{step}"
+    );
     assert_eq!(signed(&peers).await, 1);
 }
 
