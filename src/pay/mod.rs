@@ -6,6 +6,10 @@
 //! becomes, the rules for choosing one ([`choose`]: payable by the wallet, allowed by the
 //! policy, cheapest in micro-USD, never above the tool's `max_price` or the policy's per-call
 //! cap), and the [`Receipt`]. Nothing here touches the ledger or MCP.
+//!
+//! Where the protocols differ, the code matches on [`Protocol`]: reading challenges
+//! ([`read_challenge`]), valuing an offer ([`valuation`]), and, in `server::paid`, proving
+//! payment and reading the seller's settlement.
 
 pub mod assets;
 pub mod x402;
@@ -24,25 +28,39 @@ use assets::Asset;
 /// A payment protocol and version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Protocol {
-    X402 { version: u8 },
+    X402 {
+        version: u8,
+    },
+    /// L402 (and its legacy name LSAT): a macaroon plus a BOLT11 invoice.
+    L402,
+    /// MPP: the `Payment` HTTP authentication scheme.
+    Mpp,
 }
 
 impl Protocol {
     pub fn name(self) -> &'static str {
         match self {
             Protocol::X402 { .. } => "x402",
+            Protocol::L402 => "l402",
+            Protocol::Mpp => "mpp",
         }
     }
+    /// The protocol's version where it has several on the wire (x402 v1 and v2), else 0.
     pub fn version(self) -> u8 {
         match self {
             Protocol::X402 { version } => version,
+            Protocol::L402 | Protocol::Mpp => 0,
         }
     }
 }
 
 impl fmt::Display for Protocol {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} v{}", self.name(), self.version())
+        match self {
+            Protocol::X402 { version } => write!(f, "x402 v{version}"),
+            Protocol::L402 => f.write_str("L402"),
+            Protocol::Mpp => f.write_str("MPP"),
+        }
     }
 }
 
@@ -115,9 +133,19 @@ pub fn read_challenge(headers: &HeaderMap, body: &[u8]) -> Challenge {
             .filter(|c| c.is_ascii_alphanumeric())
             .take(32)
             .collect();
-        c.problems.push(format!(
-            "{scheme} challenge (WWW-Authenticate): not supported yet"
-        ));
+        match scheme.to_ascii_lowercase().as_str() {
+            // protocol: L402 challenges are read here.
+            "l402" | "lsat" => c
+                .problems
+                .push(format!("{scheme} challenge: not supported yet")),
+            // protocol: MPP challenges are read here.
+            "payment" => c
+                .problems
+                .push(format!("{scheme} challenge: not supported yet")),
+            _ => c.problems.push(format!(
+                "{scheme} challenge (WWW-Authenticate): not a payment scheme tollgate knows"
+            )),
+        }
     }
     c
 }
@@ -194,10 +222,38 @@ pub struct Rules<'a> {
     /// The tool's `max_price`.
     pub tool_max: UsdMicros,
     pub tool: &'a str,
-    /// Whether an EVM key is configured.
-    pub has_evm_wallet: bool,
+    /// What the delegated wallets can pay with.
+    pub wallets: Wallets,
     /// The caller's credential, if it presented one.
     pub restrictions: Option<&'a Restrictions>,
+}
+
+/// What the configured wallets can pay with.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Wallets {
+    /// An EVM key (x402).
+    pub evm: bool,
+    /// A Lightning backend (L402).
+    pub lightning: bool,
+    /// A Tempo signer (MPP).
+    pub tempo: bool,
+}
+
+impl Wallets {
+    /// Why `protocol` cannot be paid with these wallets, if it cannot.
+    pub fn missing(&self, protocol: Protocol) -> Option<String> {
+        match protocol {
+            Protocol::X402 { .. } if !self.evm => Some(
+                "no EVM wallet is configured (set TOLLGATE_EVM_KEY or wallet.evm_keystore)"
+                    .to_owned(),
+            ),
+            Protocol::L402 if !self.lightning => {
+                Some("no Lightning backend is configured".to_owned())
+            }
+            Protocol::Mpp if !self.tempo => Some("no Tempo wallet is configured".to_owned()),
+            _ => None,
+        }
+    }
 }
 
 /// An offer as judged: its value if known, and why it cannot be paid, if it cannot.
@@ -241,25 +297,13 @@ pub fn judge(offer: &Offer, rules: &Rules) -> Judgement {
         refusal: None,
     };
     let refuse = |reason: String| Some(Refusal::Other(reason));
-    let Some(chain_id) = offer.chain_id else {
-        j.refusal = refuse(format!(
-            "network {:?} is not an EVM network tollgate knows",
-            offer.network
-        ));
-        return j;
+    let mut asset = match valuation(offer, rules) {
+        Ok(asset) => asset,
+        Err(reason) => {
+            j.refusal = refuse(reason);
+            return j;
+        }
     };
-    let asset = rules
-        .assets
-        .iter()
-        .find(|a| a.chain_id == chain_id && a.address.eq_ignore_ascii_case(&offer.asset));
-    let Some(asset) = asset else {
-        j.refusal = refuse(format!(
-            "asset {} on {} is not a known asset (built-in USDC, or [[assets]] in tollgate.toml)",
-            offer.asset, offer.network
-        ));
-        return j;
-    };
-    let mut asset = asset.clone();
     if let Some(rate) = rules.policy.rate(&asset.symbol) {
         asset.usd_micros_per_unit = rate;
     }
@@ -273,11 +317,8 @@ pub fn judge(offer: &Offer, rules: &Rules) -> Judgement {
     j.usd = asset.to_usd_micros(offer.amount_atomic);
     j.asset = Some(asset.clone());
     let names = offer.network_names();
-    j.refusal = if offer.scheme != "exact" {
-        refuse(format!(
-            "x402 scheme {:?} is not supported (only \"exact\")",
-            offer.scheme
-        ))
+    j.refusal = if let Err(reason) = supported(offer) {
+        refuse(reason)
     } else if !rules
         .policy
         .networks
@@ -307,10 +348,8 @@ pub fn judge(offer: &Offer, rules: &Rules) -> Judgement {
             "payee {} is not allowed by the policy",
             offer.payee
         ))
-    } else if !rules.has_evm_wallet {
-        refuse(
-            "no EVM wallet is configured (set TOLLGATE_EVM_KEY or wallet.evm_keystore)".to_owned(),
-        )
+    } else if let Some(reason) = rules.wallets.missing(offer.protocol) {
+        refuse(reason)
     } else {
         match j.usd {
             None => refuse("the amount is too large to value".to_owned()),
@@ -335,6 +374,48 @@ pub fn judge(offer: &Offer, rules: &Rules) -> Judgement {
         }
     };
     j
+}
+
+/// The asset an offer is paid in, as tollgate values it (before the policy's `[rates]`).
+pub fn valuation(offer: &Offer, rules: &Rules) -> Result<Asset, String> {
+    match offer.protocol {
+        Protocol::X402 { .. } | Protocol::Mpp => {
+            let Some(chain_id) = offer.chain_id else {
+                return Err(format!(
+                    "network {:?} is not an EVM network tollgate knows",
+                    offer.network
+                ));
+            };
+            rules
+                .assets
+                .iter()
+                .find(|a| a.chain_id == chain_id && a.address.eq_ignore_ascii_case(&offer.asset))
+                .cloned()
+                .ok_or_else(|| {
+                    format!(
+                        "asset {} on {} is not a known asset (built-in USDC, or [[assets]] in \
+                         tollgate.toml)",
+                        offer.asset, offer.network
+                    )
+                })
+        }
+        // protocol: L402 offers are valued here (msat through the policy's rate for sats).
+        Protocol::L402 => Err("L402 is not supported yet".to_owned()),
+    }
+}
+
+/// Whether tollgate can pay an offer of this protocol in the way it asks (its scheme, method
+/// or intent).
+fn supported(offer: &Offer) -> Result<(), String> {
+    match offer.protocol {
+        Protocol::X402 { .. } if offer.scheme != "exact" => Err(format!(
+            "x402 scheme {:?} is not supported (only \"exact\")",
+            offer.scheme
+        )),
+        Protocol::X402 { .. } => Ok(()),
+        // protocol: which L402 / MPP offers can be paid.
+        Protocol::L402 | Protocol::Mpp => Err(format!("{} is not supported yet", offer.protocol)),
+    }
 }
 
 /// Chooses the cheapest payable offer; or, if none, every offer's reason.
@@ -377,6 +458,9 @@ pub struct Receipt {
     pub receipt_id: String,
     /// RFC 3339, UTC.
     pub at: String,
+    /// What only this protocol has (an L402 payment hash, an MPP reference, ...).
+    #[serde(flatten)]
+    pub details: serde_json::Map<String, Value>,
 }
 
 impl Receipt {
@@ -396,6 +480,7 @@ impl Receipt {
             transaction,
             receipt_id: hex::encode(rand::random::<[u8; 12]>()),
             at: crate::money::rfc3339(now),
+            details: serde_json::Map::new(),
         }
     }
 }

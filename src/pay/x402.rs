@@ -250,7 +250,12 @@ pub fn authorization(
 
 /// Signs the offer: the proof headers for the paid retry.
 pub fn prove(offer: &Offer, wallet: &EvmWallet, now: u64) -> Result<Proof, PayError> {
-    let Protocol::X402 { version } = offer.protocol;
+    let Protocol::X402 { version } = offer.protocol else {
+        return Err(PayError::Unpayable(format!(
+            "{} offer given to the x402 signer",
+            offer.protocol
+        )));
+    };
     let nonce = B256::from(rand::random::<[u8; 32]>());
     let validity = offer.max_timeout_seconds.clamp(1, MAX_VALIDITY_SECONDS);
     let (valid_after, valid_before) = (now.saturating_sub(VALID_AFTER_SKEW), now + validity);

@@ -22,7 +22,9 @@ use crate::catalog::{HttpTool, UpstreamRequest};
 use crate::ledger::{Cap, Ledger, LedgerError, NewReceipt, NewReservation};
 use crate::money::{UsdMicros, now_unix};
 use crate::pay::assets::Asset;
-use crate::pay::{self, Challenge, Judgement, Proof, Quote, Receipt, Refusal, Rules};
+use crate::pay::{
+    self, Challenge, Judgement, PayError, Proof, Protocol, Quote, Receipt, Refusal, Rules, Wallets,
+};
 use crate::upstream::{Answer, Reply};
 use crate::wallet::EvmWallet;
 
@@ -110,7 +112,10 @@ impl Payments {
             assets: &self.assets,
             tool_max: tool.max_price.unwrap_or(UsdMicros(0)),
             tool: &tool.name,
-            has_evm_wallet: self.evm.is_some(),
+            wallets: Wallets {
+                evm: self.evm.is_some(),
+                ..Wallets::default()
+            },
             restrictions: caller.map(|c| &c.restrictions),
         }
     }
@@ -223,9 +228,6 @@ impl Tollgate {
                 quote.usd
             ));
         }
-        let Some(wallet) = payments.evm.as_ref() else {
-            return tool_error("no EVM wallet is configured; nothing was paid".to_owned());
-        };
 
         let now = now_unix();
         let key = fingerprint(&tool.name, arguments, &quote);
@@ -283,7 +285,7 @@ impl Tollgate {
                     }
                     Err(e) => return in_ledger("reserve the payment", e),
                 };
-                let proof = match pay::x402::prove(&quote.offer, wallet, now) {
+                let proof = match self.prove(&quote, now).await {
                     Ok(proof) => proof,
                     Err(e) => {
                         let _ = blocking(|| ledger.release(id, now));
@@ -351,22 +353,9 @@ impl Tollgate {
                 )))
             }
             Ok(Reply { answer, headers }) => {
-                let settlement = pay::x402::settlement(&headers);
-                let decoded = match &settlement {
-                    Some(Ok(value)) => Some(value.clone()),
-                    Some(Err(reason)) => {
-                        tracing::warn!(%reason, "unreadable payment response header");
-                        None
-                    }
-                    None => None,
-                };
-                let transaction = decoded
-                    .as_ref()
-                    .and_then(|d| d.get("transaction"))
-                    .and_then(Value::as_str)
-                    .filter(|t| !t.is_empty() && t.len() <= 200)
-                    .map(str::to_owned);
-                let receipt = Receipt::new(&quote, &proof, transaction, now_unix());
+                let settled = settlement(&quote, &headers);
+                let mut receipt = Receipt::new(&quote, &proof, settled.transaction, now_unix());
+                receipt.details = settled.details;
                 tracing::info!(
                     tool = %tool.name, receipt = %receipt.receipt_id,
                     transaction = ?receipt.transaction, usd = %quote.usd, "paid"
@@ -386,10 +375,8 @@ impl Tollgate {
                 }
                 let receipt = receipt_json;
                 let mut result = success(tool, answer, Some(receipt));
-                if let Some(decoded) = decoded {
-                    let mut meta = Map::new();
-                    meta.insert("x402/payment-response".into(), decoded);
-                    result.meta = Some(rmcp::model::MetaObject(meta));
+                if !settled.meta.is_empty() {
+                    result.meta = Some(rmcp::model::MetaObject(settled.meta));
                 }
                 result
             }
@@ -404,6 +391,67 @@ impl Tollgate {
             }
         }
     }
+}
+
+impl Tollgate {
+    /// Proves payment of the chosen offer: signs it (x402, MPP) or pays it (L402). Called after
+    /// the reservation, never before; the caller records the proof as pending before sending it.
+    async fn prove(&self, quote: &Quote, now: u64) -> Result<Proof, PayError> {
+        match quote.offer.protocol {
+            Protocol::X402 { .. } => {
+                let wallet =
+                    self.payments.evm.as_ref().ok_or_else(|| {
+                        PayError::Unpayable("no EVM wallet is configured".to_owned())
+                    })?;
+                pay::x402::prove(&quote.offer, wallet, now)
+            }
+            // protocol: L402 pays the invoice here (record it pending before paying), MPP signs.
+            Protocol::L402 | Protocol::Mpp => Err(PayError::Unpayable(format!(
+                "{} is not supported yet",
+                quote.offer.protocol
+            ))),
+        }
+    }
+}
+
+/// What the paid answer says about the payment, per protocol.
+#[derive(Default)]
+struct Settled {
+    /// The settlement transaction (x402) or reference (MPP).
+    transaction: Option<String>,
+    /// Protocol-specific receipt fields.
+    details: Map<String, Value>,
+    /// `_meta` of the tool result (x402's decoded payment response).
+    meta: Map<String, Value>,
+}
+
+/// Reads the seller's settlement out of the paid answer's headers.
+fn settlement(quote: &Quote, headers: &HeaderMap) -> Settled {
+    let mut settled = Settled::default();
+    match quote.offer.protocol {
+        Protocol::X402 { .. } => {
+            let decoded = match pay::x402::settlement(headers) {
+                Some(Ok(value)) => Some(value),
+                Some(Err(reason)) => {
+                    tracing::warn!(%reason, "unreadable payment response header");
+                    None
+                }
+                None => None,
+            };
+            settled.transaction = decoded
+                .as_ref()
+                .and_then(|d| d.get("transaction"))
+                .and_then(Value::as_str)
+                .filter(|t| !t.is_empty() && t.len() <= 200)
+                .map(str::to_owned);
+            if let Some(decoded) = decoded {
+                settled.meta.insert("x402/payment-response".into(), decoded);
+            }
+        }
+        // protocol: L402 (payment hash, backend) and MPP (`Payment-Receipt`) receipts.
+        Protocol::L402 | Protocol::Mpp => {}
+    }
+    settled
 }
 
 /// Runs a (short, blocking) ledger operation without stalling the async workers.
