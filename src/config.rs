@@ -263,6 +263,7 @@ impl Config {
             wallet: WalletConfig {
                 evm_keystore: file.wallet.evm_keystore.map(&at),
                 evm_keystore_password_file: file.wallet.evm_keystore_password_file.map(&at),
+                tempo: file.wallet.tempo,
             },
             raw_assets: file.assets,
         }

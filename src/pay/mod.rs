@@ -12,6 +12,7 @@
 //! payment and reading the seller's settlement.
 
 pub mod assets;
+pub mod mpp;
 pub mod x402;
 
 use std::fmt;
@@ -122,6 +123,13 @@ pub fn read_challenge(headers: &HeaderMap, body: &[u8]) -> Challenge {
         &mut c.problems,
         &mut c.seller_error,
     );
+    mpp::read_offers(
+        headers,
+        body,
+        &mut c.offers,
+        &mut c.problems,
+        &mut c.seller_error,
+    );
     for value in headers.get_all("www-authenticate") {
         let scheme: String = value
             .to_str()
@@ -138,10 +146,8 @@ pub fn read_challenge(headers: &HeaderMap, body: &[u8]) -> Challenge {
             "l402" | "lsat" => c
                 .problems
                 .push(format!("{scheme} challenge: not supported yet")),
-            // protocol: MPP challenges are read here.
-            "payment" => c
-                .problems
-                .push(format!("{scheme} challenge: not supported yet")),
+            // Read by `mpp::read_offers` below (one value may hold several challenges).
+            "payment" => {}
             _ => c.problems.push(format!(
                 "{scheme} challenge (WWW-Authenticate): not a payment scheme tollgate knows"
             )),
@@ -380,6 +386,12 @@ pub fn judge(offer: &Offer, rules: &Rules) -> Judgement {
 pub fn valuation(offer: &Offer, rules: &Rules) -> Result<Asset, String> {
     match offer.protocol {
         Protocol::X402 { .. } | Protocol::Mpp => {
+            // A method tollgate cannot pay has no asset to value: say why it is not paid.
+            if offer.protocol == Protocol::Mpp
+                && let Some(reason) = mpp::unsupported(offer)
+            {
+                return Err(reason);
+            }
             let Some(chain_id) = offer.chain_id else {
                 return Err(format!(
                     "network {:?} is not an EVM network tollgate knows",
@@ -393,8 +405,8 @@ pub fn valuation(offer: &Offer, rules: &Rules) -> Result<Asset, String> {
                 .cloned()
                 .ok_or_else(|| {
                     format!(
-                        "asset {} on {} is not a known asset (built-in USDC, or [[assets]] in \
-                         tollgate.toml)",
+                        "asset {} on {} is not a known asset (built-in USDC and pathUSD, or \
+                         [[assets]] in tollgate.toml)",
                         offer.asset, offer.network
                     )
                 })
@@ -413,8 +425,9 @@ fn supported(offer: &Offer) -> Result<(), String> {
             offer.scheme
         )),
         Protocol::X402 { .. } => Ok(()),
-        // protocol: which L402 / MPP offers can be paid.
-        Protocol::L402 | Protocol::Mpp => Err(format!("{} is not supported yet", offer.protocol)),
+        Protocol::Mpp => mpp::unsupported(offer).map_or(Ok(()), Err),
+        // protocol: which L402 offers can be paid.
+        Protocol::L402 => Err(format!("{} is not supported yet", offer.protocol)),
     }
 }
 
