@@ -132,10 +132,17 @@ impl Tollgate {
                 ));
             }
         }
-        let (request, arguments) = match Self::prepare(tool, arguments) {
+        let (mut request, arguments) = match Self::prepare(tool, arguments) {
             Ok(prepared) => prepared,
             Err(result) => return result,
         };
+        // MPP sellers (mpp 0.17+) offer only what the client says it can pay.
+        if self.payments.tempo.is_some() {
+            request.headers.insert(
+                "accept-payment",
+                reqwest::header::HeaderValue::from_static(crate::pay::mpp::ACCEPT_PAYMENT),
+            );
+        }
         let progress = Progress::new(context);
         let reply = match self.send(tool, request.clone(), &progress, context).await {
             Ok(reply) => reply,

@@ -27,6 +27,7 @@ use crate::pay::{
 };
 use crate::upstream::{Answer, Reply};
 use crate::wallet::EvmWallet;
+use crate::wallet::tempo::TempoWallet;
 
 /// What paying needs: the owner's policy, the assets tollgate can value, the wallet, and what
 /// is needed to tell who is calling (the root key, the process's own token).
@@ -34,6 +35,8 @@ pub struct Payments {
     pub policy: Policy,
     pub assets: Vec<Asset>,
     pub evm: Option<EvmWallet>,
+    /// The Tempo wallet (MPP), if `[wallet.tempo]` is configured.
+    pub tempo: Option<TempoWallet>,
     /// The root key credentials are verified under (absent until `tollgate init`).
     pub root: Option<RootKey>,
     /// `TOLLGATE_TOKEN` of the process: the caller when a request carries no token.
@@ -53,6 +56,7 @@ impl Payments {
             policy,
             assets,
             evm,
+            tempo: None,
             root: None,
             env_token: None,
             ledger,
@@ -114,6 +118,7 @@ impl Payments {
             tool: &tool.name,
             wallets: Wallets {
                 evm: self.evm.is_some(),
+                tempo: self.tempo.is_some(),
                 ..Wallets::default()
             },
             restrictions: caller.map(|c| &c.restrictions),
@@ -193,6 +198,35 @@ impl Tollgate {
         progress: &Progress,
         context: &RequestContext<RoleServer>,
     ) -> CallToolResult {
+        self.pay_attempt(
+            tool,
+            arguments,
+            request,
+            headers,
+            body,
+            caller,
+            progress,
+            context,
+            Attempt::First,
+        )
+        .await
+    }
+
+    /// One attempt at the 402 path; [`Attempt::Fresh`] is the one retry on a fresh challenge
+    /// after an MPP challenge went stale (before signing, or `payment-expired` after).
+    #[allow(clippy::too_many_arguments)]
+    async fn pay_attempt(
+        &self,
+        tool: &HttpTool,
+        arguments: &Map<String, Value>,
+        request: UpstreamRequest,
+        headers: &HeaderMap,
+        body: &[u8],
+        caller: Option<&Credential>,
+        progress: &Progress,
+        context: &RequestContext<RoleServer>,
+        attempt: Attempt,
+    ) -> CallToolResult {
         let payments = &self.payments;
         let challenge = pay::read_challenge(headers, body);
         if tool.max_price.is_none() {
@@ -227,6 +261,19 @@ impl Tollgate {
                  a human yet; nothing was paid",
                 quote.usd
             ));
+        }
+        // After approval and before the reservation: an MPP challenge too close to its expiry
+        // (a signed Tempo transaction lives about 25 s) is not signed; a fresh one is fetched.
+        if quote.offer.protocol == Protocol::Mpp && pay::mpp::stale(&quote.offer, now_unix()) {
+            let why = format!(
+                "the seller's MPP challenge expired ({}) before it could be signed",
+                quote.offer.raw["expires"].as_str().unwrap_or("?")
+            );
+            return self
+                .pay_fresh(
+                    tool, arguments, request, caller, progress, context, attempt, &why,
+                )
+                .await;
         }
 
         let now = now_unix();
@@ -322,7 +369,7 @@ impl Tollgate {
             reused, "paying"
         );
 
-        let mut paid_request = request;
+        let mut paid_request = request.clone();
         for (name, value) in &proof.headers {
             paid_request.headers.insert(name.clone(), value.clone());
         }
@@ -340,6 +387,19 @@ impl Tollgate {
                 // already settled (its nonce is used): keep it counted, never under-count.
                 if !reused && let Err(e) = blocking(|| ledger.release(reservation, now_unix())) {
                     tracing::error!(error = %e, "could not release a refused payment's reservation");
+                }
+                // MPP `payment-expired`: the credential came too late and was not used; one
+                // fresh challenge, signed anew, is the one exception to "never sign again".
+                if quote.offer.protocol == Protocol::Mpp
+                    && !reused
+                    && pay::mpp::problem(&headers, &body).is_some_and(|p| p.is_expired())
+                {
+                    let why = "the seller found the signed MPP credential expired".to_owned();
+                    return self
+                        .pay_fresh(
+                            tool, arguments, request, caller, progress, context, attempt, &why,
+                        )
+                        .await;
                 }
                 let again = pay::read_challenge(&headers, &body);
                 let reason = again
@@ -405,10 +465,80 @@ impl Tollgate {
                     })?;
                 pay::x402::prove(&quote.offer, wallet, now)
             }
-            // protocol: L402 pays the invoice here (record it pending before paying), MPP signs.
-            Protocol::L402 | Protocol::Mpp => Err(PayError::Unpayable(format!(
+            Protocol::Mpp => {
+                let wallet = self.payments.tempo.as_ref().ok_or_else(|| {
+                    PayError::Unpayable("no Tempo wallet is configured ([wallet.tempo])".to_owned())
+                })?;
+                pay::mpp::prove(&quote.offer, wallet, now).await
+            }
+            // protocol: L402 pays the invoice here (record it pending before paying).
+            Protocol::L402 => Err(PayError::Unpayable(format!(
                 "{} is not supported yet",
                 quote.offer.protocol
+            ))),
+        }
+    }
+}
+
+/// Which attempt at paying one call this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Attempt {
+    First,
+    /// On a fresh challenge, after the first went stale; never followed by another.
+    Fresh,
+}
+
+impl Tollgate {
+    /// Asks the seller for a fresh challenge (the request again, unpaid) and pays that, once
+    /// per call; a second stale challenge ends the call with nothing more signed.
+    #[allow(clippy::too_many_arguments)]
+    async fn pay_fresh(
+        &self,
+        tool: &HttpTool,
+        arguments: &Map<String, Value>,
+        request: UpstreamRequest,
+        caller: Option<&Credential>,
+        progress: &Progress,
+        context: &RequestContext<RoleServer>,
+        attempt: Attempt,
+        why: &str,
+    ) -> CallToolResult {
+        if attempt == Attempt::Fresh {
+            return tool_error(tool.redact(&format!(
+                "`{}`: {why}, again on a fresh challenge; tollgate fetches one fresh challenge \
+                 per call, so nothing more was signed and nothing was paid. The seller's clock \
+                 or its challenge lifetime may be wrong.",
+                tool.name
+            )));
+        }
+        progress.send(format!("{why}; asking the seller for a fresh challenge"));
+        tracing::info!(tool = %tool.name, %why, "fetching a fresh MPP challenge");
+        let reply = match self.send(tool, request.clone(), progress, context).await {
+            Ok(reply) => reply,
+            Err(cancelled) => return cancelled,
+        };
+        match reply {
+            Ok(Reply {
+                answer: Answer::PaymentRequired { body },
+                headers,
+            }) => {
+                Box::pin(self.pay_attempt(
+                    tool,
+                    arguments,
+                    request,
+                    &headers,
+                    &body,
+                    caller,
+                    progress,
+                    context,
+                    Attempt::Fresh,
+                ))
+                .await
+            }
+            Ok(Reply { answer, .. }) => success(tool, answer, None),
+            Err(e) => tool_error(tool.redact(&format!(
+                "`{}`: {why}, and asking for a fresh challenge failed ({e}); nothing was paid",
+                tool.name
             ))),
         }
     }
@@ -449,7 +579,23 @@ fn settlement(quote: &Quote, headers: &HeaderMap) -> Settled {
             }
         }
         // protocol: L402 (payment hash, backend) and MPP (`Payment-Receipt`) receipts.
-        Protocol::L402 | Protocol::Mpp => {}
+        Protocol::Mpp => {
+            let receipt = match pay::mpp::receipt(headers) {
+                Some(Ok(value)) => Some(value),
+                Some(Err(reason)) => {
+                    tracing::warn!(%reason, "unreadable Payment-Receipt header");
+                    None
+                }
+                None => None,
+            };
+            settled.transaction = receipt.as_ref().and_then(pay::mpp::reference);
+            settled.details = pay::mpp::receipt_details(&quote.offer, receipt.as_ref());
+            if let Some(receipt) = receipt {
+                settled.meta.insert("mpp/payment-receipt".into(), receipt);
+            }
+        }
+        // protocol: L402 (payment hash, backend) receipts.
+        Protocol::L402 => {}
     }
     settled
 }
