@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod mcp;
+pub mod mpp_peer;
 pub mod seller;
 pub mod stdio;
 pub mod upstream;

@@ -1,0 +1,248 @@
+//! MPP (the `Payment` HTTP authentication scheme, Tempo charge) against the real sellers
+//! (`mppx` 0.11.0 and `pympp` 0.16.0) settling on anvil in Tempo mode, driven through the real
+//! Python MCP client. The chain is the judge: mined transactions and pathUSD balances.
+
+mod support;
+
+use serde_json::{Value, json};
+use support::mcp::{Mode, drive, python};
+use support::mpp_peer::{MppPeers, start};
+
+/// One pathUSD charge of the sellers' `/weather` (0.01 pathUSD, 6 decimals).
+const AMOUNT: u128 = 10_000;
+
+/// A scratch config: the local chain's pathUSD as an asset, the Tempo wallet on the peers'
+/// anvil, a policy allowing `networks` and `assets`, and one tool per seller route.
+struct Setup {
+    dir: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new(peers: &MppPeers, networks: &[&str], assets: &[&str]) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path();
+        std::fs::create_dir_all(p.join("tools")).unwrap();
+        std::fs::create_dir_all(p.join("policies")).unwrap();
+        let (rpc, path_usd) = (peers.str("/rpc"), peers.str("/tokens/pathUSD"));
+        std::fs::write(
+            p.join("tollgate.toml"),
+            format!(
+                r#"tools_dir = "tools"
+policy = "test"
+[[assets]]
+network = "tempo:31337"
+address = "{path_usd}"
+symbol = "pathUSD"
+decimals = 6
+[wallet.tempo]
+rpc_url = "{rpc}"
+chain_id = 31337
+"#
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            p.join("policies/test.toml"),
+            format!(
+                "[caps]\nper_call = \"0.50 USD\"\n[allow]\nnetworks = {networks:?}\nassets = {assets:?}\n"
+            ),
+        )
+        .unwrap();
+        let (mppx, pympp) = (peers.str("/mppx/seller"), peers.str("/pympp/seller"));
+        let tool = |name: &str, url: String| {
+            format!(
+                "[[tool]]\nname = \"{name}\"\ndescription = \"{name} from an MPP seller\"\n\
+                 url = \"{url}\"\nmax_price = \"0.05 USD\"\n\n"
+            )
+        };
+        let tools = [
+            tool("weather_mppx", format!("{mppx}/weather")),
+            tool("weather_pympp", format!("{pympp}/weather")),
+            tool("weather_mixed", format!("{mppx}/mixed")),
+            tool("expensive", format!("{mppx}/expensive")),
+            tool("stale", format!("{mppx}/expired")),
+            tool("lightning_only", format!("{mppx}/unknown-method")),
+        ]
+        .concat();
+        std::fs::write(p.join("tools/sellers.toml"), tools).unwrap();
+        Setup { dir }
+    }
+
+    fn config(&self) -> std::path::PathBuf {
+        self.dir.path().join("tollgate.toml")
+    }
+}
+
+async fn call(setup: &Setup, key: &str, name: &str) -> Value {
+    let python = python().expect("checked by the caller");
+    let steps = json!([{"op": "call_tool", "name": name, "arguments": {}}]);
+    let report = drive(
+        &python,
+        Mode::Stateless,
+        &setup.config(),
+        &[("TOLLGATE_EVM_KEY", key)],
+        steps,
+    )
+    .await;
+    report["steps"][0]["result"].clone()
+}
+
+fn text(result: &Value) -> String {
+    result["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+async fn peers() -> Option<MppPeers> {
+    python()?;
+    start().await
+}
+
+/// Pays `tool` (a 0.01 pathUSD `/weather` of `seller`) as buyer `buyer`, and checks the MCP
+/// result, the receipt, the mined transaction and the recipient's balance.
+async fn paid_call_settles_on_chain(seller: &str, tool: &str, buyer: usize, forecast: &str) {
+    let Some(peers) = peers().await else { return };
+    let setup = Setup::new(&peers, &["tempo:31337"], &["pathUSD"]);
+    let (key, payer) = peers.buyer(buyer);
+    let recipient = peers.str(&format!("/{seller}/recipient"));
+    let before = peers.path_usd(&recipient).await;
+
+    let result = call(&setup, &key, tool).await;
+    assert_ne!(
+        result["isError"],
+        json!(true),
+        "{result}\n{}",
+        peers.logs().join("\n")
+    );
+    assert_eq!(
+        result["structuredContent"]["result"]["forecast"], forecast,
+        "{result}"
+    );
+    let receipt = &result["structuredContent"]["payment"];
+    assert_eq!(receipt["protocol"], "mpp", "{receipt}");
+    assert_eq!(receipt["method"], "tempo", "{receipt}");
+    assert_eq!(receipt["intent"], "charge", "{receipt}");
+    assert_eq!(receipt["network"], "tempo:31337", "{receipt}");
+    assert_eq!(receipt["asset"], peers.str("/tokens/pathUSD"), "{receipt}");
+    assert_eq!(receipt["asset_symbol"], "pathUSD", "{receipt}");
+    assert_eq!(receipt["amount_atomic"], AMOUNT.to_string(), "{receipt}");
+    assert_eq!(receipt["amount_usd"], "0.01", "{receipt}");
+    assert_eq!(receipt["payee"], recipient.to_lowercase(), "{receipt}");
+    assert_eq!(
+        receipt["payer"].as_str().unwrap().to_lowercase(),
+        payer.to_lowercase()
+    );
+    let reference = receipt["reference"].as_str().expect("a reference").to_owned();
+    assert_eq!(receipt["transaction"], reference.as_str(), "{receipt}");
+
+    // The reference is a mined transaction sent by the buyer, and the recipient got exactly
+    // the amount.
+    assert_eq!(peers.tx_status(&reference).await, "success", "{reference}");
+    let tx = peers.tx(&reference).await;
+    assert_eq!(
+        tx["from"].as_str().unwrap().to_lowercase(),
+        payer.to_lowercase(),
+        "{tx}"
+    );
+    assert_eq!(peers.path_usd(&recipient).await, before + AMOUNT);
+
+    // One unpaid request (with Accept-Payment), then exactly one paid request.
+    let log = peers.seller_log(seller).await;
+    let paid: Vec<&Value> = log.iter().filter(|e| e["paid"] == true).collect();
+    assert_eq!(paid.len(), 1, "{log:?}");
+    assert_eq!(paid[0]["status"], 200, "{log:?}");
+    assert_eq!(log[0]["accept_payment"], "tempo/charge", "{log:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mppx_paid_call_returns_the_result_and_a_receipt_of_a_mined_transaction() {
+    paid_call_settles_on_chain("mppx", "weather_mppx", 0, "sunny").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pympp_paid_call_returns_the_result_and_a_receipt_of_a_mined_transaction() {
+    paid_call_settles_on_chain("pympp", "weather_pympp", 1, "rainy").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_402_with_bearer_and_l402_beside_payment_is_paid_through_payment() {
+    paid_call_settles_on_chain("mppx", "weather_mixed", 2, "sunny").await;
+}
+
+/// Calls `tool` and checks it is refused with `expected` in the message and nothing paid.
+async fn refused(peers: &MppPeers, setup: &Setup, key: &str, tool: &str, expected: &str) {
+    let result = call(setup, key, tool).await;
+    let message = text(&result);
+    assert_eq!(result["isError"], json!(true), "{tool}: {result}");
+    assert!(
+        message.contains(expected),
+        "{tool}: expected {expected:?} in {message:?}\n{}",
+        peers.logs().join("\n")
+    );
+    assert!(message.contains("nothing"), "{tool}: {message}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refusals_sign_nothing_and_the_chain_shows_no_payment() {
+    let Some(peers) = peers().await else { return };
+    let (key, buyer) = peers.buyer(3);
+    let recipient = peers.str("/mppx/recipient");
+    let (nonce_before, balance_before) =
+        (peers.nonce(&buyer).await, peers.path_usd(&recipient).await);
+
+    let allowed = Setup::new(&peers, &["tempo:31337"], &["pathUSD"]);
+    // 5 pathUSD against a max_price of 0.05 USD.
+    refused(
+        &peers,
+        &allowed,
+        &key,
+        "expensive",
+        "costs 5 USD, which is above this tool's max_price 0.05 USD",
+    )
+    .await;
+    // Every challenge of /expired is already stale: one fresh challenge, then refused.
+    refused(
+        &peers,
+        &allowed,
+        &key,
+        "stale",
+        "again on a fresh challenge",
+    )
+    .await;
+    refused(
+        &peers,
+        &allowed,
+        &key,
+        "lightning_only",
+        "MPP lightning/charge is not supported",
+    )
+    .await;
+    let other_currency = Setup::new(&peers, &["tempo:31337"], &["USDC"]);
+    refused(
+        &peers,
+        &other_currency,
+        &key,
+        "weather_mppx",
+        "asset pathUSD is not allowed by the policy",
+    )
+    .await;
+    let other_chain = Setup::new(&peers, &["eip155:4217"], &["pathUSD"]);
+    refused(
+        &peers,
+        &other_chain,
+        &key,
+        "weather_mppx",
+        "network tempo:31337 is not allowed by the policy",
+    )
+    .await;
+
+    // Nothing was signed: the seller never saw a credential, the buyer sent no transaction,
+    // the recipient received nothing.
+    let log = peers.seller_log("mppx").await;
+    assert!(log.iter().all(|e| e["paid"] == false), "{log:?}");
+    let stale_requests = log.iter().filter(|e| e["path"] == "/expired").count();
+    assert_eq!(stale_requests, 2, "one fresh challenge, no more: {log:?}");
+    assert_eq!(peers.nonce(&buyer).await, nonce_before);
+    assert_eq!(peers.path_usd(&recipient).await, balance_before);
+}
