@@ -62,6 +62,7 @@ chain_id = 31337
             tool("expensive", format!("{mppx}/expensive")),
             tool("stale", format!("{mppx}/expired")),
             tool("lightning_only", format!("{mppx}/unknown-method")),
+            tool("slow_once", format!("{mppx}/slow-once")),
         ]
         .concat();
         std::fs::write(p.join("tools/sellers.toml"), tools).unwrap();
@@ -133,7 +134,10 @@ async fn paid_call_settles_on_chain(seller: &str, tool: &str, buyer: usize, fore
         receipt["payer"].as_str().unwrap().to_lowercase(),
         payer.to_lowercase()
     );
-    let reference = receipt["reference"].as_str().expect("a reference").to_owned();
+    let reference = receipt["reference"]
+        .as_str()
+        .expect("a reference")
+        .to_owned();
     assert_eq!(receipt["transaction"], reference.as_str(), "{receipt}");
 
     // The reference is a mined transaction sent by the buyer, and the recipient got exactly
@@ -245,4 +249,51 @@ async fn refusals_sign_nothing_and_the_chain_shows_no_payment() {
     assert_eq!(stale_requests, 2, "one fresh challenge, no more: {log:?}");
     assert_eq!(peers.nonce(&buyer).await, nonce_before);
     assert_eq!(peers.path_usd(&recipient).await, balance_before);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn payment_expired_gets_one_fresh_challenge_and_is_paid_once() {
+    let Some(peers) = peers().await else { return };
+    let setup = Setup::new(&peers, &["tempo:31337"], &["pathUSD"]);
+    let (key, payer) = peers.buyer(4);
+    let recipient = peers.str("/mppx/recipient");
+    let before = peers.path_usd(&recipient).await;
+
+    // The seller holds the first paid request until its challenge has expired, and answers
+    // problem+json `payment-expired`; tollgate asks for a fresh challenge and pays that.
+    let result = call(&setup, &key, "slow_once").await;
+    assert_ne!(
+        result["isError"],
+        json!(true),
+        "{result}\n{}",
+        peers.logs().join("\n")
+    );
+    let reference = result["structuredContent"]["payment"]["reference"]
+        .as_str()
+        .expect("a reference")
+        .to_owned();
+    assert_eq!(peers.tx_status(&reference).await, "success");
+    assert_eq!(
+        peers.tx(&reference).await["from"]
+            .as_str()
+            .unwrap()
+            .to_lowercase(),
+        payer.to_lowercase()
+    );
+    assert_eq!(peers.path_usd(&recipient).await, before + AMOUNT);
+
+    let log = peers.seller_log("mppx").await;
+    let paid: Vec<(Value, Value)> = log
+        .iter()
+        .filter(|e| e["paid"] == true)
+        .map(|e| (e["path"].clone(), e["status"].clone()))
+        .collect();
+    assert_eq!(
+        paid,
+        [
+            (json!("/slow-once"), json!(402)),
+            (json!("/slow-once"), json!(200))
+        ],
+        "{log:?}"
+    );
 }

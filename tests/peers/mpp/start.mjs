@@ -16,6 +16,8 @@
 //   /unknown-method  a Payment challenge for a method nobody implements (`lightning`)
 //   /mixed           the /weather challenge, plus `Bearer` and `L402` challenges in the same 402
 //   /problem         402 with only an application/problem+json body and no challenge
+//   /slow-once       0.01 pathUSD; challenges expire after 8 s, and the first paid request
+//                    is held 9 s before mppx sees it (so mppx answers payment-expired)
 
 import { spawn } from "node:child_process";
 import http from "node:http";
@@ -152,6 +154,7 @@ const mppx = Mppx.create({
 });
 
 const events = [];
+let slowOnceHeld = false;
 function record(e) {
   events.push({ ...e, at: Date.now() });
   log(Object.entries(e).map(([k, v]) => `${k}=${typeof v === "object" ? JSON.stringify(v) : v}`).join(" "));
@@ -219,6 +222,14 @@ const mppxServer = http.createServer(async (req, res) => {
     }
     if (url.pathname === "/mixed") return await mixed(req, res, event);
     let handler = routes[url.pathname];
+    if (url.pathname === "/slow-once") {
+      handler = mppx.charge({ amount: "0.01", description: "slow", expires: new Date(Date.now() + 8_000).toISOString() });
+      if (event.paid && !slowOnceHeld) {
+        slowOnceHeld = true;
+        log("/slow-once: holding the first paid request 9 s");
+        await new Promise((r) => setTimeout(r, 9_000));
+      }
+    }
     if (url.pathname === "/expired") {
       handler = mppx.charge({ amount: "0.01", description: "stale", expires: new Date(Date.now() - 60_000).toISOString() });
     }
