@@ -131,10 +131,34 @@ fn fingerprint(tool: &str, arguments: &Map<String, Value>, quote: &Quote) -> Str
     let mut hash = Sha256::new();
     hash.update(tool.as_bytes());
     hash.update([0]);
-    hash.update(Value::Object(arguments.clone()).to_string().as_bytes());
+    hash.update(
+        canonical(&Value::Object(arguments.clone()))
+            .to_string()
+            .as_bytes(),
+    );
     hash.update([0]);
-    hash.update(quote.offer.raw.to_string().as_bytes());
+    hash.update(canonical(&quote.offer.raw).to_string().as_bytes());
     hex::encode(hash.finalize())
+}
+
+/// The value with every object's keys sorted: serde_json keeps insertion order (its
+/// `preserve_order` feature is on for the whole build, via the mpp crate), and the same
+/// arguments sent in another order must still be the same call.
+fn canonical(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            Value::Object(
+                entries
+                    .into_iter()
+                    .map(|(k, v)| (k.clone(), canonical(v)))
+                    .collect(),
+            )
+        }
+        Value::Array(items) => Value::Array(items.iter().map(canonical).collect()),
+        other => other.clone(),
+    }
 }
 
 /// The message for a 402 that will not be paid: the cheapest price above a cap if that is the
@@ -651,4 +675,21 @@ pub(super) fn judgement_json(j: &Judgement) -> Value {
         "payable": j.refusal.is_none(),
         "reason": j.refusal.as_ref().map(ToString::to_string),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_arguments_in_another_order_are_the_same_call() {
+        let a = json!({"city": "Paris", "units": {"temp": "C", "wind": "kmh"}});
+        let b = json!({"units": {"wind": "kmh", "temp": "C"}, "city": "Paris"});
+        assert_ne!(
+            a.to_string(),
+            b.to_string(),
+            "serde_json keeps insertion order"
+        );
+        assert_eq!(canonical(&a).to_string(), canonical(&b).to_string());
+    }
 }
