@@ -1,7 +1,9 @@
 //! Ledger benchmarks (`cargo bench --bench ledger`): the cost of a budget check must not grow
 //! with history. Fills one ledger with 1,000,000 receipts and another with 10, then reports
-//! the median (and p99) latency of reserve+commit (target ≤ 1 ms, fsync included) and of
-//! `status`. Figures, not assertions.
+//! the median (and p99) latency of reserve+commit (target ≤ 1 ms, fsync included), of
+//! `status`, and of verifying a credential (target ≤ 5 µs): the signature chain and caveats
+//! alone, and with the revocation lookup the server does on every call. Figures, not
+//! assertions.
 //!
 //! The history is written straight into the schema in one transaction (a million
 //! reserve+commit calls would take a million fsyncs); keep `bulk_fill` in step with
@@ -11,6 +13,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, params};
+use tollgate::budget::credential::{Credential, RootKey};
 use tollgate::ledger::{Cap, FILE_NAME, Ledger, NewReceipt, NewReservation};
 
 const ROUNDS: usize = 2_000;
@@ -122,6 +125,50 @@ fn measure(receipts: u64) {
         status.push(t.elapsed());
         std::hint::black_box(s);
     }
+    // Credential verification, as a sub-agent's token is checked on every call: a parent
+    // with a budget, a child with a label, tools, a per-call cap, an expiry and a budget.
+    let root_dir = tempfile::tempdir().expect("temp dir");
+    RootKey::create(root_dir.path()).expect("root key");
+    let root = RootKey::load(root_dir.path()).expect("root key");
+    let mut token = root
+        .mint(&["budget_usd_micros <= 10000000".to_owned()])
+        .expect("mint");
+    for caveat in [
+        "label = worker.0badc0de",
+        "tools = web_search,translate",
+        "max_per_call_usd_micros <= 50000",
+        "expires < 4000000000",
+        "budget_usd_micros <= 1000000",
+    ] {
+        token.add_caveat(caveat.as_bytes()).expect("caveat");
+    }
+    let text = token.to_base64url();
+    for i in 0..10_000u64 {
+        ledger
+            .revoke(&format!("token:{i:064x}"), NOW)
+            .expect("revoke");
+    }
+    let mut verify = Vec::with_capacity(ROUNDS * 5);
+    let mut identify = Vec::with_capacity(ROUNDS * 5);
+    for _ in 0..ROUNDS * 5 {
+        let t = Instant::now();
+        let credential = Credential::verify(&text, &root, NOW).expect("verify");
+        verify.push(t.elapsed());
+        std::hint::black_box(&credential);
+        let t = Instant::now();
+        let credential = Credential::verify(&text, &root, NOW).expect("verify");
+        let revoked = ledger.is_revoked(&credential.lineage).expect("revocations");
+        identify.push(t.elapsed());
+        assert!(!revoked);
+    }
+    println!(
+        "{receipts:>9} receipts: verify a 6-caveat credential median {:?} p99 {:?}; \
+         verify + revocation lookup (10,000 revocations) median {:?} p99 {:?}",
+        percentile(&mut verify, 50),
+        percentile(&mut verify, 99),
+        percentile(&mut identify, 50),
+        percentile(&mut identify, 99),
+    );
     println!(
         "{receipts:>9} receipts (filled in {:.1?}): reserve+commit median {:?} p99 {:?}; \
          reserve+mark_pending+commit median {:?}; status(3 caps) median {:?} p99 {:?}",

@@ -158,6 +158,10 @@ struct ConfigFile {
     assets: Vec<AssetConfig>,
     #[serde(default)]
     wallet: WalletConfig,
+    /// JSON-RPC endpoints by network (CAIP-2 or x402 v1 name), to reconcile payments whose
+    /// outcome is unknown.
+    #[serde(default)]
+    rpc: std::collections::BTreeMap<String, String>,
 }
 
 /// An `[[assets]]` entry: an ERC-20 token tollgate may value (its rate comes from the policy's
@@ -200,7 +204,10 @@ pub struct Config {
     /// Built-in and configured assets.
     pub assets: Vec<Asset>,
     pub wallet: WalletConfig,
+    /// JSON-RPC endpoints by chain id (from `[rpc]`).
+    pub rpc: std::collections::BTreeMap<u64, String>,
     raw_assets: Vec<AssetConfig>,
+    raw_rpc: std::collections::BTreeMap<String, String>,
 }
 
 impl Config {
@@ -265,7 +272,15 @@ impl Config {
                 evm_keystore_password_file: file.wallet.evm_keystore_password_file.map(&at),
                 tempo: file.wallet.tempo,
             },
+            rpc: file
+                .rpc
+                .iter()
+                .filter_map(|(network, url)| {
+                    Some((crate::pay::assets::chain_id(network)?, url.clone()))
+                })
+                .collect(),
             raw_assets: file.assets,
+            raw_rpc: file.rpc,
         }
     }
 
@@ -275,6 +290,24 @@ impl Config {
             .clone()
             .unwrap_or_else(|| DEFAULT_CONFIG_FILE.into());
         let mut problems = Vec::new();
+        for (network, url) in &self.raw_rpc {
+            if crate::pay::assets::chain_id(network).is_none() {
+                problems.push(Problem::new(
+                    &file,
+                    format!("rpc.{network}"),
+                    "not an EVM network tollgate knows (use a CAIP-2 id such as \"eip155:8453\")",
+                ));
+            }
+            if !(url.starts_with("http://") || url.starts_with("https://"))
+                || reqwest::Url::parse(url).is_err()
+            {
+                problems.push(Problem::new(
+                    &file,
+                    format!("rpc.{network}"),
+                    format!("{url:?} is not an http(s) URL"),
+                ));
+            }
+        }
         let u = &self.upstream;
         if u.connect_timeout_ms == 0 {
             problems.push(Problem::new(

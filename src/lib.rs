@@ -7,6 +7,7 @@
 //! * [`catalog`]: tool definitions (`tools/*.toml`), checked at start, turned into requests.
 //! * [`upstream`]: one HTTP call with every limit (timeouts, size, same-origin redirects).
 //! * [`pay`]: what a `402 Payment Required` asks for (protocol code: x402, L402, MPP).
+//! * [`reconcile`]: payments whose outcome is unknown, settled against the chain at start.
 //! * [`server`]: the MCP server (rmcp), the only module that knows MCP.
 //! * [`money`]: integer money (micro-USD); never a float.
 //!
@@ -18,6 +19,7 @@ pub mod config;
 pub mod ledger;
 pub mod money;
 pub mod pay;
+pub mod reconcile;
 pub mod server;
 pub mod upstream;
 pub mod wallet;

@@ -76,11 +76,34 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// The tree of budgets: every credential budget seen, with spent, held and remaining,
+    /// children under their parents; and the policy's caps.
+    Budget {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = BudgetFormat::Table)]
+        format: BudgetFormat,
+        /// Config file [default: ./tollgate.toml if present, else built-in defaults].
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Settle payments whose outcome is unknown (a process was killed mid-call) against the
+    /// chain: commit the used ones with a receipt, release the expired unused ones.
+    Reconcile {
+        /// Config file [default: ./tollgate.toml if present, else built-in defaults].
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
     /// The delegated wallet.
     Wallet {
         #[command(subcommand)]
         command: WalletCommand,
     },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum BudgetFormat {
+    Table,
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -97,6 +120,12 @@ enum TokenCommand {
         /// A caveat, e.g. "budget_usd_micros <= 1000000" (repeat for more).
         #[arg(long = "caveat", value_name = "CAVEAT")]
         caveats: Vec<String>,
+        /// Start from a profile of the policy (its caveats and lifetime); --caveat narrows it.
+        #[arg(long, value_name = "NAME")]
+        profile: Option<String>,
+        /// Lifetime, e.g. "30m", "12h", "7d" (adds an `expires` caveat).
+        #[arg(long, value_name = "DURATION")]
+        expires_in: Option<String>,
         /// Config file [default: ./tollgate.toml if present, else built-in defaults].
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
@@ -151,6 +180,8 @@ fn main() -> ExitCode {
             format,
             config,
         } => receipts(config, since, format),
+        Command::Budget { format, config } => budget(config, format),
+        Command::Reconcile { config } => reconcile(config),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -218,8 +249,48 @@ fn init(config: Option<PathBuf>) -> anyhow::Result<()> {
 
 fn token(command: TokenCommand) -> anyhow::Result<()> {
     match command {
-        TokenCommand::Mint { caveats, config } => {
+        TokenCommand::Mint {
+            caveats: extra,
+            profile,
+            expires_in,
+            config,
+        } => {
             let config = Config::load(config.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let mut caveats = Vec::new();
+            let mut lifetime = None;
+            if let Some(name) = &profile {
+                let policy = config.load_policy().map_err(|problems| {
+                    let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+                    anyhow::anyhow!("the policy has problems:\n{}", lines.join("\n"))
+                })?;
+                let Some(p) = policy.profile(name) else {
+                    let known: Vec<&str> = policy.profiles.keys().map(String::as_str).collect();
+                    anyhow::bail!(
+                        "the policy {} has no profile {name:?} (it has: {})",
+                        policy.source,
+                        if known.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            known.join(", ")
+                        }
+                    );
+                };
+                caveats.extend(p.caveats.iter().cloned());
+                lifetime = p.lifetime_secs;
+            }
+            if let Some(text) = &expires_in {
+                lifetime = Some(
+                    tollgate::budget::policy::parse_duration(text)
+                        .map_err(|e| anyhow::anyhow!("--expires-in: {e}"))?,
+                );
+            }
+            if let Some(secs) = lifetime {
+                caveats.push(format!(
+                    "expires < {}",
+                    tollgate::money::now_unix().saturating_add(secs)
+                ));
+            }
+            caveats.extend(extra);
             for caveat in &caveats {
                 Caveat::parse(caveat).with_context(|| format!("caveat {caveat:?}"))?;
             }
@@ -342,6 +413,188 @@ fn receipts(
     Ok(())
 }
 
+fn budget(config: Option<PathBuf>, format: BudgetFormat) -> anyhow::Result<()> {
+    use tollgate::ledger::Cap;
+    let config = Config::load(config.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let policy = config.load_policy().map_err(|problems| {
+        let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        anyhow::anyhow!("the policy has problems:\n{}", lines.join("\n"))
+    })?;
+    let ledger = Ledger::open(&config.state_dir)?;
+    let now = tollgate::money::now_unix();
+    let mut caps = Vec::new();
+    if let Some(day) = policy.per_day {
+        caps.push(Cap::rolling("policy:per_day", day.0, 86_400));
+    }
+    if let Some(total) = policy.total {
+        caps.push(Cap::lifetime("policy:total", total.0));
+    }
+    let policy_caps = ledger.status(&caps, now)?;
+    let tree = ledger.budget_tree()?;
+    let depth = |row: &tollgate::ledger::BudgetRow| {
+        let mut depth = 0;
+        let mut parent = row.parent.as_deref();
+        while let Some(p) = parent {
+            depth += 1;
+            parent = tree
+                .iter()
+                .find(|r| r.key == p)
+                .and_then(|r| r.parent.as_deref());
+            if depth > 64 {
+                break;
+            }
+        }
+        depth
+    };
+    let usd = |m: u64| UsdMicros(m).decimal();
+    let remaining = |r: &tollgate::ledger::BudgetRow| {
+        r.limit_usd_micros
+            .saturating_sub(r.spent_usd_micros.saturating_add(r.reserved_usd_micros))
+    };
+    // A budget's key is derived from a signature: show only its start, as an id.
+    let short = |key: &str| {
+        key.trim_start_matches("budget:")
+            .chars()
+            .take(12)
+            .collect::<String>()
+    };
+    match format {
+        BudgetFormat::Json => {
+            let value = serde_json::json!({
+                "policy": {
+                    "source": policy.source,
+                    "per_call_usd": policy.per_call.decimal(),
+                    "caps": policy_caps.iter().map(|c| serde_json::json!({
+                        "cap": c.key, "limit_usd": usd(c.limit_usd_micros),
+                        "spent_usd": usd(c.spent_usd_micros),
+                        "reserved_usd": usd(c.reserved_usd_micros),
+                        "remaining_usd": usd(c.remaining_usd_micros),
+                    })).collect::<Vec<_>>(),
+                },
+                "budgets": tree.iter().map(|r| serde_json::json!({
+                    "id": short(&r.key),
+                    "parent": r.parent.as_deref().map(short),
+                    "depth": depth(r),
+                    "label": r.label,
+                    "limit_usd": usd(r.limit_usd_micros),
+                    "spent_usd": usd(r.spent_usd_micros),
+                    "reserved_usd": usd(r.reserved_usd_micros),
+                    "remaining_usd": usd(remaining(r)),
+                    "first_seen": tollgate::money::rfc3339(r.first_seen),
+                })).collect::<Vec<_>>(),
+            });
+            println!("{}", serde_json::to_string_pretty(&value)?);
+        }
+        BudgetFormat::Table => {
+            println!(
+                "policy {}: at most {} per call",
+                policy.source, policy.per_call
+            );
+            for c in &policy_caps {
+                println!(
+                    "  {}: limit {}, spent {}, held {}, remaining {}",
+                    match c.key.as_str() {
+                        "policy:per_day" => "per day (rolling 24 h)",
+                        _ => "total",
+                    },
+                    usd(c.limit_usd_micros),
+                    usd(c.spent_usd_micros),
+                    usd(c.reserved_usd_micros),
+                    usd(c.remaining_usd_micros)
+                );
+            }
+            let rows: Vec<[String; 6]> = tree
+                .iter()
+                .map(|r| {
+                    let name = r.label.clone().unwrap_or_else(|| "(no label)".to_owned());
+                    [
+                        format!("{}{} {}", "  ".repeat(depth(r)), name, short(&r.key)),
+                        usd(r.limit_usd_micros),
+                        usd(r.spent_usd_micros),
+                        usd(r.reserved_usd_micros),
+                        usd(remaining(r)),
+                        tollgate::money::rfc3339(r.first_seen),
+                    ]
+                })
+                .collect();
+            println!();
+            print_table(
+                [
+                    "BUDGET",
+                    "LIMIT USD",
+                    "SPENT",
+                    "HELD",
+                    "REMAINING",
+                    "FIRST USED",
+                ],
+                &rows,
+            );
+            println!(
+                "{} budget(s); a child's spend also counts in every budget above it",
+                rows.len()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn log_reconciled(
+    outcome: Result<tollgate::reconcile::Report, tollgate::ledger::LedgerError>,
+) -> Option<tollgate::reconcile::Report> {
+    match outcome {
+        Ok(report) => {
+            tracing::info!(
+                settled = report.settled,
+                released = report.released,
+                pending = report.pending,
+                unsent = report.unsent,
+                unchecked = report.unchecked.len(),
+                "reconciled payments from earlier runs"
+            );
+            for why in &report.unchecked {
+                tracing::warn!("a payment stays reserved: {why}");
+            }
+            Some(report)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "could not reconcile payments from earlier runs");
+            None
+        }
+    }
+}
+
+fn reconcile(config: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = Config::load(config.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let ledger = Ledger::open(&config.state_dir)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let report = runtime
+        .block_on(tollgate::reconcile::reconcile(
+            &ledger,
+            &config.rpc,
+            tollgate::money::now_unix(),
+        ))
+        .context("reconciling")?;
+    println!(
+        "{} settled (receipt written), {} released (provably unpaid), {} still pending \
+         (valid and unused: a retry re-sends it), {} reserved but never sent (released after \
+         {} s), {} not checkable",
+        report.settled,
+        report.released,
+        report.pending,
+        report.unsent,
+        tollgate::reconcile::STALE_RESERVED_SECS,
+        report.unchecked.len()
+    );
+    for why in &report.unchecked {
+        println!("  not checkable: {why}");
+    }
+    Ok(())
+}
+
 fn wallet_address(config: Option<PathBuf>) -> anyhow::Result<()> {
     let config = Config::load(config.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
     match EvmWallet::open(&config.wallet)? {
@@ -389,15 +642,23 @@ fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
         }
         let ledger = Arc::new(Ledger::open(&config.state_dir).context("cannot open the ledger")?);
         // Payments whose outcome was unknown when a process stopped stay reserved (they count
-        // against every cap) and visible until they settle or are released.
-        for pending in ledger.pending().context("cannot read pending payments")? {
+        // against every cap) until the chain says whether they happened.
+        let open = ledger.pending().context("cannot read pending payments")?;
+        if !open.is_empty() {
             tracing::warn!(
-                tool = %pending.tool, payee = %pending.payee,
-                usd = %tollgate::money::UsdMicros(pending.amount_usd_micros),
-                state = pending.state.as_str(),
-                "a payment from an earlier run has no known outcome; it stays reserved, and a \
-                 retry of the same call re-sends the same proof"
+                count = open.len(),
+                "payments from an earlier run have no known outcome; they stay reserved until \
+                 reconciled (a retry of the same call re-sends the same proof)"
             );
+            let (ledger, rpc) = (ledger.clone(), config.rpc.clone());
+            tokio::spawn(async move {
+                // After the host's first requests, like the HTTP client's warm-up.
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                log_reconciled(
+                    tollgate::reconcile::reconcile(&ledger, &rpc, tollgate::money::now_unix())
+                        .await,
+                );
+            });
         }
         let tempo =
             tollgate::wallet::tempo::TempoWallet::open(config.wallet.tempo.as_ref(), evm.as_ref())
@@ -415,6 +676,9 @@ fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
         payments.env_token = std::env::var("TOLLGATE_TOKEN")
             .ok()
             .filter(|t| !t.trim().is_empty());
+        payments
+            .use_default_profile()
+            .map_err(|e| anyhow::anyhow!(e))?;
         let server = Tollgate::new(catalog, upstream, payments);
         let running = server
             .serve(rmcp::transport::stdio_pipes())
@@ -430,7 +694,7 @@ fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
 }
 
 fn check(config: Option<PathBuf>) -> ExitCode {
-    let (_config, catalog, policy) = match load_and_compile(config) {
+    let (config, catalog, policy) = match load_and_compile(config) {
         Ok(loaded) => loaded,
         Err(problems) => {
             for problem in &problems {
@@ -458,9 +722,44 @@ fn check(config: Option<PathBuf>) -> ExitCode {
         println!("warning: {warning}");
     }
     println!(
-        "policy {}: at most {} per call",
-        policy.source, policy.per_call
+        "policy {}: at most {} per call{}",
+        policy.source,
+        policy.per_call,
+        policy
+            .approve_above
+            .map(|a| format!(", a person approves above {a}"))
+            .unwrap_or_default()
     );
+    for (name, profile) in &policy.profiles {
+        let default = if policy.default_profile.as_deref() == Some(name.as_str()) {
+            " (default: callers without a credential)"
+        } else {
+            ""
+        };
+        println!("  profile {name}{default}: {}", profile.caveats.join("; "));
+    }
+    // Every other policy file in policies_dir, so a switch to one of them cannot surprise.
+    let mut other_problems = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(&config.policies_dir) {
+        let mut paths: Vec<PathBuf> = entries
+            .filter_map(|e| Some(e.ok()?.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .filter(|p| p.display().to_string() != policy.source)
+            .collect();
+        paths.sort();
+        for path in paths {
+            if let Err(problems) = Policy::load(&path) {
+                other_problems.extend(problems);
+            }
+        }
+    }
+    for problem in &other_problems {
+        println!("error: {problem}");
+    }
+    if !other_problems.is_empty() {
+        println!("{} problem(s) found", other_problems.len());
+        return ExitCode::FAILURE;
+    }
     println!("{} tool(s) OK", catalog.len());
     ExitCode::SUCCESS
 }

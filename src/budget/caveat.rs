@@ -21,6 +21,7 @@
 //! ipv4     = dotted quad in canonical form; ipv6 in canonical (RFC 5952) form
 //! port     = 1-65535, no leading zero
 //! network  = [a-z0-9][a-z0-9-]{0,31} [":" [A-Za-z0-9_-]{1,64}]    e.g. base, eip155:8453
+//! label    = [A-Za-z0-9_.-]{1,64}
 //! ```
 //!
 //! | caveat | means |
@@ -32,11 +33,16 @@
 //! | `max_per_call_usd_micros <= 50000` | no single payment above 0.05 USD |
 //! | `budget_usd_micros <= 1000000` | at most 1 USD in total under this caveat |
 //! | `approve_above_usd_micros <= 20000` | a payment above 0.02 USD needs a person's approval |
+//! | `label = research-1` | names the credential (and the budgets after it); restricts nothing |
 //!
 //! Money is integer micro-USD (1 USD = 1 000 000). Every caveat must hold. [`Caveat::parse`]
 //! and [`Caveat`]'s `Display` round-trip exactly, so a caveat has one spelling.
 //!
 //! # Attenuation
+//!
+//! A `label` restricts nothing: it names the budgets that follow it (in `tollgate budget` and
+//! `budget_status`), and, because it changes the HMAC chain, it makes the budget caveat after
+//! it a distinct budget even when a sibling's caveats are otherwise identical.
 //!
 //! Caveats only narrow. Folding them in order ([`Restrictions::parse`]) gives the effective
 //! limits: the intersection of every list of the same key (a later `tools` caveat cannot add a
@@ -83,7 +89,7 @@ pub enum CaveatError {
     /// The key is not one of the language's keys.
     #[error(
         "unknown caveat key {0:?}; known keys: expires, tools, hosts, networks, \
-         max_per_call_usd_micros, budget_usd_micros, approve_above_usd_micros"
+         max_per_call_usd_micros, budget_usd_micros, approve_above_usd_micros, label"
     )]
     UnknownKey(String),
     /// The key is known but takes another operator.
@@ -115,6 +121,9 @@ pub enum CaveatError {
         /// The value found.
         value: String,
     },
+    /// A label with characters outside `[A-Za-z0-9_.-]` or too long.
+    #[error("label {0:?} is not 1-64 characters of [A-Za-z0-9_.-]")]
+    Label(String),
     /// A tool name with characters outside `[A-Za-z0-9_.-]` or too long.
     #[error("tool name {0:?} is not 1-128 characters of [A-Za-z0-9_.-]")]
     ToolName(String),
@@ -256,6 +265,8 @@ pub enum Caveat {
     Budget(UsdMicros),
     /// `approve_above_usd_micros <= N`: a payment above `N` needs a person's approval.
     ApproveAbove(UsdMicros),
+    /// `label = name`: names what follows; restricts nothing.
+    Label(String),
 }
 
 const EXPIRES: &str = "expires";
@@ -265,6 +276,10 @@ const NETWORKS: &str = "networks";
 const MAX_PER_CALL: &str = "max_per_call_usd_micros";
 const BUDGET: &str = "budget_usd_micros";
 const APPROVE_ABOVE: &str = "approve_above_usd_micros";
+const LABEL: &str = "label";
+
+/// The longest label accepted.
+pub const MAX_LABEL_LEN: usize = 64;
 
 impl Caveat {
     /// Parses one caveat, exactly as the grammar in the module docs says.
@@ -305,6 +320,7 @@ impl Caveat {
             MAX_PER_CALL => (MAX_PER_CALL, "<="),
             BUDGET => (BUDGET, "<="),
             APPROVE_ABOVE => (APPROVE_ABOVE, "<="),
+            LABEL => (LABEL, "="),
             other => return Err(CaveatError::UnknownKey(other.to_owned())),
         };
         if op != expected_op {
@@ -336,6 +352,12 @@ impl Caveat {
                     .ok_or_else(|| CaveatError::ToolName(item.to_owned()))
             })?),
             HOSTS => Caveat::Hosts(parse_list(key, value, HostPattern::parse)?),
+            LABEL => {
+                if !is_label(value) {
+                    return Err(CaveatError::Label(value.to_owned()));
+                }
+                Caveat::Label(value.to_owned())
+            }
             _ => Caveat::Networks(parse_list(key, value, |item| {
                 is_network(item)
                     .then(|| item.to_owned())
@@ -377,18 +399,21 @@ impl fmt::Display for Caveat {
             Caveat::MaxPerCall(cap) => write!(f, "{MAX_PER_CALL} <= {}", cap.0),
             Caveat::Budget(cap) => write!(f, "{BUDGET} <= {}", cap.0),
             Caveat::ApproveAbove(cap) => write!(f, "{APPROVE_ABOVE} <= {}", cap.0),
+            Caveat::Label(label) => write!(f, "{LABEL} = {label}"),
         }
     }
 }
 
 /// One `budget_usd_micros` caveat: where it sits in the chain and how much it allows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BudgetCaveat {
     /// Zero-based caveat position; the chain value at this index (from
     /// [`super::macaroon::Macaroon::verify`]) seeds this budget's ledger key.
     pub position: usize,
     /// The most that may be spent in total under this caveat.
     pub limit: UsdMicros,
+    /// The nearest `label` caveat before it, if any.
+    pub label: Option<String>,
 }
 
 /// The effective limits of a credential: its caveats folded in order. `None` means the
@@ -402,6 +427,7 @@ pub struct Restrictions {
     max_per_call: Option<UsdMicros>,
     approve_above: Option<UsdMicros>,
     budgets: Vec<BudgetCaveat>,
+    label: Option<String>,
 }
 
 impl Restrictions {
@@ -460,8 +486,15 @@ impl Restrictions {
             Caveat::Budget(limit) => self.budgets.push(BudgetCaveat {
                 position,
                 limit: *limit,
+                label: self.label.clone(),
             }),
+            Caveat::Label(label) => self.label = Some(label.clone()),
         }
+    }
+
+    /// The last `label` caveat: the credential's name.
+    pub fn label(&self) -> Option<&str> {
+        self.label.as_deref()
     }
 
     /// The earliest `expires` bound (exclusive), in unix seconds.
@@ -538,6 +571,15 @@ impl Restrictions {
 }
 
 /// A canonical decimal u64: digits only, no leading zero (except "0"), no overflow.
+/// Whether `text` is a label: 1-64 characters of `[A-Za-z0-9_.-]`.
+pub fn is_label(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= MAX_LABEL_LEN
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+}
+
 fn parse_u64(text: &str) -> Option<u64> {
     let canonical = !text.is_empty()
         && text.bytes().all(|b| b.is_ascii_digit())
@@ -638,6 +680,7 @@ mod tests {
             "budget_usd_micros <= 0",
             "budget_usd_micros <= 18446744073709551615",
             "approve_above_usd_micros <= 20000",
+            "label = research-1",
         ] {
             let caveat = Caveat::parse(text).unwrap();
             assert_eq!(caveat.to_string(), text);
@@ -817,6 +860,18 @@ mod tests {
     }
 
     #[test]
+    fn rejects_bad_labels() {
+        assert_eq!(err("label = a/b"), CaveatError::Label("a/b".into()));
+        assert_eq!(err("label = a,b"), CaveatError::Label("a,b".into()));
+        let long = "l".repeat(MAX_LABEL_LEN + 1);
+        assert_eq!(err(&format!("label = {long}")), CaveatError::Label(long));
+        assert!(matches!(
+            err("label <= x"),
+            CaveatError::WrongOperator { .. }
+        ));
+    }
+
+    #[test]
     fn rejects_bad_tool_names() {
         assert_eq!(err("tools = a/b"), CaveatError::ToolName("a/b".into()));
         assert_eq!(err("tools = ok,*"), CaveatError::ToolName("*".into()));
@@ -991,7 +1046,7 @@ mod tests {
         let r = restrictions(&[
             "tools = a",
             "budget_usd_micros <= 1000",
-            "expires < 5",
+            "label = child-1",
             "budget_usd_micros <= 5000",
         ]);
         assert_eq!(
@@ -999,14 +1054,17 @@ mod tests {
             [
                 BudgetCaveat {
                     position: 1,
-                    limit: UsdMicros(1000)
+                    limit: UsdMicros(1000),
+                    label: None,
                 },
                 BudgetCaveat {
                     position: 3,
-                    limit: UsdMicros(5000)
+                    limit: UsdMicros(5000),
+                    label: Some("child-1".to_owned()),
                 },
             ]
         );
+        assert_eq!(r.label(), Some("child-1"));
     }
 
     #[test]

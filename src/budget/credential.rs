@@ -99,7 +99,24 @@ impl RootKey {
 
     /// Mints a root credential with these caveats.
     pub fn mint(&self, caveats: &[String]) -> Result<Macaroon, CredentialError> {
-        let identifier = hex::encode(rand::random::<[u8; 16]>());
+        self.mint_with_id(&hex::encode(rand::random::<[u8; 16]>()), caveats)
+    }
+
+    /// The credential of a policy profile for callers that present none: always the same
+    /// identifier, so every process and every restart shares the profile's budget.
+    pub fn profile_credential(
+        &self,
+        profile: &str,
+        caveats: &[String],
+    ) -> Result<Macaroon, CredentialError> {
+        self.mint_with_id(&format!("profile:{profile}"), caveats)
+    }
+
+    fn mint_with_id(
+        &self,
+        identifier: &str,
+        caveats: &[String],
+    ) -> Result<Macaroon, CredentialError> {
         let mut token = Macaroon::mint(&self.0, identifier.as_bytes(), Some(LOCATION))?;
         for caveat in caveats {
             token.add_caveat(caveat.as_bytes())?;
@@ -108,13 +125,23 @@ impl RootKey {
     }
 }
 
+/// One budget caveat of a verified credential: its ledger key, limit and label.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Budget {
+    /// `budget:<hex>`, derived from the HMAC chain value right after the caveat.
+    pub key: String,
+    pub limit: UsdMicros,
+    /// The nearest `label` caveat before it.
+    pub label: Option<String>,
+}
+
 /// A verified credential.
 #[derive(Debug)]
 pub struct Credential {
     pub token: Macaroon,
     pub restrictions: Restrictions,
     /// Ledger keys of the budget caveats, outermost (the root's) first, with their limits.
-    pub budgets: Vec<(String, UsdMicros)>,
+    pub budgets: Vec<Budget>,
     /// Revocation ids of this credential and every ancestor (revoking any stops it).
     pub lineage: Vec<String>,
 }
@@ -143,10 +170,11 @@ impl Credential {
             .iter()
             .filter_map(|b| {
                 let value = chain.get(b.position)?;
-                Some((
-                    format!("budget:{}", derive(b"tollgate/budget\0", value.as_bytes())),
-                    b.limit,
-                ))
+                Some(Budget {
+                    key: format!("budget:{}", derive(b"tollgate/budget\0", value.as_bytes())),
+                    limit: b.limit,
+                    label: b.label.clone(),
+                })
             })
             .collect();
         // The identifier names the whole family; each chain value names one prefix.
@@ -224,7 +252,7 @@ mod tests {
         c.add_caveat(b"budget_usd_micros <= 100000").unwrap();
         let c = Credential::verify(&c.to_base64url(), &root, 0).unwrap();
         assert_ne!(
-            c.budgets[1].0, a.budgets[1].0,
+            c.budgets[1].key, a.budgets[1].key,
             "a different prefix is a different budget"
         );
         assert!(

@@ -219,6 +219,26 @@ pub struct CapStatus {
     pub remaining_usd_micros: u64,
 }
 
+/// One budget of a credential chain, to record in the tree of budgets.
+#[derive(Debug, Clone)]
+pub struct BudgetNode {
+    pub key: String,
+    pub label: Option<String>,
+    pub limit_usd_micros: u64,
+}
+
+/// A recorded budget and where it stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BudgetRow {
+    pub key: String,
+    pub parent: Option<String>,
+    pub label: Option<String>,
+    pub limit_usd_micros: u64,
+    pub first_seen: u64,
+    pub spent_usd_micros: u64,
+    pub reserved_usd_micros: u64,
+}
+
 /// A committed payment with its receipt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReceiptRow {
@@ -638,6 +658,79 @@ impl Ledger {
             tx.prepare_cached("INSERT OR IGNORE INTO revocations (id, at) VALUES (?1, ?2)")?
                 .execute(params![id, now])?;
             Ok(())
+        })
+    }
+
+    /// Records a chain of budgets, outermost first (each the parent of the next), so the tree
+    /// of budgets can be shown. Known budgets are left as they are.
+    pub fn register_budgets(&self, chain: &[BudgetNode], now: u64) -> Result<(), LedgerError> {
+        let now = to_sql("time", now)?;
+        self.write(|tx| {
+            let mut insert = tx.prepare_cached(
+                "INSERT OR IGNORE INTO budgets (key, parent, label, limit_usd_micros, first_seen)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            let mut parent: Option<&str> = None;
+            for node in chain {
+                let limit = to_sql("limit", node.limit_usd_micros)?;
+                insert.execute(params![node.key, parent, node.label, limit, now])?;
+                parent = Some(&node.key);
+            }
+            Ok(())
+        })
+    }
+
+    /// Every recorded budget with where it stands: a flat list, parents before children.
+    pub fn budget_tree(&self) -> Result<Vec<BudgetRow>, LedgerError> {
+        self.read(|tx| {
+            let mut rows = tx
+                .prepare_cached(
+                    "SELECT b.key, b.parent, b.label, b.limit_usd_micros, b.first_seen,
+                            COALESCE(t.spent_usd_micros, 0), COALESCE(t.reserved_usd_micros, 0)
+                     FROM budgets b LEFT JOIN key_totals t ON t.key = b.key
+                     ORDER BY b.first_seen, b.key",
+                )?
+                .query_map([], |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, Option<String>>(1)?,
+                        row.get::<_, Option<String>>(2)?,
+                        [row.get::<_, i64>(3)?, row.get(4)?, row.get(5)?, row.get(6)?],
+                    ))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?
+                .into_iter()
+                .map(
+                    |(key, parent, label, [limit, first_seen, spent, reserved])| {
+                        Ok(BudgetRow {
+                            key,
+                            parent,
+                            label,
+                            limit_usd_micros: from_sql("limit", limit)?,
+                            first_seen: from_sql("time", first_seen)?,
+                            spent_usd_micros: from_sql("spend", spent)?,
+                            reserved_usd_micros: from_sql("reservation", reserved)?,
+                        })
+                    },
+                )
+                .collect::<Result<Vec<_>, LedgerError>>()?;
+            // Parents before children, siblings in the order they were first seen.
+            let mut ordered = Vec::with_capacity(rows.len());
+            let keys: BTreeSet<String> = rows.iter().map(|r| r.key.clone()).collect();
+            let mut stack: Vec<BudgetRow> = Vec::new();
+            let (roots, mut rest): (Vec<_>, Vec<_>) = rows
+                .drain(..)
+                .partition(|r| r.parent.as_ref().is_none_or(|p| !keys.contains(p)));
+            stack.extend(roots.into_iter().rev());
+            while let Some(node) = stack.pop() {
+                let (children, others): (Vec<_>, Vec<_>) = rest
+                    .drain(..)
+                    .partition(|r| r.parent.as_deref() == Some(node.key.as_str()));
+                rest = others;
+                stack.extend(children.into_iter().rev());
+                ordered.push(node);
+            }
+            Ok(ordered)
         })
     }
 

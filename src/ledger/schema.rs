@@ -95,8 +95,22 @@ CREATE TABLE revocations (
 ) WITHOUT ROWID;
 ";
 
+/// Version 2: `budgets`, the tree of credential budgets (each budget key with its parent's
+/// key, its label and its limit), recorded when a credential is first used or delegated, so
+/// `tollgate budget` can show who spends under whom.
+const MIGRATION_2: &str = "
+CREATE TABLE budgets (
+    key              TEXT    NOT NULL PRIMARY KEY,
+    parent           TEXT,
+    label            TEXT,
+    limit_usd_micros INTEGER NOT NULL CHECK (limit_usd_micros >= 0),
+    first_seen       INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX budgets_parent ON budgets (parent);
+";
+
 /// Every migration, in order; the schema version is their number.
-const MIGRATIONS: &[&str] = &[MIGRATION_1];
+const MIGRATIONS: &[&str] = &[MIGRATION_1, MIGRATION_2];
 
 /// The schema version this build writes.
 pub(super) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -17,6 +17,7 @@ use crate::upstream::{Answer, Reply};
 pub const PRICE_CHECK: &str = "price_check";
 pub const BUDGET_STATUS: &str = "budget_status";
 pub const LIST_RECEIPTS: &str = "list_receipts";
+pub const DELEGATE_BUDGET: &str = "delegate_budget";
 
 /// The MCP tools tollgate adds.
 pub fn tools() -> Vec<Tool> {
@@ -89,7 +90,62 @@ pub fn tools() -> Vec<Tool> {
         "required": ["receipts"],
         "properties": {"receipts": {"type": "array", "items": {"type": "object"}}, "note": {"type": "string"}}
     }));
+    let delegate_input = object(json!({
+        "type": "object",
+        "required": ["budget_usd_micros"],
+        "additionalProperties": false,
+        "properties": {
+            "budget_usd_micros": {"type": "integer", "minimum": 1,
+                "description": "the most the sub-agent may spend in total, in micro-USD (1 USD = 1000000); capped at what you have left"},
+            "lifetime_seconds": {"type": "integer", "minimum": 1,
+                "description": "how long the credential lives (never beyond your own)"},
+            "tools": {"type": "array", "items": {"type": "string"}, "minItems": 1,
+                "description": "the only tools it may pay for (default: all you may)"},
+            "hosts": {"type": "array", "items": {"type": "string"}, "minItems": 1,
+                "description": "the only upstream hosts it may pay (default: all you may)"},
+            "max_per_call_usd_micros": {"type": "integer", "minimum": 0,
+                "description": "the most one of its calls may pay"},
+            "approve_above_usd_micros": {"type": "integer", "minimum": 0,
+                "description": "a payment above this needs a person's approval"},
+            "label": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,55}$",
+                "description": "a name for the sub-agent's budget (shown in budget trees; a random suffix is added)"}
+        }
+    }));
+    let delegate_output = object(json!({
+        "type": "object",
+        "required": ["token", "label", "effective"],
+        "properties": {
+            "token": {"type": "string", "description": "the sub-agent's credential: pass it as _meta[\"tollgate/token\"] or TOLLGATE_TOKEN"},
+            "label": {"type": "string"},
+            "effective": {"type": "object", "properties": {
+                "budget_usd": {"type": "string"},
+                "budget_usd_micros": {"type": "integer"},
+                "expires_at": {"type": ["string", "null"]},
+                "tools": {"type": ["array", "null"], "items": {"type": "string"}},
+                "hosts": {"type": ["array", "null"], "items": {"type": "string"}},
+                "max_per_call_usd": {"type": ["string", "null"]},
+                "approve_above_usd": {"type": ["string", "null"]}
+            }},
+            "your_remaining_usd": {"type": ["string", "null"]},
+            "note": {"type": "string"}
+        }
+    }));
+    let mut delegating = ToolAnnotations::new();
+    delegating.read_only_hint = Some(false);
+    delegating.destructive_hint = Some(false);
+    delegating.open_world_hint = Some(false);
     vec![
+        Tool::new(
+            DELEGATE_BUDGET,
+            "Give a sub-agent its own, smaller budget: mints a credential attenuated from yours \
+             with a budget (never more than you have left), and optionally a lifetime, tools, \
+             hosts, a per-call cap and an approval threshold. Its spending counts against your \
+             budget too. Hand the returned token to the sub-agent; it can only narrow further.",
+            Arc::new(delegate_input),
+        )
+        .with_title("Delegate a budget")
+        .with_raw_output_schema(Arc::new(delegate_output))
+        .with_annotations(delegating),
         Tool::new(
             BUDGET_STATUS,
             "Your spending limits: the most one call may pay, and for each cap that applies to \
@@ -134,7 +190,7 @@ impl Tollgate {
     ) -> Option<CallToolResult> {
         match name {
             PRICE_CHECK => Some(self.price_check(arguments, context).await),
-            BUDGET_STATUS | LIST_RECEIPTS => {
+            BUDGET_STATUS | LIST_RECEIPTS | DELEGATE_BUDGET => {
                 let caller = match self
                     .payments
                     .identify(super::request_token(context).as_deref())
@@ -145,6 +201,24 @@ impl Tollgate {
                     }
                 };
                 let payments = &self.payments;
+                if name == DELEGATE_BUDGET {
+                    return Some(
+                        match tokio::task::block_in_place(|| {
+                            delegate_budget(payments, &self.catalog, caller.as_ref(), arguments)
+                        }) {
+                            Ok(value) => {
+                                let mut result = CallToolResult::success(vec![ContentBlock::text(
+                                    value.to_string(),
+                                )]);
+                                result.structured_content = Some(value);
+                                result
+                            }
+                            Err(reason) => tool_error(format!(
+                                "delegate_budget: {reason}; no credential was minted"
+                            )),
+                        },
+                    );
+                }
                 let value = tokio::task::block_in_place(|| {
                     if name == BUDGET_STATUS {
                         budget_status(payments, caller.as_ref())
@@ -245,7 +319,7 @@ fn budget_status(
             let cap = match s.key.as_str() {
                 "policy:per_day" => "policy per day".to_owned(),
                 "policy:total" => "policy total".to_owned(),
-                key => match caller.and_then(|c| c.budgets.iter().position(|(k, _)| k == key)) {
+                key => match caller.and_then(|c| c.budgets.iter().position(|b| b.key == key)) {
                     Some(0) => "credential budget (outermost ancestor)".to_owned(),
                     Some(i) => format!("credential budget (level {i})"),
                     None => key.to_owned(),
@@ -283,10 +357,10 @@ fn list_receipts(
     let (rows, note) = match caller {
         None => (payments.ledger.all_receipts(since, limit)?, None),
         Some(c) => match c.budgets.last() {
-            Some((key, _)) => (
+            Some(budget) => (
                 payments
                     .ledger
-                    .receipts(std::slice::from_ref(key), since, limit)?,
+                    .receipts(std::slice::from_ref(&budget.key), since, limit)?,
                 None,
             ),
             None => (
@@ -302,6 +376,143 @@ fn list_receipts(
     let mut value = json!({"receipts": receipts});
     if let Some(note) = note {
         value["note"] = json!(note);
+    }
+    Ok(value)
+}
+
+/// Mints a child of the caller's credential. Every limit is a caveat appended to the caller's
+/// own, so the child can only be narrower; the budget is also capped at what the caller has
+/// left now, so the answer never promises more than the parent can spend.
+fn delegate_budget(
+    payments: &super::Payments,
+    catalog: &crate::catalog::Catalog,
+    caller: Option<&crate::budget::credential::Credential>,
+    arguments: &Map<String, Value>,
+) -> Result<Value, String> {
+    use crate::budget::caveat::{Caveat, is_label};
+    use crate::budget::credential::Credential;
+    use crate::money::{UsdMicros, now_unix, rfc3339};
+
+    let Some(caller) = caller else {
+        return Err("you present no credential to delegate from (a token in \
+                    _meta[\"tollgate/token\"], TOLLGATE_TOKEN, or the policy's default_profile)"
+            .to_owned());
+    };
+    let Some(root) = payments.root.as_ref() else {
+        return Err("this tollgate has no root key (`tollgate init`)".to_owned());
+    };
+    let integer = |key: &str| -> Result<Option<u64>, String> {
+        match arguments.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .map(Some)
+                .ok_or_else(|| format!("`{key}` must be a non-negative integer")),
+        }
+    };
+    let list = |key: &str| -> Result<Option<Vec<String>>, String> {
+        match arguments.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Array(items)) if !items.is_empty() && items.len() <= 256 => items
+                .iter()
+                .map(|i| {
+                    i.as_str()
+                        .map(str::to_owned)
+                        .ok_or_else(|| format!("`{key}` must be a list of strings"))
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Some),
+            Some(_) => Err(format!("`{key}` must be a non-empty list of strings")),
+        }
+    };
+    let requested = integer("budget_usd_micros")?
+        .filter(|b| *b > 0)
+        .ok_or("`budget_usd_micros` is required: a positive integer (1 USD = 1000000)")?;
+    let now = now_unix();
+
+    // What the caller has left under every cap it spends against.
+    let status = payments
+        .ledger
+        .status(&payments.caps(Some(caller)), now)
+        .map_err(|e| format!("the ledger could not be read ({e})"))?;
+    let left = status.iter().map(|s| s.remaining_usd_micros).min();
+    let budget = left.map_or(requested, |l| requested.min(l));
+    if budget == 0 {
+        return Err("you have nothing left to delegate (see budget_status)".to_owned());
+    }
+
+    // A random suffix makes this child's budget its own even when a sibling has the same label
+    // and the same limits (a budget's key comes from the chain of caveats up to it).
+    let suffix = hex::encode(rand::random::<[u8; 4]>());
+    let label = match arguments.get("label") {
+        None | Some(Value::Null) => format!("sub.{suffix}"),
+        Some(Value::String(l)) if is_label(l) && l.len() <= 55 => format!("{l}.{suffix}"),
+        Some(_) => return Err("`label` must be 1-55 characters of [A-Za-z0-9_.-]".to_owned()),
+    };
+    let mut caveats = vec![format!("label = {label}")];
+    if let Some(tools) = list("tools")? {
+        for tool in &tools {
+            if catalog.get(tool).is_none() {
+                return Err(format!("there is no tool `{tool}`"));
+            }
+            if !caller.restrictions.allows_tool(tool) {
+                return Err(format!("your own credential does not allow `{tool}`"));
+            }
+        }
+        caveats.push(format!("tools = {}", tools.join(",")));
+    }
+    if let Some(hosts) = list("hosts")? {
+        caveats.push(format!("hosts = {}", hosts.join(",")));
+    }
+    if let Some(cap) = integer("max_per_call_usd_micros")? {
+        caveats.push(format!("max_per_call_usd_micros <= {cap}"));
+    }
+    if let Some(cap) = integer("approve_above_usd_micros")? {
+        caveats.push(format!("approve_above_usd_micros <= {cap}"));
+    }
+    if let Some(secs) = integer("lifetime_seconds")? {
+        if secs == 0 {
+            return Err("`lifetime_seconds` must be at least 1".to_owned());
+        }
+        caveats.push(format!("expires < {}", now.saturating_add(secs)));
+    }
+    caveats.push(format!("budget_usd_micros <= {budget}"));
+
+    let mut token = caller.token.clone();
+    for caveat in &caveats {
+        Caveat::parse(caveat).map_err(|e| e.to_string())?;
+        token
+            .add_caveat(caveat.as_bytes())
+            .map_err(|e| format!("the credential cannot take caveat {caveat:?}: {e}"))?;
+    }
+    let text = token.to_base64url();
+    // Verified like any presented credential, so what is reported is what will be enforced.
+    let child = Credential::verify(&text, root, now).map_err(|e| e.to_string())?;
+    payments.register(&child);
+    let r = &child.restrictions;
+    let usd = |u: UsdMicros| u.decimal();
+    tracing::info!(label = %label, budget = %UsdMicros(budget), "delegated a budget");
+    let mut value = json!({
+        "token": text,
+        "label": label,
+        "effective": {
+            "budget_usd": UsdMicros(budget).decimal(),
+            "budget_usd_micros": budget,
+            "expires_at": r.expires_before_unix_secs().map(rfc3339),
+            "tools": r.tools().map(|t| t.iter().cloned().collect::<Vec<_>>()),
+            "hosts": r.hosts().map(|h| h.iter().map(ToString::to_string).collect::<Vec<_>>()),
+            "max_per_call_usd": r.max_per_call().map(usd),
+            "approve_above_usd": r.approve_above().map(usd),
+        },
+        "your_remaining_usd": left.map(|l| UsdMicros(l).decimal()),
+    });
+    if budget < requested {
+        value["note"] = json!(format!(
+            "you asked for {}, but only {} is left under your caps; the budget is {}",
+            UsdMicros(requested),
+            UsdMicros(budget),
+            UsdMicros(budget)
+        ));
     }
     Ok(value)
 }

@@ -19,7 +19,7 @@ use super::{Progress, Tollgate, success, tool_error};
 use crate::budget::credential::{Credential, RootKey};
 use crate::budget::policy::Policy;
 use crate::catalog::{HttpTool, UpstreamRequest};
-use crate::ledger::{Cap, Ledger, LedgerError, NewReceipt, NewReservation};
+use crate::ledger::{BudgetNode, Cap, Ledger, LedgerError, NewReceipt, NewReservation};
 use crate::money::{UsdMicros, now_unix};
 use crate::pay::assets::Asset;
 use crate::pay::{
@@ -41,8 +41,13 @@ pub struct Payments {
     pub root: Option<RootKey>,
     /// `TOLLGATE_TOKEN` of the process: the caller when a request carries no token.
     pub env_token: Option<String>,
+    /// The credential of the policy's default profile: the caller when there is no token at
+    /// all (see [`Payments::use_default_profile`]).
+    pub profile_token: Option<String>,
     /// Budgets, reservations, pending payments, receipts, revocations.
     pub ledger: Arc<Ledger>,
+    /// Credentials whose budgets this process has recorded in the tree of budgets.
+    registered: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Payments {
@@ -59,8 +64,34 @@ impl Payments {
             tempo: None,
             root: None,
             env_token: None,
+            profile_token: None,
             ledger,
+            registered: Default::default(),
         }
+    }
+
+    /// Makes the policy's default profile (if it names one) the caller of requests without a
+    /// credential. Needs the root key.
+    pub fn use_default_profile(&mut self) -> Result<(), String> {
+        let Some(name) = self.policy.default_profile.clone() else {
+            return Ok(());
+        };
+        let profile = self
+            .policy
+            .profile(&name)
+            .ok_or_else(|| format!("the policy has no profile {name:?}"))?;
+        let root = self.root.as_ref().ok_or_else(|| {
+            format!(
+                "the policy ({}) gives callers without a credential the profile {name:?}, which \
+                 needs the root key: run `tollgate init`",
+                self.policy.source
+            )
+        })?;
+        let token = root
+            .profile_credential(&name, &profile.caveats)
+            .map_err(|e| e.to_string())?;
+        self.profile_token = Some(token.to_base64url());
+        Ok(())
     }
 
     /// Every cap a payment by `caller` must fit under: the policy's, and each budget caveat in
@@ -73,20 +104,23 @@ impl Payments {
         if let Some(total) = self.policy.total {
             caps.push(Cap::lifetime("policy:total", total.0));
         }
-        for (key, limit) in caller.map(|c| c.budgets.as_slice()).unwrap_or_default() {
-            caps.push(Cap::lifetime(key.clone(), limit.0));
+        for budget in caller.map(|c| c.budgets.as_slice()).unwrap_or_default() {
+            caps.push(Cap::lifetime(budget.key.clone(), budget.limit.0));
         }
         caps
     }
 
     /// Who is calling: the request's `_meta["tollgate/token"]`, else `TOLLGATE_TOKEN`, else
-    /// nobody in particular (the policy alone applies). An invalid token is an error, never
-    /// "nobody".
+    /// the policy's default profile, else nobody in particular (the policy alone applies). An
+    /// invalid token is an error, never "nobody".
     pub(super) fn identify(
         &self,
         request_token: Option<&str>,
     ) -> Result<Option<Credential>, String> {
-        let Some(token) = request_token.or(self.env_token.as_deref()) else {
+        let Some(token) = request_token
+            .or(self.env_token.as_deref())
+            .or(self.profile_token.as_deref())
+        else {
             return Ok(None);
         };
         let Some(root) = &self.root else {
@@ -98,11 +132,45 @@ impl Payments {
         };
         let credential = Credential::verify(token, root, now_unix()).map_err(|e| e.to_string())?;
         match self.ledger.is_revoked(&credential.lineage) {
-            Ok(false) => Ok(Some(credential)),
+            Ok(false) => {
+                self.register(&credential);
+                Ok(Some(credential))
+            }
             Ok(true) => Err("the token has been revoked".to_owned()),
             Err(e) => Err(format!(
                 "the ledger cannot be read to check revocations: {e}"
             )),
+        }
+    }
+
+    /// Records the credential's chain of budgets in the ledger's tree, once per process.
+    pub(super) fn register(&self, credential: &Credential) {
+        if credential.budgets.is_empty() {
+            return;
+        }
+        let id = credential.id().to_owned();
+        let mut seen = self
+            .registered
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if seen.contains(&id) {
+            return;
+        }
+        let chain: Vec<BudgetNode> = credential
+            .budgets
+            .iter()
+            .map(|b| BudgetNode {
+                key: b.key.clone(),
+                label: b.label.clone(),
+                limit_usd_micros: b.limit.0,
+            })
+            .collect();
+        match self.ledger.register_budgets(&chain, now_unix()) {
+            Ok(()) => {
+                seen.insert(id);
+            }
+            // Only the tree view misses it; spending is checked against the keys themselves.
+            Err(e) => tracing::warn!(error = %e, "could not record a credential's budgets"),
         }
     }
 

@@ -1,0 +1,277 @@
+//! Payments whose outcome is unknown (a process killed between sending a proof and reading
+//! the answer) are settled against the chain instead of guessed at.
+//!
+//! For an x402 payment the proof is an EIP-3009 authorization: the token contract says whether
+//! its nonce was used (`authorizationState(from, nonce)`). Used → the payment happened: commit
+//! it with a receipt marked `reconciled` (and the transaction, found from the token's
+//! `AuthorizationUsed` log when the node can tell). Unused and expired (`validBefore` passed) →
+//! it can never settle: release it. Unused and still valid → leave it pending (a retry of the
+//! same call re-sends it). Without an `[rpc]` endpoint for its network a payment stays
+//! reserved and visible. A reservation whose proof never left the process (`reserved`, older
+//! than [`STALE_RESERVED_SECS`]) is released.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use alloy::primitives::{Address, B256};
+use alloy::sol;
+use alloy::sol_types::{SolCall, SolEvent};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde_json::{Value, json};
+
+use crate::ledger::{Ledger, LedgerError, NewReceipt, PendingPayment, ReservationState};
+use crate::money::{UsdMicros, rfc3339};
+use crate::pay::Proof;
+use crate::pay::assets;
+
+/// A `reserved` row this old belongs to no live call: between reserving and recording the
+/// proof a call only signs (milliseconds; an MPP signature may ask a node for a nonce).
+pub const STALE_RESERVED_SECS: u64 = 120;
+/// Longest JSON-RPC answer read.
+const MAX_RPC_BYTES: usize = 1024 * 1024;
+/// Blocks searched back for the `AuthorizationUsed` log.
+const LOG_LOOKBACK_BLOCKS: u64 = 100_000;
+
+sol! {
+    function authorizationState(address authorizer, bytes32 nonce) external view returns (bool);
+    event AuthorizationUsed(address indexed authorizer, bytes32 indexed nonce);
+}
+
+/// What reconciling did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// Paid: committed with a receipt.
+    pub settled: usize,
+    /// Provably unpaid: released.
+    pub released: usize,
+    /// Still undecided (the proof is valid and unused): left pending.
+    pub pending: usize,
+    /// Reserved moments ago with no proof sent (a call in flight, or one killed before it
+    /// signed): released once older than [`STALE_RESERVED_SECS`].
+    pub unsent: usize,
+    /// Not checkable (no `[rpc]` for the network, an unreadable proof, a node error): left.
+    pub unchecked: Vec<String>,
+}
+
+/// Reconciles every open reservation in the ledger.
+pub async fn reconcile(
+    ledger: &Ledger,
+    rpc: &BTreeMap<u64, String>,
+    now: u64,
+) -> Result<Report, LedgerError> {
+    let mut report = Report::default();
+    let open = tokio::task::block_in_place(|| ledger.pending())?;
+    if open.is_empty() {
+        return Ok(report);
+    }
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| LedgerError::Corrupt(format!("cannot build an HTTP client: {e}")))?;
+    for payment in open {
+        match payment.state {
+            ReservationState::Reserved if payment.age_secs(now) >= STALE_RESERVED_SECS => {
+                tokio::task::block_in_place(|| ledger.release(payment.id, now))?;
+                report.released += 1;
+            }
+            ReservationState::Pending if payment.protocol.starts_with("x402") => {
+                match x402(&client, rpc, &payment).await {
+                    Ok(Some(transaction)) => {
+                        let receipt = receipt(&payment, transaction, now);
+                        tokio::task::block_in_place(|| {
+                            ledger.commit(payment.id, payment.amount_usd_micros, receipt, now)
+                        })?;
+                        report.settled += 1;
+                    }
+                    Ok(None) if payment.valid_before.is_some_and(|v| v <= now) => {
+                        tokio::task::block_in_place(|| ledger.release(payment.id, now))?;
+                        report.released += 1;
+                    }
+                    Ok(None) => report.pending += 1,
+                    Err(why) => report.unchecked.push(format!(
+                        "{} to {} for `{}`: {why}",
+                        UsdMicros(payment.amount_usd_micros),
+                        payment.payee,
+                        payment.tool
+                    )),
+                }
+            }
+            ReservationState::Reserved => report.unsent += 1,
+            _ => report.pending += 1,
+        }
+    }
+    Ok(report)
+}
+
+/// `Ok(Some(tx))` if the authorization was used (`tx` when found), `Ok(None)` if not.
+async fn x402(
+    client: &reqwest::Client,
+    rpc: &BTreeMap<u64, String>,
+    payment: &PendingPayment,
+) -> Result<Option<Option<String>>, String> {
+    let meta: Value = serde_json::from_str(&payment.meta_json)
+        .map_err(|_| "its ledger entry is unreadable".to_owned())?;
+    let network = meta["network"].as_str().unwrap_or_default();
+    let chain = assets::chain_id(network)
+        .ok_or_else(|| format!("network {network:?} is not an EVM network"))?;
+    let url = rpc
+        .get(&chain)
+        .ok_or_else(|| format!("no [rpc] endpoint for {network} in tollgate.toml"))?;
+    let token: Address = meta["asset"]
+        .as_str()
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| "its asset is not an address".to_owned())?;
+    let (from, nonce) = authorization(payment).ok_or("its proof is unreadable")?;
+    let data = authorizationStateCall {
+        authorizer: from,
+        nonce,
+    }
+    .abi_encode();
+    let answer = call(
+        client,
+        url,
+        "eth_call",
+        json!([{"to": token, "data": format!("0x{}", hex::encode(data))}, "latest"]),
+    )
+    .await?;
+    let used = answer
+        .as_str()
+        .and_then(|h| hex::decode(h.trim_start_matches("0x")).ok())
+        .filter(|b| b.len() == 32)
+        .ok_or("the token's authorizationState answer is not a bool")?
+        .iter()
+        .any(|b| *b != 0);
+    if !used {
+        return Ok(None);
+    }
+    Ok(Some(
+        find_transaction(client, url, token, from, nonce).await,
+    ))
+}
+
+/// The transaction that used the authorization, if the node still has its log.
+async fn find_transaction(
+    client: &reqwest::Client,
+    url: &str,
+    token: Address,
+    from: Address,
+    nonce: B256,
+) -> Option<String> {
+    let head = call(client, url, "eth_blockNumber", json!([])).await.ok()?;
+    let head = u64::from_str_radix(head.as_str()?.trim_start_matches("0x"), 16).ok()?;
+    let from_block = head.saturating_sub(LOG_LOOKBACK_BLOCKS);
+    let logs = call(
+        client,
+        url,
+        "eth_getLogs",
+        json!([{
+            "address": token,
+            "fromBlock": format!("0x{from_block:x}"),
+            "toBlock": "latest",
+            "topics": [AuthorizationUsed::SIGNATURE_HASH, from.into_word(), nonce],
+        }]),
+    )
+    .await
+    .ok()?;
+    logs.as_array()?
+        .iter()
+        .find_map(|l| l["transactionHash"].as_str())
+        .filter(|t| t.len() <= 100)
+        .map(str::to_owned)
+}
+
+/// The signer and nonce of the EIP-3009 authorization in a recorded x402 proof.
+fn authorization(payment: &PendingPayment) -> Option<(Address, B256)> {
+    let proof = Proof::from_json(payment.proof_json.as_deref()?)?;
+    let (_, header) = proof.headers.iter().find(|(name, _)| {
+        name.as_str().eq_ignore_ascii_case("payment-signature")
+            || name.as_str().eq_ignore_ascii_case("x-payment")
+    })?;
+    let payload: Value = serde_json::from_slice(&B64.decode(header.as_bytes()).ok()?).ok()?;
+    let auth = &payload["payload"]["authorization"];
+    Some((
+        auth["from"].as_str()?.parse().ok()?,
+        auth["nonce"].as_str()?.parse().ok()?,
+    ))
+}
+
+async fn call(
+    client: &reqwest::Client,
+    url: &str,
+    method: &str,
+    params: Value,
+) -> Result<Value, String> {
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+    let mut response = client
+        .post(url)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .map_err(|e| format!("the node at {url} did not answer {method} ({e})"))?;
+    let mut bytes = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| format!("reading the node's answer to {method}: {e}"))?
+    {
+        if bytes.len() + chunk.len() > MAX_RPC_BYTES {
+            return Err(format!(
+                "the node's answer to {method} is over {MAX_RPC_BYTES} bytes"
+            ));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    let answer: Value = serde_json::from_slice(&bytes)
+        .map_err(|_| format!("the node's answer to {method} is not JSON"))?;
+    if let Some(error) = answer.get("error") {
+        let message = error["message"].as_str().unwrap_or("no message");
+        return Err(format!(
+            "the node refused {method}: {}",
+            message.chars().take(200).collect::<String>()
+        ));
+    }
+    answer
+        .get("result")
+        .cloned()
+        .ok_or_else(|| format!("the node's answer to {method} has no result"))
+}
+
+/// A receipt for a payment found on chain after the fact.
+fn receipt(payment: &PendingPayment, transaction: Option<String>, now: u64) -> NewReceipt {
+    let meta: Value = serde_json::from_str(&payment.meta_json).unwrap_or(Value::Null);
+    let payer = authorization(payment).map(|(from, _)| from.to_string());
+    let version = payment
+        .protocol
+        .rsplit('v')
+        .next()
+        .and_then(|v| v.parse::<u8>().ok())
+        .unwrap_or(0);
+    let receipt_id = hex::encode(rand::random::<[u8; 12]>());
+    let usd = UsdMicros(payment.amount_usd_micros);
+    let json = json!({
+        "protocol": "x402",
+        "version": version,
+        "network": meta["network"],
+        "asset": meta["asset"],
+        "amount_atomic": meta["amount_atomic"],
+        "amount_usd": usd.decimal(),
+        "amount_usd_micros": usd.0,
+        "payee": payment.payee,
+        "payer": payer,
+        "transaction": transaction,
+        "receipt_id": receipt_id,
+        "at": rfc3339(now),
+        "tool": payment.tool,
+        "reconciled": true,
+    });
+    NewReceipt {
+        receipt_id,
+        at: now,
+        json: json.to_string(),
+    }
+}
