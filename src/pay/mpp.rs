@@ -18,10 +18,11 @@
 
 use std::time::Duration;
 
-use alloy::primitives::U256;
+use alloy::primitives::{B256, U256, keccak256};
 use mpp::client::PaymentProvider as _;
 use mpp::protocol::core::{
-    PaymentChallenge, format_authorization, parse_receipt, parse_www_authenticate_all_bytes,
+    PaymentChallenge, format_authorization, parse_authorization, parse_receipt,
+    parse_www_authenticate_all_bytes,
 };
 use mpp::protocol::intents::ChargeRequest;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
@@ -291,6 +292,40 @@ pub async fn prove(offer: &Offer, wallet: &TempoWallet, now: u64) -> Result<Proo
         payer: format!("{}", wallet.payer()),
         valid_before: (now + TRANSACTION_VALIDITY_SECONDS).min(expires),
     })
+}
+
+/// The hash the signed Tempo transaction in a recorded proof will have once mined, to settle a
+/// payment whose outcome is unknown against the chain. `Err(why)` when the proof cannot tell:
+/// not a transaction credential, or a fee-payer envelope (`0x78`) that the seller co-signs, which
+/// changes the hash.
+pub fn transaction_hash(proof: &Proof) -> Result<B256, String> {
+    let (_, value) = proof
+        .headers
+        .iter()
+        .find(|(name, _)| {
+            name.as_str().eq_ignore_ascii_case("authorization")
+                || name.as_str().eq_ignore_ascii_case("payment-authorization")
+        })
+        .ok_or("the proof has no Payment credential")?;
+    let text = value.to_str().map_err(|_| "the credential is not ASCII")?;
+    let credential = parse_authorization(text).map_err(|_| "the credential is unreadable")?;
+    let payload = credential
+        .charge_payload()
+        .map_err(|_| "the credential is not a charge")?;
+    let signed = payload
+        .signed_tx()
+        .ok_or("the credential carries no signed transaction")?;
+    let bytes = hex::decode(signed.trim_start_matches("0x"))
+        .map_err(|_| "the signed transaction is not hex")?;
+    match bytes.first() {
+        None => Err("the signed transaction is empty".to_owned()),
+        Some(0x78) => Err(
+            "the transaction is a fee-payer envelope; its hash is known only once the seller \
+             co-signs it"
+                .to_owned(),
+        ),
+        Some(_) => Ok(keccak256(&bytes)),
+    }
 }
 
 /// The seller's `Payment-Receipt`, as JSON (`status`, `method`, `timestamp`, `reference`, …):
@@ -616,6 +651,33 @@ mod tests {
         // Not problem+json: not read as one.
         headers.insert("content-type", HeaderValue::from_static("application/json"));
         assert_eq!(problem(&headers, body), None);
+    }
+
+    #[test]
+    fn a_recorded_credential_names_its_transactions_hash() {
+        use mpp::protocol::core::{PaymentCredential, PaymentPayload};
+        let (offers, _, _) = read(&[&charge("t1", "10", None)], b"", None);
+        let challenge: PaymentChallenge = serde_json::from_value(offers[0].raw.clone()).unwrap();
+        let proof_of = |raw: &str| {
+            let credential =
+                PaymentCredential::new(challenge.to_echo(), PaymentPayload::transaction(raw));
+            let value = format_authorization(&credential).unwrap();
+            Proof {
+                headers: vec![(
+                    HeaderName::from_static("authorization"),
+                    HeaderValue::from_str(&value).unwrap(),
+                )],
+                payer: "0x0".into(),
+                valid_before: 0,
+            }
+        };
+        let hash = transaction_hash(&proof_of("0x76c0ffee")).unwrap();
+        assert_eq!(hash, keccak256([0x76, 0xc0, 0xff, 0xee]));
+        let err = transaction_hash(&proof_of("0x78c0ffee")).unwrap_err();
+        assert!(err.contains("fee-payer"), "{err}");
+        // A proof recorded and read back from the ledger gives the same hash.
+        let kept = Proof::from_json(&proof_of("0x76c0ffee").to_json()).unwrap();
+        assert_eq!(transaction_hash(&kept).unwrap(), hash);
     }
 
     #[test]
