@@ -37,6 +37,8 @@ decimals = 6
 [wallet.tempo]
 rpc_url = "{rpc}"
 chain_id = 31337
+[rpc]
+"tempo:31337" = "{rpc}"
 "#
             ),
         )
@@ -63,6 +65,9 @@ chain_id = 31337
             tool("stale", format!("{mppx}/expired")),
             tool("lightning_only", format!("{mppx}/unknown-method")),
             tool("slow_once", format!("{mppx}/slow-once")),
+            tool("hang_after_pay", format!("{mppx}/hang-after-pay")),
+            // Gives up before the seller answers (it holds the paid answer 8 s).
+            "timeout_ms = 3000\n".to_owned(),
         ]
         .concat();
         std::fs::write(p.join("tools/sellers.toml"), tools).unwrap();
@@ -108,6 +113,7 @@ async fn paid_call_settles_on_chain(seller: &str, tool: &str, buyer: usize, fore
     let (key, payer) = peers.buyer(buyer);
     let recipient = peers.str(&format!("/{seller}/recipient"));
     let before = peers.path_usd(&recipient).await;
+    let payer_before = peers.path_usd(&payer).await;
 
     let result = call(&setup, &key, tool).await;
     assert_ne!(
@@ -150,6 +156,10 @@ async fn paid_call_settles_on_chain(seller: &str, tool: &str, buyer: usize, fore
         "{tx}"
     );
     assert_eq!(peers.path_usd(&recipient).await, before + AMOUNT);
+    assert!(
+        peers.path_usd(&payer).await <= payer_before - AMOUNT,
+        "the buyer paid the amount (and the fee, unless sponsored)"
+    );
 
     // One unpaid request (with Accept-Payment), then exactly one paid request.
     let log = peers.seller_log(seller).await;
@@ -192,8 +202,12 @@ async fn refusals_sign_nothing_and_the_chain_shows_no_payment() {
     let Some(peers) = peers().await else { return };
     let (key, buyer) = peers.buyer(3);
     let recipient = peers.str("/mppx/recipient");
-    let (nonce_before, balance_before) =
-        (peers.nonce(&buyer).await, peers.path_usd(&recipient).await);
+    // Tempo charges use expiring nonces (the account nonce does not move): the buyer's pathUSD
+    // (which also pays the fees) is the witness that nothing was mined.
+    let (buyer_before, recipient_before) = (
+        peers.path_usd(&buyer).await,
+        peers.path_usd(&recipient).await,
+    );
 
     let allowed = Setup::new(&peers, &["tempo:31337"], &["pathUSD"]);
     // 5 pathUSD against a max_price of 0.05 USD.
@@ -241,14 +255,14 @@ async fn refusals_sign_nothing_and_the_chain_shows_no_payment() {
     )
     .await;
 
-    // Nothing was signed: the seller never saw a credential, the buyer sent no transaction,
-    // the recipient received nothing.
+    // Nothing was signed: the seller never saw a credential, the buyer spent nothing, the
+    // recipient received nothing.
     let log = peers.seller_log("mppx").await;
     assert!(log.iter().all(|e| e["paid"] == false), "{log:?}");
     let stale_requests = log.iter().filter(|e| e["path"] == "/expired").count();
     assert_eq!(stale_requests, 2, "one fresh challenge, no more: {log:?}");
-    assert_eq!(peers.nonce(&buyer).await, nonce_before);
-    assert_eq!(peers.path_usd(&recipient).await, balance_before);
+    assert_eq!(peers.path_usd(&buyer).await, buyer_before);
+    assert_eq!(peers.path_usd(&recipient).await, recipient_before);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -295,5 +309,71 @@ async fn payment_expired_gets_one_fresh_challenge_and_is_paid_once() {
             (json!("/slow-once"), json!(200))
         ],
         "{log:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unknown_outcome_is_settled_by_reconcile_from_the_transaction_on_chain() {
+    let Some(peers) = peers().await else { return };
+    let setup = Setup::new(&peers, &["tempo:31337"], &["pathUSD"]);
+    let (key, _) = peers.buyer(5);
+    let recipient = peers.str("/mppx/recipient");
+    let before = peers.path_usd(&recipient).await;
+
+    // The seller settles on chain but answers after tollgate has given up: outcome unknown.
+    let result = call(&setup, &key, "hang_after_pay").await;
+    assert_eq!(result["isError"], json!(true), "{result}");
+    assert!(
+        text(&result).contains("may or may not have settled"),
+        "{result}"
+    );
+    let state = setup.dir.path().join("state");
+    let pending = tollgate::ledger::Ledger::open(&state)
+        .unwrap()
+        .pending()
+        .unwrap();
+    assert_eq!(pending.len(), 1, "{pending:?}");
+
+    // `tollgate reconcile` finds the signed transaction on chain and writes the receipt.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["reconcile", "--config"])
+        .arg(setup.config())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.starts_with("1 settled"), "{stdout}");
+    let ledger = tollgate::ledger::Ledger::open(&state).unwrap();
+    assert!(ledger.pending().unwrap().is_empty());
+    let receipts = ledger.all_receipts(None, 10).unwrap();
+    assert_eq!(receipts.len(), 1);
+    let receipt: Value = serde_json::from_str(&receipts[0].json).unwrap();
+    assert_eq!(receipt["protocol"], "mpp", "{receipt}");
+    assert_eq!(receipt["reconciled"], true, "{receipt}");
+    let transaction = receipt["transaction"].as_str().unwrap();
+    assert_eq!(peers.tx_status(transaction).await, "success");
+    assert_eq!(peers.path_usd(&recipient).await, before + AMOUNT);
+    // The seller's own receipt names the same transaction.
+    let log = peers.seller_log("mppx").await;
+    let paid = log
+        .iter()
+        .find(|e| e["paid"] == true)
+        .expect("a paid request");
+    let theirs = paid["receipt"].as_str().unwrap();
+    let decoded: Value = serde_json::from_slice(
+        &base64::Engine::decode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            theirs.trim_end_matches('='),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        decoded["reference"].as_str().unwrap().to_lowercase(),
+        transaction
     );
 }

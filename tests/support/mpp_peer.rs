@@ -205,14 +205,6 @@ impl MppPeers {
         }
     }
 
-    /// How many transactions an account has sent (its nonce).
-    pub async fn nonce(&self, address: &str) -> u64 {
-        let n = self
-            .rpc("eth_getTransactionCount", json!([address, "latest"]))
-            .await;
-        u64::from_str_radix(n.as_str().unwrap().trim_start_matches("0x"), 16).unwrap()
-    }
-
     /// `"success"`, `"reverted"` or `"missing"` for a transaction hash.
     pub async fn tx_status(&self, hash: &str) -> String {
         let receipt = self.rpc("eth_getTransactionReceipt", json!([hash])).await;

@@ -16,6 +16,8 @@
 //   /unknown-method  a Payment challenge for a method nobody implements (`lightning`)
 //   /mixed           the /weather challenge, plus `Bearer` and `L402` challenges in the same 402
 //   /problem         402 with only an application/problem+json body and no challenge
+//   /hang-after-pay  0.01 pathUSD, settled on chain, but the paid answer is held 8 s (a buyer
+//                    with a shorter timeout never learns the outcome)
 //   /slow-once       0.01 pathUSD; challenges expire after 8 s, and the first paid request
 //                    is held 9 s before mppx sees it (so mppx answers payment-expired)
 
@@ -34,14 +36,15 @@ const TOKENS = {
   pathUSD: "0x20c0000000000000000000000000000000000000",
   alphaUSD: "0x20c0000000000000000000000000000000000001",
 };
-// Well-known anvil dev keys (mnemonic "test test ... junk"), #5..#9: one buyer per test, so
-// concurrent tests never share a nonce lane. Each holds 2^64-1 of every TIP-20 token.
+// Well-known anvil dev keys (mnemonic "test test ... junk"), #5..#9 then #0: one buyer per
+// test, so concurrent tests never share an account. Each holds 2^64-1 of every TIP-20 token.
 const BUYER_KEYS = [
   "0x8b3a350cf5c34c9194ca85829a2df0ec3153be0318b5e2d3348e872092edffba",
   "0x92db14e403b83dfe3df233f83dfa3a0d7096f21ca9b0d6d6b8d88b2b4ec1564e",
   "0x4bbbf85ce3377467afe5d46f804f221813b2bb87f24d81f60f1fcdbf7cbf4356",
   "0xdbda1821b80551c9d65939329250298aa3472ba22feea921c0cf5d620ea67b97",
   "0x2a871d0798f97d79848a013d4936a73bf4cc922c825d33c1cf7073dff6d409c6",
+  "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80",
 ];
 // Recipients are fresh addresses (not dev accounts, never fee payers), so their pathUSD balance
 // moves only by what buyers pay them.
@@ -168,6 +171,7 @@ const routes = {
   "/weather": mppx.charge({ amount: "0.01", description: "weather report" }),
   "/mixed": mppx.charge({ amount: "0.01", description: "weather report" }),
   "/expensive": mppx.charge({ amount: "5", description: "expensive report" }),
+  "/hang-after-pay": mppx.charge({ amount: "0.01", description: "slow answer" }),
 };
 
 // /mixed: a seller (such as aperture) that sends several challenges in one 402: a Bearer and an
@@ -244,6 +248,7 @@ const mppxServer = http.createServer(async (req, res) => {
     }
     const receipt = res.getHeader("payment-receipt") ?? null;
     record({ ...event, status: 200, receipt });
+    if (url.pathname === "/hang-after-pay") await new Promise((r) => setTimeout(r, 8_000));
     res.writeHead(200, { "content-type": "application/json" });
     res.end(JSON.stringify({ forecast: "sunny", seller: "mppx", path: url.pathname }));
   } catch (e) {
