@@ -81,7 +81,7 @@ chain_id = 31337
 
 async fn call(setup: &Setup, key: &str, name: &str) -> Value {
     let python = python().expect("checked by the caller");
-    let steps = json!([{"op": "call_tool", "name": name, "arguments": {}}]);
+    let steps = json!([{"op": "call_tool", "name": name, "arguments": {}, "timeout_s": 90}]);
     let report = drive(
         &python,
         Mode::Stateless,
@@ -90,7 +90,9 @@ async fn call(setup: &Setup, key: &str, name: &str) -> Value {
         steps,
     )
     .await;
-    report["steps"][0]["result"].clone()
+    let step = &report["steps"][0];
+    assert!(step["result"].is_object(), "the call has no result: {step}");
+    step["result"].clone()
 }
 
 fn text(result: &Value) -> String {
@@ -376,4 +378,104 @@ async fn an_unknown_outcome_is_settled_by_reconcile_from_the_transaction_on_chai
         decoded["reference"].as_str().unwrap().to_lowercase(),
         transaction
     );
+}
+
+alloy::sol! {
+    /// Tempo's AccountKeychain precompile (T3+), as in `tempo-contracts` 1.11.
+    struct TokenLimit { address token; uint256 amount; uint64 period; }
+    struct SelectorRule { bytes4 selector; address[] recipients; }
+    struct CallScope { address target; SelectorRule[] selectorRules; }
+    struct KeyRestrictions {
+        uint64 expiry;
+        bool enforceLimits;
+        TokenLimit[] limits;
+        bool allowAnyCalls;
+        CallScope[] allowedCalls;
+    }
+    function authorizeKey(address keyId, uint8 signatureType, KeyRestrictions config) external;
+}
+
+const ACCOUNT_KEYCHAIN: &str = "0xAAAAAAAA00000000000000000000000000000000";
+/// anvil dev account #1: the Tempo account whose access key tollgate holds.
+const ROOT_ACCOUNT: &str = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8";
+/// The access key tollgate is given (never funded: the account pays).
+const ACCESS_KEY: &str = "0x1111111111111111111111111111111111111111111111111111111111111111";
+
+/// A config like `Setup::new`, in keychain mode for `ROOT_ACCOUNT`.
+fn keychain_setup(peers: &MppPeers) -> Setup {
+    let setup = Setup::new(peers, &["tempo:31337"], &["pathUSD"]);
+    let config = setup.config();
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace(
+            "chain_id = 31337\n",
+            &format!("chain_id = 31337\naccount = \"{ROOT_ACCOUNT}\"\n"),
+        ),
+    )
+    .unwrap();
+    setup
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keychain_mode_pays_from_the_account_that_authorized_the_access_key() {
+    use alloy::sol_types::SolCall as _;
+    let Some(peers) = peers().await else { return };
+    let setup = keychain_setup(&peers);
+    let access = tollgate::wallet::EvmWallet::from_hex(ACCESS_KEY)
+        .unwrap()
+        .address();
+    let recipient = peers.str("/mppx/recipient");
+    let (recipient_before, root_before) = (
+        peers.path_usd(&recipient).await,
+        peers.path_usd(ROOT_ACCOUNT).await,
+    );
+
+    // The account authorizes the key on chain, with a 1 pathUSD spending limit.
+    let path_usd: alloy::primitives::Address = peers.str("/tokens/pathUSD").parse().unwrap();
+    let data = authorizeKeyCall {
+        keyId: access,
+        signatureType: 0,
+        config: KeyRestrictions {
+            expiry: u64::MAX,
+            enforceLimits: true,
+            limits: vec![TokenLimit {
+                token: path_usd,
+                amount: alloy::primitives::U256::from(1_000_000u64),
+                period: 0,
+            }],
+            allowAnyCalls: true,
+            allowedCalls: vec![],
+        },
+    }
+    .abi_encode();
+    let hash = peers
+        .rpc(
+            "eth_sendTransaction",
+            json!([{"from": ROOT_ACCOUNT, "to": ACCOUNT_KEYCHAIN,
+                    "data": format!("0x{}", hex::encode(data))}]),
+        )
+        .await;
+    assert_eq!(
+        peers.tx_status(hash.as_str().unwrap()).await,
+        "success",
+        "authorizeKey"
+    );
+
+    let result = call(&setup, ACCESS_KEY, "weather_mppx").await;
+    assert_ne!(
+        result["isError"],
+        json!(true),
+        "{result}\n{}",
+        peers.logs().join("\n")
+    );
+    let receipt = &result["structuredContent"]["payment"];
+    assert_eq!(
+        receipt["payer"].as_str().unwrap().to_lowercase(),
+        ROOT_ACCOUNT.to_lowercase()
+    );
+    let reference = receipt["reference"].as_str().unwrap();
+    assert_eq!(peers.tx_status(reference).await, "success");
+    assert_eq!(peers.path_usd(&recipient).await, recipient_before + AMOUNT);
+    assert!(peers.path_usd(ROOT_ACCOUNT).await <= root_before - AMOUNT);
 }

@@ -136,12 +136,14 @@ const chain = defineChain({
 
 // anvil 1.7.1 in Tempo mode runs eth_call with block timestamp 1, so mppx's pre-broadcast
 // simulation of a Tempo transaction fails ("valid_before too far in the future"). For eth_call
-// only, drop the fields that make the simulation time-dependent; real broadcasts are untouched.
+// only, drop the fields that make the simulation time-dependent, and the gas limit (a
+// keychain-signed transaction asks for more than anvil's eth_call allows); real broadcasts are
+// untouched.
 const base = httpTransport(RPC);
 const transport = custom({
   async request({ method, params }) {
     if (method === "eth_call" && Array.isArray(params) && params[0] && typeof params[0] === "object") {
-      const { validBefore, nonceKey, nonce, ...call } = params[0];
+      const { validBefore, nonceKey, nonce, gas, ...call } = params[0];
       params = [call, ...params.slice(1)];
     }
     return base({ chain }).request({ method, params });
