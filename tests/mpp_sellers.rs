@@ -190,6 +190,7 @@ async fn a_402_with_bearer_and_l402_beside_payment_is_paid_through_payment() {
 async fn refused(peers: &MppPeers, setup: &Setup, key: &str, tool: &str, expected: &str) {
     let result = call(setup, key, tool).await;
     let message = text(&result);
+    eprintln!("refusal of {tool}: {message}");
     assert_eq!(result["isError"], json!(true), "{tool}: {result}");
     assert!(
         message.contains(expected),
