@@ -162,6 +162,33 @@ struct ConfigFile {
     /// outcome is unknown.
     #[serde(default)]
     rpc: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    approval: ApprovalConfig,
+}
+
+/// `[approval]`: how a person is asked to approve a payment above the threshold.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApprovalConfig {
+    /// Where `serve` serves the local approval page: a loopback address (port 0: any free
+    /// port, printed on stderr), or `"off"`.
+    pub listen: String,
+    /// How long an MCP host's user has to answer an elicitation, in seconds (1 to 45); also
+    /// how long a sealed `requestState` (protocol 2026-07-28) stays valid.
+    pub elicitation_timeout_secs: u64,
+    /// How long an out-of-band approval (CLI or page) stays open, in seconds; an approved one
+    /// must be used within the same time from when it was asked.
+    pub expires_after_secs: u64,
+}
+
+impl Default for ApprovalConfig {
+    fn default() -> Self {
+        ApprovalConfig {
+            listen: "127.0.0.1:0".to_owned(),
+            elicitation_timeout_secs: crate::approval::MAX_ELICITATION_SECS,
+            expires_after_secs: 600,
+        }
+    }
 }
 
 /// An `[[assets]]` entry: an ERC-20 token tollgate may value (its rate comes from the policy's
@@ -206,6 +233,7 @@ pub struct Config {
     pub wallet: WalletConfig,
     /// JSON-RPC endpoints by chain id (from `[rpc]`).
     pub rpc: std::collections::BTreeMap<u64, String>,
+    pub approval: ApprovalConfig,
     raw_assets: Vec<AssetConfig>,
     raw_rpc: std::collections::BTreeMap<String, String>,
 }
@@ -279,6 +307,7 @@ impl Config {
                     Some((crate::pay::assets::chain_id(network)?, url.clone()))
                 })
                 .collect(),
+            approval: file.approval,
             raw_assets: file.assets,
             raw_rpc: file.rpc,
         }
@@ -336,6 +365,42 @@ impl Config {
                 "upstream.user_agent",
                 "must be non-empty printable text",
             ));
+        }
+        let a = &self.approval;
+        if !(1..=crate::approval::MAX_ELICITATION_SECS).contains(&a.elicitation_timeout_secs) {
+            problems.push(Problem::new(
+                &file,
+                "approval.elicitation_timeout_secs",
+                format!(
+                    "must be from 1 to {} (signatures expire; a host's call must not hang)",
+                    crate::approval::MAX_ELICITATION_SECS
+                ),
+            ));
+        }
+        if a.expires_after_secs == 0 {
+            problems.push(Problem::new(
+                &file,
+                "approval.expires_after_secs",
+                "must be above 0",
+            ));
+        }
+        if a.listen != "off" {
+            match a.listen.parse::<std::net::SocketAddr>() {
+                Ok(addr) if addr.ip().is_loopback() => {}
+                Ok(_) => problems.push(Problem::new(
+                    &file,
+                    "approval.listen",
+                    "must be a loopback address (127.0.0.1 or ::1): the page approves payments",
+                )),
+                Err(_) => problems.push(Problem::new(
+                    &file,
+                    "approval.listen",
+                    format!(
+                        "{:?} is not an address like \"127.0.0.1:0\" (or \"off\")",
+                        a.listen
+                    ),
+                )),
+            }
         }
         for (i, a) in self.raw_assets.iter().enumerate() {
             if crate::pay::assets::chain_id(&a.network).is_none() {

@@ -8,11 +8,14 @@
 //! * [`upstream`]: one HTTP call with every limit (timeouts, size, same-origin redirects).
 //! * [`pay`]: what a `402 Payment Required` asks for (protocol code: x402, L402, MPP).
 //! * [`reconcile`]: payments whose outcome is unknown, settled against the chain at start.
+//! * [`approval`]: a person's yes above the threshold: the rule, the facts an approval is
+//!   bound to, sealed request state, the local approval page.
 //! * [`server`]: the MCP server (rmcp), the only module that knows MCP.
 //! * [`money`]: integer money (micro-USD); never a float.
 //!
 //! `ARCHITECTURE.md` at the repository root has the bird's-eye view and the invariants.
 
+pub mod approval;
 pub mod budget;
 pub mod catalog;
 pub mod config;

@@ -86,9 +86,32 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// Approve a payment that waits for a person (the agent then calls the tool again with
+    /// the approval_id). Shows what is approved.
+    Approve {
+        /// The approval id (`ap_…`) from the tool's `approval_required` result.
+        id: String,
+        /// Config file [default: ./tollgate.toml if present, else built-in defaults].
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
     /// Settle payments whose outcome is unknown (a process was killed mid-call) against the
     /// chain: commit the used ones with a receipt, release the expired unused ones.
     Reconcile {
+        /// Config file [default: ./tollgate.toml if present, else built-in defaults].
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Deny a payment that waits for a person. A denied approval stays denied.
+    Deny {
+        /// The approval id (`ap_…`).
+        id: String,
+        /// Config file [default: ./tollgate.toml if present, else built-in defaults].
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// List payments waiting for a person's approval.
+    Approvals {
         /// Config file [default: ./tollgate.toml if present, else built-in defaults].
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
@@ -182,6 +205,9 @@ fn main() -> ExitCode {
         } => receipts(config, since, format),
         Command::Budget { format, config } => budget(config, format),
         Command::Reconcile { config } => reconcile(config),
+        Command::Approve { id, config } => decide(config, &id, true),
+        Command::Deny { id, config } => decide(config, &id, false),
+        Command::Approvals { config } => approvals(config),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -595,6 +621,76 @@ fn reconcile(config: Option<PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `tollgate approve|deny <id>`: a person's decision, recorded in the shared ledger.
+fn decide(config: Option<PathBuf>, id: &str, approve: bool) -> anyhow::Result<()> {
+    use tollgate::ledger::Decided;
+    let config = Config::load(config.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if !tollgate::approval::is_id(id) {
+        anyhow::bail!("{id:?} is not an approval id (ap_ followed by 32 hex digits)");
+    }
+    let ledger = Ledger::open(&config.state_dir)?;
+    let verb = if approve { "approved" } else { "denied" };
+    match ledger.decide_approval(id, approve, "cli", tollgate::money::now_unix())? {
+        Decided::Done(a) => {
+            print_approval(&a);
+            println!("{verb}: {}", a.id);
+            Ok(())
+        }
+        Decided::Final(a) => {
+            print_approval(&a);
+            anyhow::bail!("nothing changed: approval {} is already {}", a.id, a.state)
+        }
+        Decided::NotFound => anyhow::bail!("no approval {id} in {}", ledger.path().display()),
+    }
+}
+
+fn approvals(config: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = Config::load(config.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let ledger = Ledger::open(&config.state_dir)?;
+    let pending = ledger.pending_approvals(tollgate::money::now_unix())?;
+    for a in &pending {
+        print_approval(a);
+        println!();
+    }
+    println!("{} approval(s) waiting for a person", pending.len());
+    Ok(())
+}
+
+fn print_approval(a: &tollgate::ledger::Approval) {
+    println!("approval:   {} ({})", a.id, a.state);
+    match serde_json::from_str::<tollgate::approval::Facts>(&a.facts_json) {
+        Ok(f) => {
+            println!("tool:       {}", f.tool);
+            println!(
+                "amount:     {} = {}",
+                UsdMicros(f.amount_usd_micros),
+                f.amount_in_asset
+            );
+            println!("payee:      {}", f.payee);
+            println!("protocol:   {} on {}", f.protocol, f.network);
+            println!(
+                "budget:     {}",
+                f.budget_left_usd_micros
+                    .map_or("no cap applies".to_owned(), |l| format!(
+                        "{} left after paying",
+                        UsdMicros(l)
+                    ))
+            );
+            println!("why:        {}", f.reason);
+            println!(
+                "arguments:  {}",
+                serde_json::Value::Object(f.arguments.clone())
+            );
+        }
+        Err(_) => println!(
+            "tool:       {} ({})",
+            a.tool,
+            UsdMicros(a.amount_usd_micros)
+        ),
+    }
+    println!("expires:    {}", tollgate::money::rfc3339(a.expires_at));
+}
+
 fn wallet_address(config: Option<PathBuf>) -> anyhow::Result<()> {
     let config = Config::load(config.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
     match EvmWallet::open(&config.wallet)? {
@@ -679,6 +775,31 @@ fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
         payments
             .use_default_profile()
             .map_err(|e| anyhow::anyhow!(e))?;
+        let secret = match tollgate::approval::Secret::load_or_create(&config.state_dir) {
+            Ok(secret) => Some(secret),
+            Err(e) => {
+                tracing::error!(error = %e, "no approval secret: payments that need a person's approval will be refused");
+                None
+            }
+        };
+        payments.approval.elicitation_timeout_secs = config.approval.elicitation_timeout_secs;
+        payments.approval.expires_after_secs = config.approval.expires_after_secs;
+        if let (Some(secret), false) = (&secret, config.approval.listen == "off") {
+            let listener = tollgate::approval::page::bind(&config.approval.listen)
+                .await
+                .context("cannot serve the approval page ([approval] listen)")?;
+            let addr = listener.local_addr().context("the approval page's address")?;
+            // stderr only: stdout carries MCP frames.
+            eprintln!("tollgate: approval page on http://{addr}/");
+            tracing::info!(%addr, "serving the approval page");
+            payments.approval.page = Some(addr);
+            tokio::spawn(tollgate::approval::page::serve(
+                listener,
+                payments.ledger.clone(),
+                secret.clone(),
+            ));
+        }
+        payments.approval.secret = secret;
         let server = Tollgate::new(catalog, upstream, payments);
         let running = server
             .serve(rmcp::transport::stdio_pipes())

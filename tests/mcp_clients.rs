@@ -150,6 +150,7 @@ async fn lists_the_definitions_with_their_schemas(mode: Mode) {
             "stuck",
             "stuck_long",
             "weather",
+            "payment_status",
             "delegate_budget",
             "budget_status",
             "list_receipts",

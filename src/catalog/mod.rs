@@ -33,6 +33,10 @@ pub const RESERVED_NAMES: &[&str] = &[
     "payment_status",
 ];
 
+/// The argument tollgate adds to every paid tool: the id of an approval a person gave, sent
+/// when the call is retried. It is removed before the arguments are validated or sent.
+pub const APPROVAL_ID_ARGUMENT: &str = "approval_id";
+
 /// A file of tool definitions: one or more `[[tool]]` tables.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -64,6 +68,10 @@ pub struct ToolSpec {
     pub output_schema: Option<Value>,
     #[serde(default)]
     pub max_price: Option<String>,
+    /// `"always"`: every payment by this tool needs a person's approval, whatever its amount;
+    /// `"threshold"` (the default): only above the policy's or the caller's threshold.
+    #[serde(default)]
+    pub approval: Option<String>,
     #[serde(default)]
     pub timeout_ms: Option<u64>,
     #[serde(default)]
@@ -111,6 +119,8 @@ pub struct HttpTool {
     /// The schema of a successful upstream answer, if the owner declared one.
     pub output_schema: Option<Map<String, Value>>,
     pub max_price: Option<UsdMicros>,
+    /// Every payment needs a person's approval (`approval = "always"`).
+    pub approval_always: bool,
     pub timeout: Duration,
     pub max_response_bytes: u64,
     pub annotations: Annotations,
@@ -597,6 +607,38 @@ fn compile(
             None
         }
     };
+    let approval_always = match spec.approval.as_deref() {
+        None | Some("threshold") => false,
+        Some("always") => true,
+        Some(other) => {
+            problem!(
+                "approval",
+                format!("{other:?} is not \"always\" or \"threshold\"")
+            );
+            false
+        }
+    };
+    if approval_always && max_price.is_none() {
+        problem!(
+            "approval",
+            "only a paid tool (one with max_price) can need approval".to_owned()
+        );
+    }
+    if max_price.is_some()
+        && input_schema
+            .as_ref()
+            .and_then(|s| s.get("properties"))
+            .and_then(|p| p.get(APPROVAL_ID_ARGUMENT))
+            .is_some()
+    {
+        problem!(
+            "input_schema",
+            format!(
+                "a paid tool cannot define the argument `{APPROVAL_ID_ARGUMENT}`: tollgate adds it \
+                 (it carries a person's approval when a call is retried)"
+            )
+        );
+    }
     if spec.timeout_ms == Some(0) {
         problem!("timeout_ms", "must be above 0".to_owned());
     }
@@ -669,6 +711,7 @@ fn compile(
         input_schema: Arc::new(input_schema),
         output_schema,
         max_price,
+        approval_always,
         timeout: Duration::from_millis(spec.timeout_ms.unwrap_or(defaults.timeout_ms)),
         max_response_bytes: spec
             .max_response_bytes

@@ -28,6 +28,7 @@
 //! seconds for another process's transaction); call it from `spawn_blocking` in async code.
 //! Times are Unix seconds given by the caller, so tests control the clock.
 
+mod approvals;
 mod error;
 mod schema;
 
@@ -38,6 +39,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 
+pub use approvals::{Approval, ApprovalState, Decided, NewApproval, Redeemed};
 pub use error::LedgerError;
 
 /// The ledger's file name inside the state directory.

@@ -109,8 +109,33 @@ CREATE TABLE budgets (
 CREATE INDEX budgets_parent ON budgets (parent);
 ";
 
+/// Version 3: approvals (a person's yes or no to one payment above the threshold).
+///
+/// * `approvals`: one row per time a person is asked, in state `pending` → `approved` →
+///   `used` (paid once), or `pending` → `denied` | `expired`. `facts_json` is what the
+///   person was shown and what the approval is bound to (tool, arguments hash, protocol,
+///   network, asset, payee, amount); `decided_by` is the channel (`elicitation`, `cli`,
+///   `page`). Ids are random, never sequential.
+const MIGRATION_3: &str = "
+CREATE TABLE approvals (
+    id                TEXT    NOT NULL PRIMARY KEY,
+    state             TEXT    NOT NULL
+                      CHECK (state IN ('pending', 'approved', 'denied', 'expired', 'used')),
+    tool              TEXT    NOT NULL,
+    amount_usd_micros INTEGER NOT NULL CHECK (amount_usd_micros >= 0),
+    facts_json        TEXT    NOT NULL,
+    created_at        INTEGER NOT NULL,
+    expires_at        INTEGER NOT NULL,
+    decided_at        INTEGER,
+    decided_by        TEXT,
+    used_at           INTEGER
+) WITHOUT ROWID;
+CREATE INDEX approvals_open ON approvals (state, created_at)
+    WHERE state IN ('pending', 'approved');
+";
+
 /// Every migration, in order; the schema version is their number.
-const MIGRATIONS: &[&str] = &[MIGRATION_1, MIGRATION_2];
+const MIGRATIONS: &[&str] = &[MIGRATION_1, MIGRATION_2, MIGRATION_3];
 
 /// The schema version this build writes.
 pub(super) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

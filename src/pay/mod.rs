@@ -471,6 +471,10 @@ pub struct Receipt {
     pub receipt_id: String,
     /// RFC 3339, UTC.
     pub at: String,
+    /// How the payment was approved: by the policy (below every threshold) or by a person,
+    /// through which channel.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval: Option<crate::approval::ApprovalRecord>,
     /// What only this protocol has (an L402 payment hash, an MPP reference, ...).
     #[serde(flatten)]
     pub details: serde_json::Map<String, Value>,
@@ -493,6 +497,7 @@ impl Receipt {
             transaction,
             receipt_id: hex::encode(rand::random::<[u8; 12]>()),
             at: crate::money::rfc3339(now),
+            approval: None,
             details: serde_json::Map::new(),
         }
     }

@@ -18,6 +18,7 @@ pub const PRICE_CHECK: &str = "price_check";
 pub const BUDGET_STATUS: &str = "budget_status";
 pub const LIST_RECEIPTS: &str = "list_receipts";
 pub const DELEGATE_BUDGET: &str = "delegate_budget";
+pub const PAYMENT_STATUS: &str = "payment_status";
 
 /// The MCP tools tollgate adds.
 pub fn tools() -> Vec<Tool> {
@@ -130,11 +131,44 @@ pub fn tools() -> Vec<Tool> {
             "note": {"type": "string"}
         }
     }));
+    let status_input = object(json!({
+        "type": "object",
+        "required": ["approval_id"],
+        "additionalProperties": false,
+        "properties": {
+            "approval_id": {"type": "string", "description": "the approval_id of an approval_required result"}
+        }
+    }));
+    let status_of_approval = object(json!({
+        "type": "object",
+        "required": ["approval_id", "state"],
+        "properties": {
+            "approval_id": {"type": "string"},
+            "state": {"enum": ["pending", "approved", "denied", "expired", "used"]},
+            "tool": {"type": "string"},
+            "amount_usd": {"type": "string"},
+            "expires_at": {"type": "string"},
+            "decided_by": {"type": ["string", "null"]},
+            "facts": {"type": "object"},
+            "next": {"type": "string"}
+        }
+    }));
     let mut delegating = ToolAnnotations::new();
     delegating.read_only_hint = Some(false);
     delegating.destructive_hint = Some(false);
     delegating.open_world_hint = Some(false);
     vec![
+        Tool::new(
+            PAYMENT_STATUS,
+            "Where a payment that waits for a person's approval stands (pending, approved, \
+             denied, expired, used). Read-only: only a person can approve, through the host, \
+             `tollgate approve` or the approval page. Once approved, call the tool again with \
+             the same arguments and the approval_id.",
+            Arc::new(status_input),
+        )
+        .with_title("Payment approval status")
+        .with_raw_output_schema(Arc::new(status_of_approval))
+        .with_annotations(local.clone()),
         Tool::new(
             DELEGATE_BUDGET,
             "Give a sub-agent its own, smaller budget: mints a credential attenuated from yours \
@@ -190,6 +224,7 @@ impl Tollgate {
     ) -> Option<CallToolResult> {
         match name {
             PRICE_CHECK => Some(self.price_check(arguments, context).await),
+            PAYMENT_STATUS => Some(payment_status(&self.payments, arguments)),
             BUDGET_STATUS | LIST_RECEIPTS | DELEGATE_BUDGET => {
                 let caller = match self
                     .payments
@@ -515,4 +550,49 @@ fn delegate_budget(
         ));
     }
     Ok(value)
+}
+
+/// An approval's state, read-only (no tool can change it).
+fn payment_status(payments: &super::Payments, arguments: &Map<String, Value>) -> CallToolResult {
+    use crate::ledger::ApprovalState;
+    use crate::money::{UsdMicros, now_unix, rfc3339};
+    let Some(id) = arguments.get("approval_id").and_then(Value::as_str) else {
+        return tool_error("payment_status needs `approval_id`".to_owned());
+    };
+    if !crate::approval::is_id(id) {
+        return tool_error(format!(
+            "payment_status: {:?} is not an approval id (ap_ followed by 32 hex digits)",
+            id.chars().take(80).collect::<String>()
+        ));
+    }
+    let found = tokio::task::block_in_place(|| payments.ledger.approval(id, now_unix()));
+    let approval = match found {
+        Ok(Some(approval)) => approval,
+        Ok(None) => return tool_error(format!("payment_status: there is no approval {id}")),
+        Err(e) => return tool_error(format!("payment_status: the ledger could not be read: {e}")),
+    };
+    let next = match approval.state {
+        ApprovalState::Pending => {
+            "waiting for a person; ask them to approve it, then call the tool again with the approval_id"
+        }
+        ApprovalState::Approved => {
+            "approved: call the tool again with the same arguments and the approval_id"
+        }
+        ApprovalState::Denied => "denied by a person; do not retry this payment",
+        ApprovalState::Expired => "expired; calling the tool again asks anew",
+        ApprovalState::Used => "used: the payment was made; its receipt is in list_receipts",
+    };
+    let value = json!({
+        "approval_id": approval.id,
+        "state": approval.state.as_str(),
+        "tool": approval.tool,
+        "amount_usd": UsdMicros(approval.amount_usd_micros).decimal(),
+        "expires_at": rfc3339(approval.expires_at),
+        "decided_by": approval.decided_by,
+        "facts": serde_json::from_str::<Value>(&approval.facts_json).unwrap_or(Value::Null),
+        "next": next,
+    });
+    let mut result = CallToolResult::success(vec![ContentBlock::text(value.to_string())]);
+    result.structured_content = Some(value);
+    result
 }

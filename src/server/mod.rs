@@ -10,6 +10,7 @@
 //! message that says what to change; JSON-RPC errors are kept for protocol mistakes (an
 //! unknown tool name).
 
+mod approval;
 mod meta;
 mod paid;
 mod tools;
@@ -118,15 +119,17 @@ impl Tollgate {
         &self,
         tool: &HttpTool,
         arguments: Map<String, Value>,
+        continuation: approval::Continuation,
         context: &RequestContext<RoleServer>,
-    ) -> CallToolResult {
+    ) -> CallToolResponse {
         let caller = match self.payments.identify(request_token(context).as_deref()) {
             Ok(caller) => caller,
             Err(reason) => {
                 return tool_error(format!(
                     "your credential is refused: {reason}. Nothing was sent or paid; ask the \
                      owner or your orchestrator for a valid token."
-                ));
+                ))
+                .into();
             }
         };
         if let Some(c) = &caller {
@@ -134,23 +137,25 @@ impl Tollgate {
                 return tool_error(format!(
                     "your credential does not allow the tool `{}`; nothing was sent",
                     tool.name
-                ));
+                ))
+                .into();
             }
             if !c.restrictions.allows_host(&tool.host(), tool.port()) {
                 return tool_error(format!(
                     "your credential does not allow the host {}; nothing was sent",
                     tool.host()
-                ));
+                ))
+                .into();
             }
         }
         let (request, arguments) = match Self::prepare(tool, arguments) {
             Ok(prepared) => prepared,
-            Err(result) => return result,
+            Err(result) => return result.into(),
         };
         let progress = Progress::new(context);
         let reply = match self.send(tool, request.clone(), &progress, context).await {
             Ok(reply) => reply,
-            Err(cancelled) => return cancelled,
+            Err(cancelled) => return cancelled.into(),
         };
         let result = match reply {
             Ok(Reply {
@@ -159,12 +164,20 @@ impl Tollgate {
             }) => {
                 let caller = caller.as_ref();
                 self.pay(
-                    tool, &arguments, request, &headers, &body, caller, &progress, context,
+                    tool,
+                    &arguments,
+                    request,
+                    &headers,
+                    &body,
+                    caller,
+                    &continuation,
+                    &progress,
+                    context,
                 )
                 .await
             }
-            Ok(Reply { answer, .. }) => success(tool, answer, None),
-            Err(e) => tool_error(tool.redact(&format!("`{}` failed: {e}", tool.name))),
+            Ok(Reply { answer, .. }) => success(tool, answer, None).into(),
+            Err(e) => tool_error(tool.redact(&format!("`{}` failed: {e}", tool.name))).into(),
         };
         progress.finish().await;
         result
@@ -310,7 +323,7 @@ impl ServerHandler for Tollgate {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
-        let arguments = request.arguments.unwrap_or_default();
+        let mut arguments = request.arguments.unwrap_or_default();
         if let Some(result) = self
             .call_meta_tool(&request.name, &arguments, &context)
             .await
@@ -327,7 +340,34 @@ impl ServerHandler for Tollgate {
             ));
         };
         tracing::info!(tool = %tool.name, "tool call");
-        Ok(self.call_http_tool(tool, arguments, &context).await.into())
+        // A paid tool's `approval_id` is tollgate's, never the upstream's: taken out here.
+        let approval_id = match arguments.remove(crate::catalog::APPROVAL_ID_ARGUMENT) {
+            None => None,
+            Some(_) if tool.max_price.is_none() => {
+                return Ok(tool_error(format!(
+                    "`{}` is not a paid tool, so it takes no approval_id; nothing was sent",
+                    tool.name
+                ))
+                .into());
+            }
+            Some(Value::String(id)) => Some(id),
+            Some(_) => {
+                return Ok(tool_error(
+                    "approval_id must be a string (the id from an approval_required result); \
+                     nothing was sent"
+                        .to_owned(),
+                )
+                .into());
+            }
+        };
+        let continuation = approval::Continuation {
+            approval_id,
+            request_state: request.request_state,
+            input_responses: request.input_responses,
+        };
+        Ok(self
+            .call_http_tool(tool, arguments, continuation, &context)
+            .await)
     }
 }
 

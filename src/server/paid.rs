@@ -10,12 +10,14 @@ use std::sync::Arc;
 
 use reqwest::header::HeaderMap;
 use rmcp::RoleServer;
-use rmcp::model::CallToolResult;
+use rmcp::model::{CallToolResponse, CallToolResult};
 use rmcp::service::RequestContext;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
+use super::approval::{Continuation, Gate};
 use super::{Progress, Tollgate, success, tool_error};
+use crate::approval::ApprovalRecord;
 use crate::budget::credential::{Credential, RootKey};
 use crate::budget::policy::Policy;
 use crate::catalog::{HttpTool, UpstreamRequest};
@@ -44,6 +46,8 @@ pub struct Payments {
     /// The credential of the policy's default profile: the caller when there is no token at
     /// all (see [`Payments::use_default_profile`]).
     pub profile_token: Option<String>,
+    /// How a person is asked to approve a payment above the threshold.
+    pub approval: crate::approval::Settings,
     /// Budgets, reservations, pending payments, receipts, revocations.
     pub ledger: Arc<Ledger>,
     /// Credentials whose budgets this process has recorded in the tree of budgets.
@@ -65,6 +69,7 @@ impl Payments {
             root: None,
             env_token: None,
             profile_token: None,
+            approval: crate::approval::Settings::default(),
             ledger,
             registered: Default::default(),
         }
@@ -287,38 +292,10 @@ impl Tollgate {
         headers: &HeaderMap,
         body: &[u8],
         caller: Option<&Credential>,
+        continuation: &Continuation,
         progress: &Progress,
         context: &RequestContext<RoleServer>,
-    ) -> CallToolResult {
-        self.pay_attempt(
-            tool,
-            arguments,
-            request,
-            headers,
-            body,
-            caller,
-            progress,
-            context,
-            Attempt::First,
-        )
-        .await
-    }
-
-    /// One attempt at the 402 path; [`Attempt::Fresh`] is the one retry on a fresh challenge
-    /// after an MPP challenge went stale (before signing, or `payment-expired` after).
-    #[allow(clippy::too_many_arguments)]
-    async fn pay_attempt(
-        &self,
-        tool: &HttpTool,
-        arguments: &Map<String, Value>,
-        request: UpstreamRequest,
-        headers: &HeaderMap,
-        body: &[u8],
-        caller: Option<&Credential>,
-        progress: &Progress,
-        context: &RequestContext<RoleServer>,
-        attempt: Attempt,
-    ) -> CallToolResult {
+    ) -> CallToolResponse {
         let payments = &self.payments;
         let challenge = pay::read_challenge(headers, body);
         if tool.max_price.is_none() {
@@ -327,7 +304,8 @@ impl Tollgate {
                  never pays for it; nothing was paid. {}",
                 tool.name,
                 describe(&challenge)
-            )));
+            )))
+            .into();
         }
         if !payments.policy.tools.permits(&tool.name)
             || !payments.policy.hosts.permits(&tool.host())
@@ -337,23 +315,61 @@ impl Tollgate {
                 payments.policy.source,
                 tool.name,
                 tool.host()
-            ));
+            ))
+            .into();
         }
         let quote = match pay::choose(&challenge, &payments.rules(tool, caller)) {
             Ok(quote) => quote,
             Err(judged) => {
-                return tool_error(tool.redact(&refusal_message(tool, &challenge, &judged)));
+                return tool_error(tool.redact(&refusal_message(tool, &challenge, &judged))).into();
             }
         };
-        // Fail closed on a rule this tollgate cannot enforce yet: an approval threshold needs
-        // a human to ask.
-        if caller.is_some_and(|c| c.restrictions.needs_approval(quote.usd)) {
-            return tool_error(format!(
-                "{} is above your credential's approval threshold, and this tollgate cannot ask \
-                 a human yet; nothing was paid",
-                quote.usd
-            ));
-        }
+        // Above the threshold a person decides, before anything is signed (signatures expire
+        // within seconds to a minute).
+        let approval = match self
+            .approval_gate(
+                tool,
+                arguments,
+                &quote,
+                caller,
+                continuation,
+                progress,
+                context,
+            )
+            .await
+        {
+            Gate::Pay(approval) => approval,
+            Gate::Stop(response) => return *response,
+        };
+        self.pay_quote(
+            tool,
+            arguments,
+            request,
+            quote,
+            approval,
+            caller,
+            progress,
+            context,
+            Attempt::First,
+        )
+        .await
+        .into()
+    }
+
+    /// Pays the chosen, approved offer: reserve, prove, record pending, send, commit.
+    #[allow(clippy::too_many_arguments)]
+    async fn pay_quote(
+        &self,
+        tool: &HttpTool,
+        arguments: &Map<String, Value>,
+        request: UpstreamRequest,
+        quote: Quote,
+        approval: ApprovalRecord,
+        caller: Option<&Credential>,
+        progress: &Progress,
+        context: &RequestContext<RoleServer>,
+        attempt: Attempt,
+    ) -> CallToolResult {
         // After approval and before the reservation: an MPP challenge too close to its expiry
         // (a signed Tempo transaction lives about 25 s) is not signed; a fresh one is fetched.
         if quote.offer.protocol == Protocol::Mpp && pay::mpp::stale(&quote.offer, now_unix()) {
@@ -363,11 +379,12 @@ impl Tollgate {
             );
             return self
                 .pay_fresh(
-                    tool, arguments, request, caller, progress, context, attempt, &why,
+                    tool, arguments, request, &quote, approval, caller, progress, context, attempt,
+                    &why,
                 )
                 .await;
         }
-
+        let payments = &self.payments;
         let now = now_unix();
         let key = fingerprint(&tool.name, arguments, &quote);
         let ledger = payments.ledger.clone();
@@ -486,10 +503,11 @@ impl Tollgate {
                     && !reused
                     && pay::mpp::problem(&headers, &body).is_some_and(|p| p.is_expired())
                 {
-                    let why = "the seller found the signed MPP credential expired".to_owned();
+                    let why = "the seller found the signed MPP credential expired";
                     return self
                         .pay_fresh(
-                            tool, arguments, request, caller, progress, context, attempt, &why,
+                            tool, arguments, request, &quote, approval, caller, progress, context,
+                            attempt, why,
                         )
                         .await;
                 }
@@ -508,6 +526,7 @@ impl Tollgate {
                 let settled = settlement(&quote, &headers);
                 let mut receipt = Receipt::new(&quote, &proof, settled.transaction, now_unix());
                 receipt.details = settled.details;
+                receipt.approval = Some(approval);
                 tracing::info!(
                     tool = %tool.name, receipt = %receipt.receipt_id,
                     transaction = ?receipt.transaction, usd = %quote.usd, "paid"
@@ -581,14 +600,17 @@ enum Attempt {
 }
 
 impl Tollgate {
-    /// Asks the seller for a fresh challenge (the request again, unpaid) and pays that, once
-    /// per call; a second stale challenge ends the call with nothing more signed.
+    /// Asks the seller for a fresh challenge (the request again, unpaid) and pays it under the
+    /// approval already given, once per call: the fresh offer must be payable under the same
+    /// rules and cost no more than the one approved. A second stale challenge ends the call.
     #[allow(clippy::too_many_arguments)]
     async fn pay_fresh(
         &self,
         tool: &HttpTool,
         arguments: &Map<String, Value>,
         request: UpstreamRequest,
+        approved: &Quote,
+        approval: ApprovalRecord,
         caller: Option<&Credential>,
         progress: &Progress,
         context: &RequestContext<RoleServer>,
@@ -609,30 +631,46 @@ impl Tollgate {
             Ok(reply) => reply,
             Err(cancelled) => return cancelled,
         };
-        match reply {
+        let (headers, body) = match reply {
             Ok(Reply {
                 answer: Answer::PaymentRequired { body },
                 headers,
-            }) => {
-                Box::pin(self.pay_attempt(
-                    tool,
-                    arguments,
-                    request,
-                    &headers,
-                    &body,
-                    caller,
-                    progress,
-                    context,
-                    Attempt::Fresh,
-                ))
-                .await
+            }) => (headers, body),
+            Ok(Reply { answer, .. }) => return success(tool, answer, None),
+            Err(e) => {
+                return tool_error(tool.redact(&format!(
+                    "`{}`: {why}, and asking for a fresh challenge failed ({e}); nothing was paid",
+                    tool.name
+                )));
             }
-            Ok(Reply { answer, .. }) => success(tool, answer, None),
-            Err(e) => tool_error(tool.redact(&format!(
-                "`{}`: {why}, and asking for a fresh challenge failed ({e}); nothing was paid",
-                tool.name
-            ))),
+        };
+        let challenge = pay::read_challenge(&headers, &body);
+        let quote = match pay::choose(&challenge, &self.payments.rules(tool, caller)) {
+            Ok(quote) => quote,
+            Err(judged) => {
+                return tool_error(tool.redact(&refusal_message(tool, &challenge, &judged)));
+            }
+        };
+        // The approval (by a person or by the policy's thresholds) was for the first price.
+        if quote.usd > approved.usd {
+            return tool_error(tool.redact(&format!(
+                "`{}`: the fresh challenge asks {}, more than the {} approved; nothing was paid. \
+                 Call again to decide on the new price.",
+                tool.name, quote.usd, approved.usd
+            )));
         }
+        Box::pin(self.pay_quote(
+            tool,
+            arguments,
+            request,
+            quote,
+            approval,
+            caller,
+            progress,
+            context,
+            Attempt::Fresh,
+        ))
+        .await
     }
 }
 
@@ -670,7 +708,6 @@ fn settlement(quote: &Quote, headers: &HeaderMap) -> Settled {
                 settled.meta.insert("x402/payment-response".into(), decoded);
             }
         }
-        // protocol: L402 (payment hash, backend) and MPP (`Payment-Receipt`) receipts.
         Protocol::Mpp => {
             let receipt = match pay::mpp::receipt(headers) {
                 Some(Ok(value)) => Some(value),
@@ -693,7 +730,7 @@ fn settlement(quote: &Quote, headers: &HeaderMap) -> Settled {
 }
 
 /// Runs a (short, blocking) ledger operation without stalling the async workers.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
+pub(super) fn blocking<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
 }
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use rmcp::model::{Tool, ToolAnnotations};
 use serde_json::{Map, Value, json};
 
-use crate::catalog::HttpTool;
+use crate::catalog::{APPROVAL_ID_ARGUMENT, HttpTool};
 
 /// The MCP view of an HTTP tool.
 pub fn mcp_tool(tool: &HttpTool) -> Tool {
@@ -13,12 +13,13 @@ pub fn mcp_tool(tool: &HttpTool) -> Tool {
     if let Some(max) = tool.max_price {
         description.push_str(&format!(" (Paid: at most {max} per call.)"));
     }
-    let mut out = Tool::new(
-        tool.name.clone(),
-        description,
-        Arc::clone(&tool.input_schema),
-    )
-    .with_raw_output_schema(Arc::new(output_schema(tool)));
+    let input = if tool.max_price.is_some() {
+        Arc::new(with_approval_id(&tool.input_schema))
+    } else {
+        Arc::clone(&tool.input_schema)
+    };
+    let mut out = Tool::new(tool.name.clone(), description, input)
+        .with_raw_output_schema(Arc::new(output_schema(tool)));
     if let Some(title) = &tool.title {
         out = out.with_title(title.clone());
     }
@@ -52,6 +53,41 @@ fn output_schema(tool: &HttpTool) -> Map<String, Value> {
                 rate_usd_micros_per_unit, payee, payer, transaction, receipt_id, at",
             "required": ["protocol", "amount_usd", "payee", "receipt_id"]
         });
+        // A payment that waits for a person: the call returns this instead of a result.
+        for (key, schema) in [
+            ("status", json!({"const": "approval_required"})),
+            ("approval_id", json!({"type": "string"})),
+            ("approve_url", json!({"type": ["string", "null"]})),
+            ("expires_at", json!({"type": "string"})),
+            ("amount", json!({"type": "string"})),
+            ("amount_usd_micros", json!({"type": "integer"})),
+            ("amount_in_asset", json!({"type": "string"})),
+            ("payee", json!({"type": "string"})),
+            ("protocol", json!({"type": "string"})),
+            ("network", json!({"type": "string"})),
+            ("budget_left_after", json!({"type": ["string", "null"]})),
+            ("tool", json!({"type": "string"})),
+            ("reason", json!({"type": "string"})),
+        ] {
+            properties[key] = schema;
+        }
+        let schema = json!({
+            "type": "object",
+            "description": "either {result[, payment]}, or, when a person must approve the \
+                payment first, {status: \"approval_required\", approval_id, approve_url, \
+                expires_at, amount, payee, tool, ...}: ask the person to run `tollgate approve \
+                <approval_id>` or open approve_url, then call again with the same arguments \
+                and approval_id",
+            "properties": properties,
+            "anyOf": [
+                {"required": ["result"]},
+                {"required": ["status", "approval_id", "expires_at", "amount", "payee", "tool"]}
+            ],
+        });
+        return match schema {
+            Value::Object(map) => map,
+            _ => Map::new(),
+        };
     }
     let schema = json!({
         "type": "object",
@@ -62,4 +98,26 @@ fn output_schema(tool: &HttpTool) -> Map<String, Value> {
         Value::Object(map) => map,
         _ => Map::new(),
     }
+}
+
+/// A paid tool's input schema, plus the optional `approval_id` argument tollgate handles.
+fn with_approval_id(schema: &Map<String, Value>) -> Map<String, Value> {
+    let mut schema = schema.clone();
+    let property = json!({
+        "type": "string",
+        "description": "only when retrying a call that returned status approval_required: \
+            the approval_id a person approved (tollgate removes it before calling the API)"
+    });
+    match schema.get_mut("properties") {
+        Some(Value::Object(properties)) => {
+            properties.insert(APPROVAL_ID_ARGUMENT.to_owned(), property);
+        }
+        _ => {
+            schema.insert(
+                "properties".to_owned(),
+                json!({ APPROVAL_ID_ARGUMENT: property }),
+            );
+        }
+    }
+    schema
 }

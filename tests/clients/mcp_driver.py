@@ -2,7 +2,19 @@
 """Drive an MCP stdio server with the real Python SDK client (mcp==2.3.0).
 
 Usage:
-    python tests/clients/mcp_driver.py --mode legacy|stateless --steps STEPS.json -- SERVER_CMD [ARGS...]
+    python tests/clients/mcp_driver.py --mode legacy|stateless [--elicit MODE] --steps STEPS.json -- SERVER_CMD [ARGS...]
+
+--elicit installs an elicitation callback (the client then declares the elicitation
+capability; without --elicit it declares none):
+  accept        answer {"action": "accept", "content": {"approve": true}}
+  reject        answer {"action": "accept", "content": {"approve": false}}
+  decline       answer {"action": "decline"}
+  never         never answer (sleeps until the step or the server gives up)
+  late:MS       sleep MS milliseconds, then accept
+Every elicitation the callback receives is recorded in the output's "elicitations"
+(message and requested schema). In legacy mode it answers `elicitation/create`; in
+stateless mode (2026-07-28) `Client` runs it for each elicitation in an
+`InputRequiredResult` and retries the call with `inputResponses` and the `requestState`.
 
 Run it with the venv from tests/peers/python/requirements.txt (target/venv/bin/python).
 Prints exactly one JSON object on stdout; diagnostics go to stderr.
@@ -68,6 +80,10 @@ Steps (JSON array)
   {"op":"call_tool", "name":"...", "arguments":{...}?, "meta":{...}?,
    "progress":true|false?, "cancel_after_ms":N?, "timeout_s":30?}
   {"op":"sleep", "ms":N}                       (driver extra: let late traffic arrive)
+  {"op":"wait_file", "path":"...", "timeout_s":N}  (driver extra: wait until a file exists)
+  call_tool extras: "report_to":"FILE" writes the step's output there as soon as it is done;
+  "approval_id_from":"FILE" adds arguments.approval_id from that file's
+  result.structuredContent.approval_id (an earlier step's report).
 Step outputs
   list_tools -> {"tools":[...], "nextCursor"?...}  (ListToolsResult, camelCase, no None)
   call_tool  -> {"result":{...}, "progress":[{progress,total,message}], "notifications":[...]}
@@ -92,7 +108,7 @@ import anyio
 from mcp import ClientSession, StdioServerParameters, stdio_client
 from mcp.client.client import Client
 from mcp.shared.exceptions import MCPError
-from mcp_types import Implementation, PaginatedRequestParams
+from mcp_types import ElicitResult, Implementation, PaginatedRequestParams
 
 DEFAULT_TIMEOUT_S = 30.0
 CLIENT_INFO = Implementation(name="tollgate-test-driver", version="0.1.0")
@@ -123,8 +139,10 @@ def describe_error(exc: BaseException) -> dict[str, Any]:
 
 
 class Driver:
-    def __init__(self, mode: str, steps: list[dict[str, Any]], command: list[str]) -> None:
+    def __init__(self, mode: str, steps: list[dict[str, Any]], command: list[str], elicit: str | None = None) -> None:
         self.mode = mode
+        self.elicit = elicit
+        self.elicitations: list[Any] = []
         self.steps = steps
         self.command = command
         self.session: ClientSession | None = None
@@ -142,6 +160,24 @@ class Driver:
         else:
             self.stray_notifications.append(entry)
 
+    async def on_elicit(self, context: Any, params: Any) -> ElicitResult:
+        self.elicitations.append(dump(params))
+        mode = self.elicit or ""
+        log(f"elicitation received; answering {mode!r}")
+        if mode == "never":
+            await anyio.sleep_forever()
+        if mode.startswith("late:"):
+            await anyio.sleep(float(mode.split(":", 1)[1]) / 1000)
+            mode = "accept"
+        if mode == "accept":
+            return ElicitResult(action="accept", content={"approve": True})
+        if mode == "reject":
+            return ElicitResult(action="accept", content={"approve": False})
+        return ElicitResult(action="decline")
+
+    def callback(self) -> Any:
+        return self.on_elicit if self.elicit else None
+
     # -- connection -----------------------------------------------------------------
 
     def params(self) -> StdioServerParameters:
@@ -150,7 +186,13 @@ class Driver:
     async def connect(self, stack: AsyncExitStack) -> dict[str, Any]:
         if self.mode == "legacy":
             read, write = await stack.enter_async_context(stdio_client(self.params()))
-            session = ClientSession(read, write, message_handler=self.message_handler, client_info=CLIENT_INFO)
+            session = ClientSession(
+                read,
+                write,
+                message_handler=self.message_handler,
+                client_info=CLIENT_INFO,
+                elicitation_callback=self.callback(),
+            )
             session = await stack.enter_async_context(session)
             init = await session.initialize()
             self.session = session
@@ -166,6 +208,7 @@ class Driver:
             cache=None,
             message_handler=self.message_handler,
             client_info=CLIENT_INFO,
+            elicitation_callback=self.callback(),
         )
         client = await stack.enter_async_context(client)
         self.client = client
@@ -224,8 +267,24 @@ class Driver:
                     out = {"error": f"TimeoutError: step timed out after {timeout}s", "timed_out": True}
                 except Exception as exc:  # noqa: BLE001 - every client failure is a step outcome
                     out = describe_error(exc)
+            elif op == "wait_file":
+                path = step["path"]
+                with anyio.move_on_after(timeout) as scope:
+                    while not os.path.exists(path):
+                        await anyio.sleep(0.05)
+                out = {"waited_for": path, "timed_out": scope.cancelled_caught}
             elif op == "call_tool":
+                source = step.get("approval_id_from")
+                if source:
+                    with open(source, encoding="utf-8") as f:
+                        earlier = json.load(f)
+                    approval_id = earlier["result"]["structuredContent"]["approval_id"]
+                    step = {**step, "arguments": {**(step.get("arguments") or {}), "approval_id": approval_id}}
                 out = await self.run_call(step, timeout)
+                if step.get("report_to"):
+                    with open(step["report_to"] + ".tmp", "w", encoding="utf-8") as f:
+                        json.dump(out, f)
+                    os.replace(step["report_to"] + ".tmp", step["report_to"])
             else:
                 out = {"error": f"DriverError: unknown op {op!r}"}
         finally:
@@ -309,6 +368,7 @@ class Driver:
                     output["steps"] = results
                     if self.stray_notifications:
                         output["stray_notifications"] = self.stray_notifications
+                    output["elicitations"] = self.elicitations
                     # Leaving the stack lets the SDK stop the server (close stdin, wait, SIGTERM, SIGKILL).
             except Exception as exc:  # noqa: BLE001
                 # Teardown failures after all steps ran still count as a completed run.
@@ -329,6 +389,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="mcp_driver.py")
     parser.add_argument("--mode", choices=["legacy", "stateless"], required=True)
     parser.add_argument("--steps", required=True, help="path to a JSON array of steps ('-' for stdin)")
+    parser.add_argument("--elicit", default=None, help="accept|reject|decline|never|late:MS (default: no elicitation callback)")
     ns = parser.parse_args(argv[:split])
     command = argv[split + 1 :]
     if not command:
@@ -342,7 +403,7 @@ def main() -> int:
         log(f"bad steps file: {exc}")
         return 2
 
-    output, code = anyio.run(Driver(ns.mode, steps, command).run)
+    output, code = anyio.run(Driver(ns.mode, steps, command, ns.elicit).run)
     if output is not None:
         sys.stdout.write(json.dumps(output) + "\n")
         sys.stdout.flush()

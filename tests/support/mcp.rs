@@ -82,12 +82,27 @@ pub async fn drive_with_logs(
     env: &[(&str, &str)],
     steps: Value,
 ) -> (Value, String) {
+    drive_elicit(python, mode, config, env, steps, None).await
+}
+
+/// Like [`drive_with_logs`], with the driver's elicitation callback (`--elicit`: `accept`,
+/// `reject`, `decline`, `never`, `late:MS`); `None` declares no elicitation capability.
+pub async fn drive_elicit(
+    python: &Path,
+    mode: Mode,
+    config: &Path,
+    env: &[(&str, &str)],
+    steps: Value,
+    elicit: Option<&str>,
+) -> (Value, String) {
     let dir = tempfile::tempdir().expect("tempdir");
     let steps_file = dir.path().join("steps.json");
     std::fs::write(&steps_file, steps.to_string()).expect("write steps");
     let mut cmd = tokio::process::Command::new(python);
     cmd.arg(root().join("tests/clients/mcp_driver.py"))
-        .args(["--mode", mode.arg(), "--steps"])
+        .args(["--mode", mode.arg()])
+        .args(elicit.map(|e| format!("--elicit={e}")))
+        .arg("--steps")
         .arg(&steps_file)
         .arg("--")
         .arg(env!("CARGO_BIN_EXE_tollgate"))
@@ -137,4 +152,42 @@ impl Setup {
     pub fn config(&self) -> PathBuf {
         self.dir.path().join("tollgate.toml")
     }
+}
+
+/// The browser peer (`tests/peers/browser`: playwright-core driving Debian's Chromium), or
+/// `None` (skip) when it is not installed and peers are not required.
+pub fn browser() -> Option<PathBuf> {
+    require_peer(
+        "Debian chromium (apt-get install chromium)",
+        Path::new("/usr/bin/chromium"),
+    )?;
+    require_peer(
+        "playwright-core",
+        &root().join("tests/peers/browser/node_modules/playwright-core"),
+    )?;
+    Some(root().join("tests/peers/browser/approve.mjs"))
+}
+
+/// Opens `url` in headless Chromium and clicks approve or deny, as a person would. Returns
+/// the script's report: the page text before and after, and the HTTP status.
+pub async fn click_on_page(script: &Path, url: &str, decision: &str) -> Value {
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(90),
+        tokio::process::Command::new("node")
+            .arg(script)
+            .args([url, decision])
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the browser finished within 90 s")
+    .expect("run node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "browser failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.trim()).expect("the browser's report is JSON")
 }
