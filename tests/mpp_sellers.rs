@@ -457,11 +457,16 @@ async fn keychain_mode_pays_from_the_account_that_authorized_the_access_key() {
                     "data": format!("0x{}", hex::encode(data))}]),
         )
         .await;
-    assert_eq!(
-        peers.tx_status(hash.as_str().unwrap()).await,
-        "success",
-        "authorizeKey"
-    );
+    // anvil mines it on its own schedule: wait for the receipt.
+    let mut status = String::new();
+    for _ in 0..100 {
+        status = peers.tx_status(hash.as_str().unwrap()).await;
+        if status != "missing" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, "success", "authorizeKey");
 
     let result = call(&setup, ACCESS_KEY, "weather_mppx").await;
     assert_ne!(
