@@ -39,6 +39,27 @@ fn attenuate(token: &str, caveat: &str) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
+/// The bytes of a V2 token's first-party caveat `predicate`: `02 len predicate 00`.
+fn caveat_span(bytes: &[u8], predicate: &str) -> std::ops::Range<usize> {
+    let at = bytes
+        .windows(predicate.len())
+        .position(|w| w == predicate.as_bytes())
+        .expect("caveat in token");
+    assert!(predicate.len() < 128, "one-byte varint length");
+    assert_eq!(&bytes[at - 2..at], &[2, predicate.len() as u8]);
+    assert_eq!(bytes[at + predicate.len()], 0, "end of the caveat's fields");
+    at - 2..at + predicate.len() + 1
+}
+
+/// Rewrites a token's bytes (base64url, no padding) without re-signing: a forgery attempt.
+fn tamper(token: &str, edit: impl FnOnce(&mut Vec<u8>)) -> String {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+    let mut bytes = B64URL.decode(token).expect("token bytes");
+    edit(&mut bytes);
+    B64URL.encode(bytes)
+}
+
 async fn seller() -> TestUpstream {
     TestUpstream::start(|seen| {
         if seen.path() == "/free" {
@@ -77,6 +98,28 @@ async fn credentials_narrow_and_bad_ones_are_refused_with_nothing_paid() {
     let config = setup.config();
     tollgate(&["init"], &config);
     let root = tollgate(&["token", "mint", "--caveat", "tools = paid,free"], &config);
+    // A token whose caveats a forger edits in place: changed, removed, reordered.
+    const CAP: &str = "max_per_call_usd_micros <= 50000";
+    let capped = attenuate(&root, CAP);
+    let changed = tamper(&capped, |b| {
+        let span = caveat_span(b, CAP);
+        b[span.end - 6] = b'9'; // <= 90000
+    });
+    let removed = tamper(&capped, |b| {
+        let span = caveat_span(b, CAP);
+        b.drain(span);
+    });
+    let reordered = tamper(&capped, |b| {
+        let first = caveat_span(b, "tools = paid,free");
+        let second = caveat_span(b, CAP);
+        let (a, c) = (b[first.clone()].to_vec(), b[second.clone()].to_vec());
+        let mut swapped = b[..first.start].to_vec();
+        swapped.extend(&c);
+        swapped.extend(&b[first.end..second.start]);
+        swapped.extend(&a);
+        swapped.extend(&b[second.end..]);
+        *b = swapped;
+    });
     let cheap = attenuate(&root, "max_per_call_usd_micros <= 5000");
     let only_free = attenuate(&root, "tools = free");
     let widened = attenuate(&only_free, "tools = free,paid"); // appending cannot widen
@@ -99,6 +142,10 @@ async fn credentials_narrow_and_bad_ones_are_refused_with_nothing_paid() {
         call("paid", Some(&foreign)),
         call("free", Some(&only_free)),
         call("paid", Some("not a token")),
+        call("paid", Some(&changed)),
+        call("paid", Some(&removed)),
+        call("paid", Some(&reordered)),
+        call("paid", Some(&capped)),
     ]);
     let report = drive(
         &python,
@@ -147,12 +194,26 @@ async fn credentials_narrow_and_bad_ones_are_refused_with_nothing_paid() {
         "{}",
         text(&report, 8)
     );
+    for (i, what) in [(9, "changed"), (10, "removed"), (11, "reordered")] {
+        assert!(
+            text(&report, i).contains("signature does not verify"),
+            "a {what} caveat: {}",
+            text(&report, i)
+        );
+        assert_eq!(report["steps"][i]["result"]["isError"], true);
+    }
+    assert_eq!(
+        report["steps"][12]["result"]["structuredContent"]["payment"]["amount_usd"],
+        "0.01",
+        "the untampered token pays: {}",
+        text(&report, 12)
+    );
     let signed = up
         .seen()
         .iter()
         .filter(|s| s.header("PAYMENT-SIGNATURE").is_some())
         .count();
-    assert_eq!(signed, 1, "only the valid root credential paid");
+    assert_eq!(signed, 2, "only the valid credentials paid");
 }
 
 #[tokio::test(flavor = "multi_thread")]
