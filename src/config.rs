@@ -304,6 +304,7 @@ impl Config {
             wallet: WalletConfig {
                 evm_keystore: file.wallet.evm_keystore.map(&at),
                 evm_keystore_password_file: file.wallet.evm_keystore_password_file.map(&at),
+                tempo: file.wallet.tempo,
             },
             lightning: file.lightning.map(|l| LightningConfig {
                 tls_cert: l.tls_cert.clone().map(&at),

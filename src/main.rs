@@ -769,8 +769,15 @@ fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
                 );
             });
         }
+        let tempo =
+            tollgate::wallet::tempo::TempoWallet::open(config.wallet.tempo.as_ref(), evm.as_ref())
+                .context("cannot open the Tempo wallet")?;
+        if let Some(wallet) = &tempo {
+            tracing::info!(?wallet, "Tempo wallet ready (MPP)");
+        }
         let mut payments = Payments::new(policy, config.assets.clone(), evm, ledger);
         payments.lightning = lightning;
+        payments.tempo = tempo;
         payments.root = match RootKey::load(&config.state_dir) {
             Ok(root) => Some(root),
             Err(CredentialError::NoRootKey(_)) => None,

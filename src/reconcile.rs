@@ -6,7 +6,10 @@
 //! it with a receipt marked `reconciled` (and the transaction, found from the token's
 //! `AuthorizationUsed` log when the node can tell). Unused and expired (`validBefore` passed) →
 //! it can never settle: release it. Unused and still valid → leave it pending (a retry of the
-//! same call re-sends it). Without an `[rpc]` endpoint for its network a payment stays
+//! same call re-sends it). For an MPP payment the proof carries the signed Tempo transaction,
+//! whose hash is known before it is sent: mined → commit; reverted → release; not mined and
+//! past its `validBefore` (an expiring nonce: it can never be mined later) → release; else
+//! pending. Without an `[rpc]` endpoint for its network a payment stays
 //! reserved and visible. A reservation whose proof never left the process (`reserved`, older
 //! than [`STALE_RESERVED_SECS`]) is released.
 
@@ -100,6 +103,32 @@ pub async fn reconcile(
                     )),
                 }
             }
+            ReservationState::Pending if payment.protocol == "MPP" => {
+                match mpp(&client, rpc, &payment).await {
+                    Ok(Mined::Success(transaction)) => {
+                        let receipt = receipt(&payment, Some(transaction), now);
+                        tokio::task::block_in_place(|| {
+                            ledger.commit(payment.id, payment.amount_usd_micros, receipt, now)
+                        })?;
+                        report.settled += 1;
+                    }
+                    Ok(Mined::Reverted) => {
+                        tokio::task::block_in_place(|| ledger.release(payment.id, now))?;
+                        report.released += 1;
+                    }
+                    Ok(Mined::No) if payment.valid_before.is_some_and(|v| v <= now) => {
+                        tokio::task::block_in_place(|| ledger.release(payment.id, now))?;
+                        report.released += 1;
+                    }
+                    Ok(Mined::No) => report.pending += 1,
+                    Err(why) => report.unchecked.push(format!(
+                        "{} to {} for `{}`: {why}",
+                        UsdMicros(payment.amount_usd_micros),
+                        payment.payee,
+                        payment.tool
+                    )),
+                }
+            }
             ReservationState::Reserved => report.unsent += 1,
             _ => report.pending += 1,
         }
@@ -151,6 +180,41 @@ async fn x402(
     Ok(Some(
         find_transaction(client, url, token, from, nonce).await,
     ))
+}
+
+/// Where an MPP payment's transaction is.
+enum Mined {
+    Success(String),
+    Reverted,
+    No,
+}
+
+/// Looks up the signed Tempo transaction of a recorded MPP proof.
+async fn mpp(
+    client: &reqwest::Client,
+    rpc: &BTreeMap<u64, String>,
+    payment: &PendingPayment,
+) -> Result<Mined, String> {
+    let meta: Value = serde_json::from_str(&payment.meta_json)
+        .map_err(|_| "its ledger entry is unreadable".to_owned())?;
+    let network = meta["network"].as_str().unwrap_or_default();
+    let chain = assets::chain_id(network)
+        .ok_or_else(|| format!("network {network:?} is not a chain tollgate knows"))?;
+    let url = rpc
+        .get(&chain)
+        .ok_or_else(|| format!("no [rpc] endpoint for {network} in tollgate.toml"))?;
+    let proof = payment
+        .proof_json
+        .as_deref()
+        .and_then(Proof::from_json)
+        .ok_or("its proof is unreadable")?;
+    let hash = crate::pay::mpp::transaction_hash(&proof)?;
+    let answer = call(client, url, "eth_getTransactionReceipt", json!([hash])).await?;
+    Ok(match answer.get("status").and_then(Value::as_str) {
+        None => Mined::No,
+        Some("0x1") => Mined::Success(format!("{hash}")),
+        Some(_) => Mined::Reverted,
+    })
 }
 
 /// The transaction that used the authorization, if the node still has its log.
@@ -244,17 +308,18 @@ async fn call(
 /// A receipt for a payment found on chain after the fact.
 fn receipt(payment: &PendingPayment, transaction: Option<String>, now: u64) -> NewReceipt {
     let meta: Value = serde_json::from_str(&payment.meta_json).unwrap_or(Value::Null);
-    let payer = authorization(payment).map(|(from, _)| from.to_string());
-    let version = payment
-        .protocol
-        .rsplit('v')
-        .next()
-        .and_then(|v| v.parse::<u8>().ok())
-        .unwrap_or(0);
+    let payer = authorization(payment)
+        .map(|(from, _)| from.to_string())
+        .or_else(|| Some(Proof::from_json(payment.proof_json.as_deref()?)?.payer));
+    // `x402 v2` → ("x402", 2); `MPP` → ("mpp", 0).
+    let (protocol, version) = match payment.protocol.split_once(" v") {
+        Some((name, v)) => (name.to_owned(), v.parse::<u8>().unwrap_or(0)),
+        None => (payment.protocol.to_ascii_lowercase(), 0),
+    };
     let receipt_id = hex::encode(rand::random::<[u8; 12]>());
     let usd = UsdMicros(payment.amount_usd_micros);
     let json = json!({
-        "protocol": "x402",
+        "protocol": protocol,
         "version": version,
         "network": meta["network"],
         "asset": meta["asset"],

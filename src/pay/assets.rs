@@ -1,5 +1,5 @@
-//! Assets tollgate knows how to value: USDC on the EVM networks where Circle deploys it (built
-//! in), and whatever else the config names. An offer in an unknown asset is never paid: the
+//! Assets tollgate knows how to value: USDC on the EVM networks where Circle deploys it and
+//! pathUSD on Tempo (built in), and whatever else the config names. An offer in an unknown asset is never paid: the
 //! value of its atomic unit is unknown.
 
 use crate::money::UsdMicros;
@@ -41,16 +41,28 @@ const USDC: &[(u64, &str)] = &[
     (11155111, "0x1c7d4b196cb0c7b01d743fbc6116a902379c7238"),
 ];
 
+/// Tempo's pathUSD (a TIP-20 stablecoin at the same address on every Tempo chain, 6 decimals,
+/// 1:1 USD): mainnet 4217 and the Moderato testnet 42431. A local Tempo chain (anvil
+/// `--network tempo`, chain 31337) is named with `[[assets]]`.
+pub const PATH_USD: &str = "0x20c0000000000000000000000000000000000000";
+const TEMPO_CHAINS: &[u64] = &[4217, 42431];
+
 /// The built-in assets.
 pub fn builtin() -> Vec<Asset> {
+    let stable = |chain_id: u64, address: &str, symbol: &str| Asset {
+        chain_id,
+        address: address.to_owned(),
+        symbol: symbol.to_owned(),
+        decimals: 6,
+        usd_micros_per_unit: 1_000_000,
+    };
     USDC.iter()
-        .map(|(chain_id, address)| Asset {
-            chain_id: *chain_id,
-            address: (*address).to_owned(),
-            symbol: "USDC".to_owned(),
-            decimals: 6,
-            usd_micros_per_unit: 1_000_000,
-        })
+        .map(|(chain_id, address)| stable(*chain_id, address, "USDC"))
+        .chain(
+            TEMPO_CHAINS
+                .iter()
+                .map(|id| stable(*id, PATH_USD, "pathUSD")),
+        )
         .collect()
 }
 
@@ -71,9 +83,13 @@ pub const V1_NETWORKS: &[(&str, u64)] = &[
     ("iotex", 4689),
 ];
 
-/// The chain id of a network as x402 names it: CAIP-2 (`eip155:8453`) or a v1 name (`base`).
+/// The chain id of a network as x402 names it: CAIP-2 (`eip155:8453`) or a v1 name (`base`);
+/// or as MPP offers name Tempo chains (`tempo:4217`).
 pub fn chain_id(network: &str) -> Option<u64> {
-    if let Some(id) = network.strip_prefix("eip155:") {
+    if let Some(id) = network
+        .strip_prefix("eip155:")
+        .or_else(|| network.strip_prefix("tempo:"))
+    {
         return id.parse().ok().filter(|id| *id > 0);
     }
     V1_NETWORKS
@@ -90,6 +106,20 @@ mod tests {
     fn usdc_atomic_units_are_micro_usd() {
         let usdc = &builtin()[0];
         assert_eq!(usdc.to_usd_micros(10_000), Some(UsdMicros(10_000)));
+    }
+
+    #[test]
+    fn path_usd_is_built_in_on_tempo_mainnet_and_moderato() {
+        let path_usd: Vec<u64> = builtin()
+            .iter()
+            .filter(|a| a.symbol == "pathUSD" && a.address == PATH_USD)
+            .map(|a| a.chain_id)
+            .collect();
+        assert_eq!(path_usd, [4217, 42431]);
+        assert_eq!(
+            builtin()[path_usd.len()..].len() + path_usd.len(),
+            builtin().len()
+        );
     }
 
     #[test]
@@ -112,5 +142,7 @@ mod tests {
         assert_eq!(chain_id("eip155:0"), None);
         assert_eq!(chain_id("eip155:x"), None);
         assert_eq!(chain_id("solana"), None);
+        assert_eq!(chain_id("tempo:4217"), Some(4217));
+        assert_eq!(chain_id("tempo:0"), None);
     }
 }

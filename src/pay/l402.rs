@@ -153,7 +153,7 @@ impl Invoice {
         }
         let payment_hash: [u8; 32] = raw
             .payment_hash()
-            .and_then(|h| <[u8; 32]>::try_from(h.0.as_ref()).ok())
+            .and_then(|h| <[u8; 32]>::try_from(AsRef::<[u8]>::as_ref(&h.0)).ok())
             .ok_or("the invoice has no payment hash")?;
         let payee = match raw.payee_pub_key() {
             Some(key) => hex::encode(key.0.serialize()),

@@ -13,6 +13,7 @@
 
 pub mod assets;
 pub mod l402;
+pub mod mpp;
 pub mod x402;
 
 use std::fmt;
@@ -127,6 +128,13 @@ pub fn read_challenge(headers: &HeaderMap, body: &[u8]) -> Challenge {
     for challenge in l402::read_challenges(headers, &mut c.problems) {
         c.offers.push(l402::offer(&challenge, now));
     }
+    mpp::read_offers(
+        headers,
+        body,
+        &mut c.offers,
+        &mut c.problems,
+        &mut c.seller_error,
+    );
     for value in headers.get_all("www-authenticate") {
         let scheme: String = value
             .to_str()
@@ -139,12 +147,9 @@ pub fn read_challenge(headers: &HeaderMap, body: &[u8]) -> Challenge {
             .take(32)
             .collect();
         match scheme.to_ascii_lowercase().as_str() {
-            // L402 challenges were read above (every challenge in every value).
-            "l402" | "lsat" => {}
-            // protocol: MPP challenges are read here.
-            "payment" => c
-                .problems
-                .push(format!("{scheme} challenge: not supported yet")),
+            // Read above by `l402::read_challenges` and `mpp::read_offers` (one value may
+            // hold several challenges).
+            "l402" | "lsat" | "payment" => {}
             _ => c.problems.push(format!(
                 "{scheme} challenge (WWW-Authenticate): not a payment scheme tollgate knows"
             )),
@@ -407,6 +412,12 @@ pub fn judge(offer: &Offer, rules: &Rules) -> Judgement {
 pub fn valuation(offer: &Offer, rules: &Rules) -> Result<Asset, String> {
     match offer.protocol {
         Protocol::X402 { .. } | Protocol::Mpp => {
+            // A method tollgate cannot pay has no asset to value: say why it is not paid.
+            if offer.protocol == Protocol::Mpp
+                && let Some(reason) = mpp::unsupported(offer)
+            {
+                return Err(reason);
+            }
             let Some(chain_id) = offer.chain_id else {
                 return Err(format!(
                     "network {:?} is not an EVM network tollgate knows",
@@ -420,8 +431,8 @@ pub fn valuation(offer: &Offer, rules: &Rules) -> Result<Asset, String> {
                 .cloned()
                 .ok_or_else(|| {
                     format!(
-                        "asset {} on {} is not a known asset (built-in USDC, or [[assets]] in \
-                         tollgate.toml)",
+                        "asset {} on {} is not a known asset (built-in USDC and pathUSD, or \
+                         [[assets]] in tollgate.toml)",
                         offer.asset, offer.network
                     )
                 })
@@ -441,8 +452,7 @@ fn supported(offer: &Offer, rules: &Rules) -> Result<(), String> {
         )),
         Protocol::X402 { .. } => Ok(()),
         Protocol::L402 => l402::payable(offer, rules.wallets.lightning_network),
-        // protocol: which MPP offers can be paid.
-        Protocol::Mpp => Err(format!("{} is not supported yet", offer.protocol)),
+        Protocol::Mpp => mpp::unsupported(offer).map_or(Ok(()), Err),
     }
 }
 

@@ -166,7 +166,7 @@ fn read_requirements(version: u8, raw: &Value, resource: Option<Value>) -> Resul
 }
 
 /// An amount in atomic units: decimal digits only, no sign, fits in 128 bits, above zero.
-fn parse_amount(text: &str) -> Result<u128, String> {
+pub(crate) fn parse_amount(text: &str) -> Result<u128, String> {
     if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
         return Err(format!(
             "{:?} is not an integer amount in atomic units",

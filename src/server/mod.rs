@@ -55,6 +55,9 @@ impl Tollgate {
     }
 
     /// Validates arguments and builds the request; the error is the result to return.
+    // serde_json's `preserve_order` (enabled by the mpp crate's dependencies) makes every
+    // `CallToolResult` this large; it is built once per call, on the error path.
+    #[allow(clippy::result_large_err)]
     fn prepare(
         tool: &HttpTool,
         arguments: Map<String, Value>,
@@ -87,6 +90,14 @@ impl Tollgate {
         progress: &Progress,
         context: &RequestContext<RoleServer>,
     ) -> Result<Result<Reply, UpstreamError>, CallToolResult> {
+        let mut request = request;
+        // MPP sellers (mpp 0.17+) offer only the methods the client says it can pay.
+        if self.payments.tempo.is_some() {
+            request.headers.insert(
+                "accept-payment",
+                reqwest::header::HeaderValue::from_static(crate::pay::mpp::ACCEPT_PAYMENT),
+            );
+        }
         let limits = Limits {
             timeout: tool.timeout,
             max_response_bytes: tool.max_response_bytes,

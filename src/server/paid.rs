@@ -32,6 +32,7 @@ use crate::pay::{
 };
 use crate::upstream::{Answer, Reply};
 use crate::wallet::EvmWallet;
+use crate::wallet::tempo::TempoWallet;
 
 /// What paying needs: the owner's policy, the assets tollgate can value, the wallet, and what
 /// is needed to tell who is calling (the root key, the process's own token).
@@ -39,6 +40,8 @@ pub struct Payments {
     pub policy: Policy,
     pub assets: Vec<Asset>,
     pub evm: Option<EvmWallet>,
+    /// The Tempo wallet (MPP), if `[wallet.tempo]` is configured.
+    pub tempo: Option<TempoWallet>,
     /// The root key credentials are verified under (absent until `tollgate init`).
     pub root: Option<RootKey>,
     /// `TOLLGATE_TOKEN` of the process: the caller when a request carries no token.
@@ -67,6 +70,7 @@ impl Payments {
             policy,
             assets,
             evm,
+            tempo: None,
             root: None,
             env_token: None,
             profile_token: None,
@@ -195,7 +199,7 @@ impl Payments {
                 evm: self.evm.is_some(),
                 lightning: self.lightning.is_some(),
                 lightning_network: self.lightning.as_ref().map(|l| l.network),
-                ..Wallets::default()
+                tempo: self.tempo.is_some(),
             },
             restrictions: caller.map(|c| &c.restrictions),
         }
@@ -207,10 +211,34 @@ fn fingerprint(tool: &str, arguments: &Map<String, Value>, quote: &Quote) -> Str
     let mut hash = Sha256::new();
     hash.update(tool.as_bytes());
     hash.update([0]);
-    hash.update(Value::Object(arguments.clone()).to_string().as_bytes());
+    hash.update(
+        canonical(&Value::Object(arguments.clone()))
+            .to_string()
+            .as_bytes(),
+    );
     hash.update([0]);
-    hash.update(quote.offer.raw.to_string().as_bytes());
+    hash.update(canonical(&quote.offer.raw).to_string().as_bytes());
     hex::encode(hash.finalize())
+}
+
+/// The value with every object's keys sorted: serde_json keeps insertion order (its
+/// `preserve_order` feature is on for the whole build, via the mpp crate), and the same
+/// arguments sent in another order must still be the same call.
+fn canonical(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            Value::Object(
+                entries
+                    .into_iter()
+                    .map(|(k, v)| (k.clone(), canonical(v)))
+                    .collect(),
+            )
+        }
+        Value::Array(items) => Value::Array(items.iter().map(canonical).collect()),
+        other => other.clone(),
+    }
 }
 
 /// The message for a 402 that will not be paid: the cheapest price above a cap if that is the
@@ -321,7 +349,15 @@ impl Tollgate {
             Gate::Stop(response) => return *response,
         };
         self.pay_quote(
-            tool, arguments, request, quote, approval, caller, progress, context,
+            tool,
+            arguments,
+            request,
+            quote,
+            approval,
+            caller,
+            progress,
+            context,
+            Attempt::First,
         )
         .await
         .into()
@@ -339,7 +375,22 @@ impl Tollgate {
         caller: Option<&Credential>,
         progress: &Progress,
         context: &RequestContext<RoleServer>,
+        attempt: Attempt,
     ) -> CallToolResult {
+        // After approval and before the reservation: an MPP challenge too close to its expiry
+        // (a signed Tempo transaction lives about 25 s) is not signed; a fresh one is fetched.
+        if quote.offer.protocol == Protocol::Mpp && pay::mpp::stale(&quote.offer, now_unix()) {
+            let why = format!(
+                "the seller's MPP challenge expired ({}) before it could be signed",
+                quote.offer.raw["expires"].as_str().unwrap_or("?")
+            );
+            return self
+                .pay_fresh(
+                    tool, arguments, request, &quote, approval, caller, progress, context, attempt,
+                    &why,
+                )
+                .await;
+        }
         let payments = &self.payments;
         let now = now_unix();
         let key = fingerprint(&tool.name, arguments, &quote);
@@ -445,7 +496,7 @@ impl Tollgate {
             reused, "paying"
         );
 
-        let mut paid_request = request;
+        let mut paid_request = request.clone();
         for (name, value) in &proof.headers {
             paid_request.headers.insert(name.clone(), value.clone());
         }
@@ -486,6 +537,20 @@ impl Tollgate {
                 // already settled (its nonce is used): keep it counted, never under-count.
                 if !reused && let Err(e) = blocking(|| ledger.release(reservation, now_unix())) {
                     tracing::error!(error = %e, "could not release a refused payment's reservation");
+                }
+                // MPP `payment-expired`: the credential came too late and was not used; one
+                // fresh challenge, signed anew, is the one exception to "never sign again".
+                if quote.offer.protocol == Protocol::Mpp
+                    && !reused
+                    && pay::mpp::problem(&headers, &body).is_some_and(|p| p.is_expired())
+                {
+                    let why = "the seller found the signed MPP credential expired";
+                    return self
+                        .pay_fresh(
+                            tool, arguments, request, &quote, approval, caller, progress, context,
+                            attempt, why,
+                        )
+                        .await;
                 }
                 let again = pay::read_challenge(&headers, &body);
                 let reason = again
@@ -572,12 +637,96 @@ impl Tollgate {
             }
             // Records the payment pending BEFORE paying the invoice (server::l402).
             Protocol::L402 => self.pay_invoice(tool, quote, reservation, now).await,
-            // protocol: MPP signs here.
-            Protocol::Mpp => Err(PayError::Unpayable(format!(
-                "{} is not supported yet",
-                quote.offer.protocol
-            ))),
+            Protocol::Mpp => {
+                let wallet = self.payments.tempo.as_ref().ok_or_else(|| {
+                    PayError::Unpayable("no Tempo wallet is configured ([wallet.tempo])".to_owned())
+                })?;
+                pay::mpp::prove(&quote.offer, wallet, now).await
+            }
         }
+    }
+}
+
+/// Which attempt at paying one call this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Attempt {
+    First,
+    /// On a fresh challenge, after the first went stale; never followed by another.
+    Fresh,
+}
+
+impl Tollgate {
+    /// Asks the seller for a fresh challenge (the request again, unpaid) and pays it under the
+    /// approval already given, once per call: the fresh offer must be payable under the same
+    /// rules and cost no more than the one approved. A second stale challenge ends the call.
+    #[allow(clippy::too_many_arguments)]
+    async fn pay_fresh(
+        &self,
+        tool: &HttpTool,
+        arguments: &Map<String, Value>,
+        request: UpstreamRequest,
+        approved: &Quote,
+        approval: ApprovalRecord,
+        caller: Option<&Credential>,
+        progress: &Progress,
+        context: &RequestContext<RoleServer>,
+        attempt: Attempt,
+        why: &str,
+    ) -> CallToolResult {
+        if attempt == Attempt::Fresh {
+            return tool_error(tool.redact(&format!(
+                "`{}`: {why}, again on a fresh challenge; tollgate fetches one fresh challenge \
+                 per call, so nothing more was signed and nothing was paid. The seller's clock \
+                 or its challenge lifetime may be wrong.",
+                tool.name
+            )));
+        }
+        progress.send(format!("{why}; asking the seller for a fresh challenge"));
+        tracing::info!(tool = %tool.name, %why, "fetching a fresh MPP challenge");
+        let reply = match self.send(tool, request.clone(), progress, context).await {
+            Ok(reply) => reply,
+            Err(cancelled) => return cancelled,
+        };
+        let (headers, body) = match reply {
+            Ok(Reply {
+                answer: Answer::PaymentRequired { body },
+                headers,
+            }) => (headers, body),
+            Ok(Reply { answer, .. }) => return success(tool, answer, None),
+            Err(e) => {
+                return tool_error(tool.redact(&format!(
+                    "`{}`: {why}, and asking for a fresh challenge failed ({e}); nothing was paid",
+                    tool.name
+                )));
+            }
+        };
+        let challenge = pay::read_challenge(&headers, &body);
+        let quote = match pay::choose(&challenge, &self.payments.rules(tool, caller)) {
+            Ok(quote) => quote,
+            Err(judged) => {
+                return tool_error(tool.redact(&refusal_message(tool, &challenge, &judged)));
+            }
+        };
+        // The approval (by a person or by the policy's thresholds) was for the first price.
+        if quote.usd > approved.usd {
+            return tool_error(tool.redact(&format!(
+                "`{}`: the fresh challenge asks {}, more than the {} approved; nothing was paid. \
+                 Call again to decide on the new price.",
+                tool.name, quote.usd, approved.usd
+            )));
+        }
+        Box::pin(self.pay_quote(
+            tool,
+            arguments,
+            request,
+            quote,
+            approval,
+            caller,
+            progress,
+            context,
+            Attempt::Fresh,
+        ))
+        .await
     }
 }
 
@@ -617,8 +766,21 @@ fn settlement(quote: &Quote, headers: &HeaderMap) -> Settled {
         }
         // L402's facts (payment hash, fee, backend) come with the proof, not the answer.
         Protocol::L402 => {}
-        // protocol: MPP (`Payment-Receipt`) receipts.
-        Protocol::Mpp => {}
+        Protocol::Mpp => {
+            let receipt = match pay::mpp::receipt(headers) {
+                Some(Ok(value)) => Some(value),
+                Some(Err(reason)) => {
+                    tracing::warn!(%reason, "unreadable Payment-Receipt header");
+                    None
+                }
+                None => None,
+            };
+            settled.transaction = receipt.as_ref().and_then(pay::mpp::reference);
+            settled.details = pay::mpp::receipt_details(&quote.offer, receipt.as_ref());
+            if let Some(receipt) = receipt {
+                settled.meta.insert("mpp/payment-receipt".into(), receipt);
+            }
+        }
     }
     settled
 }
@@ -709,4 +871,21 @@ pub(super) fn judgement_json(j: &Judgement) -> Value {
         "payable": j.refusal.is_none(),
         "reason": j.refusal.as_ref().map(ToString::to_string),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_arguments_in_another_order_are_the_same_call() {
+        let a = json!({"city": "Paris", "units": {"temp": "C", "wind": "kmh"}});
+        let b = json!({"units": {"wind": "kmh", "temp": "C"}, "city": "Paris"});
+        assert_ne!(
+            a.to_string(),
+            b.to_string(),
+            "serde_json keeps insertion order"
+        );
+        assert_eq!(canonical(&a).to_string(), canonical(&b).to_string());
+    }
 }

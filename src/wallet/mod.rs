@@ -4,6 +4,8 @@
 //! keystore (password from the environment or a file). A key is never printed: not by `Debug`,
 //! not in errors (which name the source, never the value), not in logs.
 
+pub mod tempo;
+
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -24,6 +26,8 @@ pub struct WalletConfig {
     pub evm_keystore: Option<PathBuf>,
     /// A file whose first line is the keystore's password (else `TOLLGATE_EVM_KEYSTORE_PASSWORD`).
     pub evm_keystore_password_file: Option<PathBuf>,
+    /// `[wallet.tempo]`: paying MPP `tempo` charges (see [`tempo`]).
+    pub tempo: Option<tempo::TempoConfig>,
 }
 
 /// Why the wallet could not be opened. Never contains key material.
@@ -42,6 +46,16 @@ pub enum WalletError {
     PasswordFile { path: PathBuf, reason: String },
     #[error("signing failed: {0}")]
     Signing(String),
+    #[error("{} is set but is not a 32-byte hex private key", tempo::TEMPO_KEY_ENV)]
+    BadTempoKey,
+    #[error(
+        "[wallet.tempo] is configured but there is no key to sign with: set {} or the EVM key \
+         ({EVM_KEY_ENV} or wallet.evm_keystore)",
+        tempo::TEMPO_KEY_ENV
+    )]
+    NoTempoKey,
+    #[error("{0}")]
+    TempoConfig(String),
 }
 
 /// A delegated EVM key.

@@ -3,6 +3,7 @@
 
 pub mod l402_peer;
 pub mod mcp;
+pub mod mpp_peer;
 pub mod seller;
 pub mod stdio;
 pub mod upstream;

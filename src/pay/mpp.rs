@@ -1,0 +1,700 @@
+//! MPP, the buyer's side of the `Payment` HTTP authentication scheme: offers out of
+//! `WWW-Authenticate: Payment …` challenges, a Tempo charge credential into `Authorization`,
+//! the `Payment-Receipt` and `application/problem+json` answers read back.
+//!
+//! * Every `Payment` challenge of a 402 becomes an [`Offer`] (several `WWW-Authenticate` values,
+//!   or several challenges in one value, beside other schemes such as `L402` or `Bearer`).
+//!   Parameters tollgate does not know are ignored; a challenge for a method or intent tollgate
+//!   cannot pay is still listed (and judged "not supported"), never paid.
+//! * Only the `tempo` method with the `charge` intent is paid: the offer's network is
+//!   `tempo:<chainId>` (its chain id also makes `eip155:<chainId>` match a policy), its asset
+//!   the TIP-20 `currency` address, its amount the atomic `amount`, its payee the `recipient`.
+//!   The `session` intent (payment channels) is not paid.
+//! * The credential is built by the `mpp` crate's Tempo provider, but never through its
+//!   `send_with_payment`: budget, policy and approval decide first, and only then [`prove`]
+//!   signs. Signed Tempo transactions expire within about 25 seconds, and challenges carry
+//!   `expires`: a challenge about to expire is [`stale`], and the paid flow fetches a fresh one
+//!   (once) instead of signing it.
+
+use std::time::Duration;
+
+use alloy::primitives::{B256, U256, keccak256};
+use mpp::client::PaymentProvider as _;
+use mpp::protocol::core::{
+    PaymentChallenge, format_authorization, parse_authorization, parse_receipt,
+    parse_www_authenticate_all_bytes,
+};
+use mpp::protocol::intents::ChargeRequest;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use serde_json::{Value, json};
+
+use super::{Offer, PayError, Proof, Protocol};
+use crate::wallet::tempo::TempoWallet;
+
+/// The only method and intent tollgate pays.
+pub const METHOD: &str = "tempo";
+pub const INTENT: &str = "charge";
+/// The `Accept-Payment` header tollgate sends when a Tempo wallet is configured: mpp 0.17+
+/// sellers may only offer what a client says it can pay.
+pub const ACCEPT_PAYMENT: &str = "tempo/charge";
+
+/// Longest `WWW-Authenticate` value read for `Payment` challenges.
+const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// Most `Payment` challenges read from one 402.
+const MAX_CHALLENGES: usize = 32;
+/// Longest `Payment-Receipt` header read.
+const MAX_RECEIPT_BYTES: usize = 8 * 1024;
+/// How long before `expires` a challenge is no longer signed (the seller must still accept the
+/// credential after signing and one round trip).
+const MIN_REMAINING_SECONDS: u64 = 5;
+/// How long a signed Tempo charge transaction stays valid (the mpp crate's expiring nonce).
+const TRANSACTION_VALIDITY_SECONDS: u64 = 25;
+/// The whole of preparing and signing one credential (nonce, gas and fee lookups on the RPC).
+const SIGN_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Reads every `Payment` challenge in the 402's `WWW-Authenticate` values into `offers`;
+/// those that cannot be read go to `problems`. A problem+json body that reports an error
+/// (anything but `payment-required`) becomes `seller_error`.
+pub fn read_offers(
+    headers: &HeaderMap,
+    body: &[u8],
+    offers: &mut Vec<Offer>,
+    problems: &mut Vec<String>,
+    seller_error: &mut Option<String>,
+) {
+    let values: Vec<&[u8]> = headers
+        .get_all("www-authenticate")
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .filter(|v| {
+            if v.len() > MAX_HEADER_BYTES {
+                problems.push(format!(
+                    "WWW-Authenticate value longer than {MAX_HEADER_BYTES} bytes; not read"
+                ));
+                return false;
+            }
+            true
+        })
+        .collect();
+    let parsed = parse_www_authenticate_all_bytes(values);
+    let now = crate::money::now_unix();
+    for (i, challenge) in parsed.iter().take(MAX_CHALLENGES).enumerate() {
+        match challenge {
+            Ok(challenge) => match offer(challenge, now) {
+                Ok(offer) => offers.push(offer),
+                Err(reason) => problems.push(format!(
+                    "MPP challenge {:?}: {reason}",
+                    excerpt(&challenge.id)
+                )),
+            },
+            Err(e) => problems.push(format!("MPP challenge {i}: {}", excerpt(&e.to_string()))),
+        }
+    }
+    if parsed.len() > MAX_CHALLENGES {
+        problems.push(format!(
+            "more than {MAX_CHALLENGES} MPP challenges; the rest were ignored"
+        ));
+    }
+    if let Some(problem) = problem(headers, body)
+        && problem.kind != "payment-required"
+    {
+        *seller_error = Some(problem.to_string());
+    }
+}
+
+/// One challenge as an offer. Challenges for methods or intents tollgate does not pay are
+/// offers too (listed with their reason by the judge); only unreadable ones are errors.
+fn offer(challenge: &PaymentChallenge, now: u64) -> Result<Offer, String> {
+    let method = challenge.method.as_str();
+    let intent = challenge.intent.as_str();
+    let request: Option<ChargeRequest> = challenge.request.decode().ok();
+    let tempo_charge = method == METHOD && intent == INTENT;
+    let (network, chain_id, asset, amount_atomic, payee) = match &request {
+        Some(request) if tempo_charge => {
+            let chain_id = request
+                .method_details
+                .as_ref()
+                .and_then(|d| d.get("chainId"))
+                .and_then(Value::as_u64)
+                .filter(|id| *id > 0)
+                .ok_or("the tempo charge names no methodDetails.chainId; tollgate does not guess the chain")?;
+            let asset = address(&request.currency, "currency")?;
+            let payee = address(
+                request
+                    .recipient
+                    .as_deref()
+                    .ok_or("the tempo charge names no recipient")?,
+                "recipient",
+            )?;
+            let amount = super::x402::parse_amount(&request.amount)
+                .map_err(|reason| format!("`amount` {reason}"))?;
+            (
+                format!("tempo:{chain_id}"),
+                Some(chain_id),
+                asset,
+                amount,
+                payee,
+            )
+        }
+        // Listed, not paid: the judge explains why. Best-effort fields for the listing.
+        _ => (
+            method.to_owned(),
+            None,
+            request
+                .as_ref()
+                .map(|r| excerpt(&r.currency))
+                .unwrap_or_default(),
+            request
+                .as_ref()
+                .and_then(|r| r.amount.parse::<u128>().ok())
+                .unwrap_or(0),
+            request
+                .as_ref()
+                .and_then(|r| r.recipient.as_deref())
+                .map(excerpt)
+                .unwrap_or_default(),
+        ),
+    };
+    let max_timeout_seconds = challenge
+        .expires_at()
+        .map(|t| {
+            u64::try_from(t.unix_timestamp())
+                .unwrap_or(0)
+                .saturating_sub(now)
+        })
+        .unwrap_or(0);
+    let raw = serde_json::to_value(challenge).map_err(|e| format!("cannot keep it: {e}"))?;
+    Ok(Offer {
+        protocol: Protocol::Mpp,
+        scheme: format!("{method}/{intent}"),
+        network,
+        chain_id,
+        asset,
+        amount_atomic,
+        payee,
+        max_timeout_seconds,
+        raw,
+        resource: None,
+        extensions: None,
+    })
+}
+
+/// Why tollgate will not pay this MPP offer in the way it asks, if it will not.
+pub fn unsupported(offer: &Offer) -> Option<String> {
+    if offer.scheme != format!("{METHOD}/{INTENT}") {
+        return Some(format!(
+            "MPP {} is not supported (tollgate pays {METHOD}/{INTENT} only)",
+            offer.scheme
+        ));
+    }
+    let details = offer
+        .raw
+        .get("request")
+        .and_then(Value::as_str)
+        .and_then(|raw| {
+            mpp::protocol::core::types::Base64UrlJson::from_raw(raw)
+                .decode_value()
+                .ok()
+        })
+        .and_then(|request| request.get("methodDetails").cloned());
+    if details
+        .as_ref()
+        .and_then(|d| d.get("machineTokenEnabled"))
+        .and_then(Value::as_bool)
+        == Some(true)
+    {
+        return Some(
+            "the tempo charge allows machine-token funding (a swap into another token); tollgate \
+             pays only in the currency it valued"
+                .to_owned(),
+        );
+    }
+    None
+}
+
+/// Whether the offer's challenge expires too soon to sign (or already has).
+pub fn stale(offer: &Offer, now: u64) -> bool {
+    match challenge(offer) {
+        Ok(c) => match c.expires_at() {
+            None => c.expires.is_some(), // unreadable `expires`: fail closed
+            Some(at) => {
+                at.unix_timestamp() < i64::try_from(now + MIN_REMAINING_SECONDS).unwrap_or(i64::MAX)
+            }
+        },
+        Err(_) => true,
+    }
+}
+
+fn challenge(offer: &Offer) -> Result<PaymentChallenge, PayError> {
+    serde_json::from_value(offer.raw.clone())
+        .map_err(|e| PayError::Unpayable(format!("the MPP challenge cannot be read back: {e}")))
+}
+
+/// Signs a Tempo charge credential for the offer: the `Authorization: Payment …` header (or
+/// the header the challenge names) for the paid retry. Called only after the reservation.
+pub async fn prove(offer: &Offer, wallet: &TempoWallet, now: u64) -> Result<Proof, PayError> {
+    if offer.protocol != Protocol::Mpp {
+        return Err(PayError::Unpayable(format!(
+            "{} offer given to the MPP signer",
+            offer.protocol
+        )));
+    }
+    if let Some(reason) = unsupported(offer) {
+        return Err(PayError::Unpayable(reason));
+    }
+    let challenge = challenge(offer)?;
+    if stale(offer, now) {
+        return Err(PayError::Unpayable(format!(
+            "the MPP challenge expires at {}; it is too late to sign it",
+            challenge.expires.as_deref().unwrap_or("?")
+        )));
+    }
+    if let (Some(pinned), Some(asked)) = (wallet.chain_id(), offer.chain_id)
+        && pinned != asked
+    {
+        return Err(PayError::Unpayable(format!(
+            "the offer is on chain {asked}, but the Tempo wallet pays on chain {pinned} only \
+             (wallet.tempo.chain_id)"
+        )));
+    }
+    // The provider checks again, before any RPC or signing work, that it pays exactly the
+    // currency and at most the amount that tollgate valued and reserved.
+    let provider = wallet
+        .provider()
+        .clone()
+        .with_currencies([offer.asset.clone()])
+        .with_max_atomic_amount(U256::from(offer.amount_atomic));
+    let credential = tokio::time::timeout(SIGN_TIMEOUT, provider.pay(&challenge))
+        .await
+        .map_err(|_| {
+            PayError::Signing(format!(
+                "preparing the Tempo transaction took longer than {}s (is wallet.tempo.rpc_url \
+                 reachable?)",
+                SIGN_TIMEOUT.as_secs()
+            ))
+        })?
+        .map_err(|e| {
+            PayError::Signing(format!("Tempo charge: {}", excerpt_long(&e.to_string())))
+        })?;
+    let value = format_authorization(&credential)
+        .map_err(|e| PayError::Signing(format!("encoding the credential: {e}")))?;
+    let name = HeaderName::from_bytes(challenge.credential_header().as_bytes()).map_err(|_| {
+        PayError::Unpayable("the challenge names an invalid credential header".to_owned())
+    })?;
+    let value = HeaderValue::from_str(&value)
+        .map_err(|_| PayError::Signing("the credential is not a valid header value".to_owned()))?;
+    let expires = challenge
+        .expires_at()
+        .and_then(|t| u64::try_from(t.unix_timestamp()).ok())
+        .unwrap_or(u64::MAX);
+    Ok(Proof {
+        headers: vec![(name, value)],
+        payer: format!("{}", wallet.payer()),
+        valid_before: (now + TRANSACTION_VALIDITY_SECONDS).min(expires),
+        ..Proof::default()
+    })
+}
+
+/// The hash the signed Tempo transaction in a recorded proof will have once mined, to settle a
+/// payment whose outcome is unknown against the chain. `Err(why)` when the proof cannot tell:
+/// not a transaction credential, or a fee-payer envelope (`0x78`) that the seller co-signs, which
+/// changes the hash.
+pub fn transaction_hash(proof: &Proof) -> Result<B256, String> {
+    let (_, value) = proof
+        .headers
+        .iter()
+        .find(|(name, _)| {
+            name.as_str().eq_ignore_ascii_case("authorization")
+                || name.as_str().eq_ignore_ascii_case("payment-authorization")
+        })
+        .ok_or("the proof has no Payment credential")?;
+    let text = value.to_str().map_err(|_| "the credential is not ASCII")?;
+    let credential = parse_authorization(text).map_err(|_| "the credential is unreadable")?;
+    let payload = credential
+        .charge_payload()
+        .map_err(|_| "the credential is not a charge")?;
+    let signed = payload
+        .signed_tx()
+        .ok_or("the credential carries no signed transaction")?;
+    let bytes = hex::decode(signed.trim_start_matches("0x"))
+        .map_err(|_| "the signed transaction is not hex")?;
+    match bytes.first() {
+        None => Err("the signed transaction is empty".to_owned()),
+        Some(0x78) => Err(
+            "the transaction is a fee-payer envelope; its hash is known only once the seller \
+             co-signs it"
+                .to_owned(),
+        ),
+        Some(_) => Ok(keccak256(&bytes)),
+    }
+}
+
+/// The seller's `Payment-Receipt`, as JSON (`status`, `method`, `timestamp`, `reference`, …):
+/// `None` if absent, `Some(Err(why))` if unreadable.
+pub fn receipt(headers: &HeaderMap) -> Option<Result<Value, String>> {
+    let value = headers.get("payment-receipt")?;
+    if value.len() > MAX_RECEIPT_BYTES {
+        return Some(Err(format!(
+            "Payment-Receipt longer than {MAX_RECEIPT_BYTES} bytes"
+        )));
+    }
+    let Ok(text) = value.to_str() else {
+        return Some(Err("Payment-Receipt is not ASCII".to_owned()));
+    };
+    Some(
+        parse_receipt(text.trim())
+            .map_err(|e| format!("Payment-Receipt: {}", excerpt(&e.to_string())))
+            .and_then(|r| serde_json::to_value(r).map_err(|e| e.to_string())),
+    )
+}
+
+/// An `application/problem+json` answer (RFC 9457) from an MPP seller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The last segment of `type`: `payment-expired`, `verification-failed`,
+    /// `payment-insufficient`, `method-unsupported`, …
+    pub kind: String,
+    pub title: Option<String>,
+    pub detail: Option<String>,
+}
+
+impl Problem {
+    /// Whether the seller refused the credential only because it came too late: the one case
+    /// where tollgate fetches a fresh challenge and signs once more.
+    pub fn is_expired(&self) -> bool {
+        self.kind == "payment-expired"
+    }
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.kind)?;
+        if let Some(detail) = self.detail.as_ref().or(self.title.as_ref()) {
+            write!(f, ": {detail}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads a problem+json body, if the answer is one.
+pub fn problem(headers: &HeaderMap, body: &[u8]) -> Option<Problem> {
+    let content_type = headers.get("content-type")?.to_str().ok()?;
+    if !content_type
+        .to_ascii_lowercase()
+        .starts_with("application/problem+json")
+    {
+        return None;
+    }
+    let json: Value = serde_json::from_slice(body).ok()?;
+    let kind = json
+        .get("type")
+        .and_then(Value::as_str)
+        .map(|t| t.trim_end_matches('/').rsplit('/').next().unwrap_or(t))
+        .filter(|k| !k.is_empty())
+        .map(excerpt)?;
+    let text = |key: &str| {
+        json.get(key)
+            .and_then(Value::as_str)
+            .map(|s| crate::upstream::excerpt(s.as_bytes()))
+    };
+    Some(Problem {
+        kind,
+        title: text("title"),
+        detail: text("detail"),
+    })
+}
+
+/// The receipt fields only MPP has, for [`super::Receipt::details`].
+pub fn receipt_details(offer: &Offer, receipt: Option<&Value>) -> serde_json::Map<String, Value> {
+    let challenge = &offer.raw;
+    let mut details = serde_json::Map::new();
+    details.insert("method".into(), json!(METHOD));
+    details.insert("intent".into(), json!(INTENT));
+    details.insert(
+        "realm".into(),
+        challenge.get("realm").cloned().unwrap_or(Value::Null),
+    );
+    details.insert(
+        "challenge_id".into(),
+        challenge.get("id").cloned().unwrap_or(Value::Null),
+    );
+    details.insert(
+        "reference".into(),
+        receipt
+            .and_then(|r| r.get("reference"))
+            .cloned()
+            .unwrap_or(Value::Null),
+    );
+    details
+}
+
+/// The settlement reference (the transaction hash for Tempo charges) of a receipt.
+pub fn reference(receipt: &Value) -> Option<String> {
+    receipt
+        .get("reference")
+        .and_then(Value::as_str)
+        .filter(|r| !r.is_empty() && r.len() <= 200)
+        .map(str::to_owned)
+}
+
+fn address(text: &str, what: &str) -> Result<String, String> {
+    let ok = text.len() == 42
+        && text.starts_with("0x")
+        && text[2..].bytes().all(|b| b.is_ascii_hexdigit());
+    if ok {
+        Ok(text.to_ascii_lowercase())
+    } else {
+        Err(format!("`{what}` {:?} is not an address", excerpt(text)))
+    }
+}
+
+fn excerpt(text: &str) -> String {
+    text.chars().take(80).collect()
+}
+
+fn excerpt_long(text: &str) -> String {
+    text.chars().take(300).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+
+    const PATH_USD: &str = "0x20c0000000000000000000000000000000000000";
+    const RECIPIENT: &str = "0x00000000000000000000000000000000000A11CE";
+
+    fn request(value: Value) -> String {
+        B64URL.encode(value.to_string())
+    }
+
+    fn charge(id: &str, amount: &str, expires: Option<&str>) -> String {
+        let mut header = format!(
+            r#"Payment id="{id}", realm="api.test", method="tempo", intent="charge", request="{}", description="weather", opaque="e30", future_param="ignored""#,
+            request(
+                json!({"amount": amount, "currency": PATH_USD, "recipient": RECIPIENT,
+                           "methodDetails": {"chainId": 31337}})
+            )
+        );
+        if let Some(expires) = expires {
+            header.push_str(&format!(r#", expires="{expires}""#));
+        }
+        header
+    }
+
+    fn read(
+        values: &[&str],
+        body: &[u8],
+        content_type: Option<&str>,
+    ) -> (Vec<Offer>, Vec<String>, Option<String>) {
+        let mut headers = HeaderMap::new();
+        for v in values {
+            headers.append("www-authenticate", HeaderValue::from_str(v).unwrap());
+        }
+        if let Some(ct) = content_type {
+            headers.insert("content-type", HeaderValue::from_str(ct).unwrap());
+        }
+        let (mut offers, mut problems, mut error) = (vec![], vec![], None);
+        read_offers(&headers, body, &mut offers, &mut problems, &mut error);
+        (offers, problems, error)
+    }
+
+    #[test]
+    fn a_tempo_charge_becomes_an_offer() {
+        let (offers, problems, _) = read(&[&charge("c1", "10000", None)], b"", None);
+        assert!(problems.is_empty(), "{problems:?}");
+        let [offer] = offers.as_slice() else {
+            panic!("{offers:?}")
+        };
+        assert_eq!(offer.protocol, Protocol::Mpp);
+        assert_eq!(offer.scheme, "tempo/charge");
+        assert_eq!(offer.network, "tempo:31337");
+        assert_eq!(offer.chain_id, Some(31337));
+        assert_eq!(offer.asset, PATH_USD);
+        assert_eq!(offer.amount_atomic, 10_000);
+        assert_eq!(offer.payee, RECIPIENT.to_ascii_lowercase());
+        assert_eq!(offer.raw["id"], "c1");
+        assert_eq!(offer.raw["description"], "weather");
+        assert!(offer.network_names().contains(&"eip155:31337".to_owned()));
+        assert_eq!(unsupported(offer), None);
+    }
+
+    #[test]
+    fn every_payment_challenge_among_other_schemes_is_read() {
+        let merged = format!(
+            "{}, {}",
+            charge("a", "10000", None),
+            charge("b", "20000", None)
+        );
+        let (offers, problems, _) = read(
+            &[
+                r#"Bearer realm="api", error="invalid_token""#,
+                r#"L402 macaroon="AgEEbHNhdA==", invoice="lnbc1""#,
+                &merged,
+                &charge("c", "30000", None),
+            ],
+            b"",
+            None,
+        );
+        assert!(problems.is_empty(), "{problems:?}");
+        let ids: Vec<_> = offers.iter().map(|o| o.raw["id"].clone()).collect();
+        assert_eq!(ids, [json!("a"), json!("b"), json!("c")]);
+        let amounts: Vec<_> = offers.iter().map(|o| o.amount_atomic).collect();
+        assert_eq!(amounts, [10_000, 20_000, 30_000]);
+    }
+
+    #[test]
+    fn unknown_methods_and_intents_are_listed_but_not_paid() {
+        let lightning = format!(
+            r#"Payment id="l1", realm="api", method="lightning", intent="charge", request="{}""#,
+            request(json!({"amount": "100", "currency": "sat"}))
+        );
+        let session = format!(
+            r#"Payment id="s1", realm="api", method="tempo", intent="session", request="{}""#,
+            request(
+                json!({"amount": "1", "currency": PATH_USD, "recipient": RECIPIENT,
+                           "methodDetails": {"chainId": 31337}})
+            )
+        );
+        let (offers, problems, _) = read(&[&lightning, &session], b"", None);
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(offers.len(), 2);
+        let reasons: Vec<String> = offers.iter().filter_map(unsupported).collect();
+        assert!(
+            reasons[0].contains("lightning/charge is not supported"),
+            "{reasons:?}"
+        );
+        assert!(
+            reasons[1].contains("tempo/session is not supported"),
+            "{reasons:?}"
+        );
+        assert_eq!(offers[0].chain_id, None);
+    }
+
+    #[test]
+    fn unreadable_challenges_are_problems_naming_what_is_wrong() {
+        let no_chain = format!(
+            r#"Payment id="n1", realm="api", method="tempo", intent="charge", request="{}""#,
+            request(json!({"amount": "10", "currency": PATH_USD, "recipient": RECIPIENT}))
+        );
+        let bad_amount = format!(
+            r#"Payment id="n2", realm="api", method="tempo", intent="charge", request="{}""#,
+            request(
+                json!({"amount": "0.01", "currency": PATH_USD, "recipient": RECIPIENT,
+                           "methodDetails": {"chainId": 31337}})
+            )
+        );
+        let not_json = r#"Payment id="n3", realm="api", method="tempo", intent="charge", request="bm90IGpzb24""#;
+        let (offers, problems, _) = read(&[&no_chain, &bad_amount, not_json], b"", None);
+        assert!(offers.is_empty(), "{offers:?}");
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(problems[0].contains("chainId"), "{problems:?}");
+        assert!(problems[1].contains("amount"), "{problems:?}");
+        assert!(problems[2].starts_with("MPP challenge 2"), "{problems:?}");
+    }
+
+    #[test]
+    fn machine_token_funding_is_not_paid() {
+        let header = format!(
+            r#"Payment id="m1", realm="api", method="tempo", intent="charge", request="{}""#,
+            request(
+                json!({"amount": "10", "currency": PATH_USD, "recipient": RECIPIENT,
+                           "methodDetails": {"chainId": 31337, "machineTokenEnabled": true}})
+            )
+        );
+        let (offers, _, _) = read(&[&header], b"", None);
+        assert!(unsupported(&offers[0]).unwrap().contains("machine-token"));
+    }
+
+    #[test]
+    fn a_challenge_near_or_past_its_expiry_is_stale() {
+        let now: u64 = 1_900_000_000; // 2030-03-17T17:46:40Z
+        let at = |secs: i64| crate::money::rfc3339(now.checked_add_signed(secs).unwrap());
+        let offer_expiring = |secs| {
+            read(&[&charge("e", "1", Some(&at(secs)))], b"", None)
+                .0
+                .remove(0)
+        };
+        assert!(stale(&offer_expiring(-60), now));
+        assert!(stale(&offer_expiring(2), now));
+        assert!(!stale(&offer_expiring(60), now));
+        let never = read(&[&charge("n", "1", None)], b"", None).0.remove(0);
+        assert!(!stale(&never, now));
+    }
+
+    #[test]
+    fn problem_json_names_the_reason() {
+        let body = br#"{"type":"https://paymentauth.org/problems/payment-expired","title":"Payment Expired","status":402,"detail":"Payment expired at 2026-01-01T00:00:00Z."}"#;
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "content-type",
+            HeaderValue::from_static("application/problem+json"),
+        );
+        let p = problem(&headers, body).unwrap();
+        assert_eq!(p.kind, "payment-expired");
+        assert!(p.is_expired());
+        assert_eq!(
+            p.to_string(),
+            "payment-expired: Payment expired at 2026-01-01T00:00:00Z."
+        );
+        let (_, _, error) = read(&[], body, Some("application/problem+json; charset=utf-8"));
+        assert_eq!(
+            error.as_deref(),
+            Some("payment-expired: Payment expired at 2026-01-01T00:00:00Z.")
+        );
+        // The plain "payment required" of a first 402 is not an error.
+        let required = br#"{"type":"https://paymentauth.org/problems/payment-required","title":"Payment Required"}"#;
+        assert_eq!(
+            read(&[], required, Some("application/problem+json")).2,
+            None
+        );
+        // Not problem+json: not read as one.
+        headers.insert("content-type", HeaderValue::from_static("application/json"));
+        assert_eq!(problem(&headers, body), None);
+    }
+
+    #[test]
+    fn a_recorded_credential_names_its_transactions_hash() {
+        use mpp::protocol::core::{PaymentCredential, PaymentPayload};
+        let (offers, _, _) = read(&[&charge("t1", "10", None)], b"", None);
+        let challenge: PaymentChallenge = serde_json::from_value(offers[0].raw.clone()).unwrap();
+        let proof_of = |raw: &str| {
+            let credential =
+                PaymentCredential::new(challenge.to_echo(), PaymentPayload::transaction(raw));
+            let value = format_authorization(&credential).unwrap();
+            Proof {
+                headers: vec![(
+                    HeaderName::from_static("authorization"),
+                    HeaderValue::from_str(&value).unwrap(),
+                )],
+                payer: "0x0".into(),
+                valid_before: 0,
+                ..Proof::default()
+            }
+        };
+        let hash = transaction_hash(&proof_of("0x76c0ffee")).unwrap();
+        assert_eq!(hash, keccak256([0x76, 0xc0, 0xff, 0xee]));
+        let err = transaction_hash(&proof_of("0x78c0ffee")).unwrap_err();
+        assert!(err.contains("fee-payer"), "{err}");
+        // A proof recorded and read back from the ledger gives the same hash.
+        let kept = Proof::from_json(&proof_of("0x76c0ffee").to_json()).unwrap();
+        assert_eq!(transaction_hash(&kept).unwrap(), hash);
+    }
+
+    #[test]
+    fn reads_a_payment_receipt() {
+        let receipt = json!({"status": "success", "method": "tempo", "timestamp": "2026-01-01T00:00:00Z",
+                             "reference": "0xabc123"});
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "payment-receipt",
+            HeaderValue::from_str(&B64URL.encode(receipt.to_string())).unwrap(),
+        );
+        let read = super::receipt(&headers).unwrap().unwrap();
+        assert_eq!(reference(&read).as_deref(), Some("0xabc123"));
+        headers.insert("payment-receipt", HeaderValue::from_static("!!!"));
+        assert!(super::receipt(&headers).unwrap().is_err());
+        assert!(super::receipt(&HeaderMap::new()).is_none());
+    }
+}
