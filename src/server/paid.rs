@@ -212,33 +212,17 @@ fn fingerprint(tool: &str, arguments: &Map<String, Value>, quote: &Quote) -> Str
     hash.update(tool.as_bytes());
     hash.update([0]);
     hash.update(
-        canonical(&Value::Object(arguments.clone()))
+        crate::pay::canonical_json(&Value::Object(arguments.clone()))
             .to_string()
             .as_bytes(),
     );
     hash.update([0]);
-    hash.update(canonical(&quote.offer.raw).to_string().as_bytes());
+    hash.update(
+        crate::pay::canonical_json(&quote.offer.raw)
+            .to_string()
+            .as_bytes(),
+    );
     hex::encode(hash.finalize())
-}
-
-/// The value with every object's keys sorted: serde_json keeps insertion order (its
-/// `preserve_order` feature is on for the whole build, via the mpp crate), and the same
-/// arguments sent in another order must still be the same call.
-fn canonical(value: &Value) -> Value {
-    match value {
-        Value::Object(map) => {
-            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
-            entries.sort_by(|a, b| a.0.cmp(b.0));
-            Value::Object(
-                entries
-                    .into_iter()
-                    .map(|(k, v)| (k.clone(), canonical(v)))
-                    .collect(),
-            )
-        }
-        Value::Array(items) => Value::Array(items.iter().map(canonical).collect()),
-        other => other.clone(),
-    }
 }
 
 /// The message for a 402 that will not be paid: the cheapest price above a cap if that is the
@@ -886,6 +870,9 @@ mod tests {
             b.to_string(),
             "serde_json keeps insertion order"
         );
-        assert_eq!(canonical(&a).to_string(), canonical(&b).to_string());
+        assert_eq!(
+            crate::pay::canonical_json(&a).to_string(),
+            crate::pay::canonical_json(&b).to_string()
+        );
     }
 }
