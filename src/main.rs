@@ -604,6 +604,22 @@ fn reconcile(config: Option<PathBuf>) -> anyhow::Result<()> {
             tollgate::money::now_unix(),
         ))
         .context("reconciling")?;
+    // Lightning payments: asked of the configured backend.
+    if let Some(c) = &config.lightning {
+        match tollgate::lightning::Lightning::open(c) {
+            Ok(lightning) => {
+                let lines = runtime.block_on(tollgate::server::l402::reconcile(
+                    &ledger,
+                    &lightning,
+                    tollgate::money::now_unix(),
+                ));
+                for line in lines {
+                    println!("Lightning: {line}");
+                }
+            }
+            Err(e) => println!("Lightning payments not checked: {e}"),
+        }
+    }
     println!(
         "{} settled (receipt written), {} released (provably unpaid), {} still pending \
          (valid and unused: a retry re-sends it), {} reserved but never sent (released after \
@@ -741,11 +757,15 @@ fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
             Some(c) => {
                 let lightning = tollgate::lightning::Lightning::open(c)?;
                 tracing::info!(backend = lightning.backend.name(), network = %lightning.network, "Lightning backend ready");
-                // Lightning payments an earlier run left pending: ask the backend, settle them.
-                let now = tollgate::money::now_unix();
-                for line in tollgate::server::l402::reconcile(&ledger, &lightning, now).await {
-                    tracing::warn!("pending Lightning payment: {line}");
-                }
+                // Lightning payments an earlier run left pending: ask the backend, settle them,
+                // in the background (a slow backend must not delay the host's first requests).
+                let (ledger, backend) = (ledger.clone(), lightning.clone());
+                tokio::spawn(async move {
+                    let now = tollgate::money::now_unix();
+                    for line in tollgate::server::l402::reconcile(&ledger, &backend, now).await {
+                        tracing::warn!("pending Lightning payment: {line}");
+                    }
+                });
                 Some(lightning)
             }
             None => None,
