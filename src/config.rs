@@ -438,6 +438,11 @@ impl Config {
                 ));
             }
         }
+        if let Some(tempo) = &self.wallet.tempo {
+            for (key, reason) in tempo.problems() {
+                problems.push(Problem::new(&file, format!("wallet.tempo.{key}"), reason));
+            }
+        }
         if let Some(lightning) = &self.lightning {
             for (key, reason) in lightning.problems() {
                 problems.push(Problem::new(&file, format!("lightning.{key}"), reason));

@@ -91,3 +91,32 @@ fn refuses_an_unknown_config_key() {
         "{out}"
     );
 }
+
+#[test]
+fn names_each_bad_wallet_and_lightning_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("tollgate.toml");
+    std::fs::create_dir(dir.path().join("tools")).unwrap();
+    std::fs::write(
+        &config,
+        "tools_dir = \"tools\"\n\
+         [wallet.tempo]\nrpc_url = \"file:///etc/passwd\"\nchain_id = 0\naccount = \"0xnope\"\n\
+         [lightning]\nbackend = \"lnbits\"\nurl = \"ftp://x\"\nnetwork = \"moon\"\n",
+    )
+    .unwrap();
+    let (ok, out) = check(&config);
+    assert!(!ok, "{out}");
+    for key in [
+        "wallet.tempo.rpc_url",
+        "wallet.tempo.chain_id",
+        "wallet.tempo.account",
+        "lightning.url",
+        "lightning.network",
+    ] {
+        assert!(
+            out.contains(&format!("{key}: ")),
+            "{key} not named in:\n{out}"
+        );
+    }
+    assert!(out.contains("5 problem(s) found"), "{out}");
+}

@@ -37,6 +37,47 @@ pub struct TempoConfig {
     pub account: Option<String>,
 }
 
+impl TempoConfig {
+    /// What is wrong with the table: `(key, reason)` pairs, for `tollgate check` and start-up.
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut problems = Vec::new();
+        if self.url().is_none() {
+            problems.push((
+                "rpc_url",
+                format!(
+                    "{:?} is not an http(s) URL with a host",
+                    self.rpc_url.chars().take(80).collect::<String>()
+                ),
+            ));
+        }
+        if self.chain_id == Some(0) {
+            problems.push(("chain_id", "must be above 0".to_owned()));
+        }
+        if let Some(text) = &self.account
+            && self.account().is_none()
+        {
+            problems.push((
+                "account",
+                format!(
+                    "{:?} is not an address (0x and 40 hex digits)",
+                    text.chars().take(80).collect::<String>()
+                ),
+            ));
+        }
+        problems
+    }
+
+    fn url(&self) -> Option<url::Url> {
+        url::Url::parse(&self.rpc_url)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+    }
+
+    fn account(&self) -> Option<Address> {
+        self.account.as_deref()?.parse().ok()
+    }
+}
+
 /// A Tempo signer and where it pays from. Never shows the key.
 #[derive(Clone)]
 pub struct TempoWallet {
@@ -83,29 +124,15 @@ impl TempoWallet {
 
     /// A Tempo wallet for this key under this configuration.
     pub fn new(config: &TempoConfig, signer: PrivateKeySigner) -> Result<TempoWallet, WalletError> {
-        let url = url::Url::parse(&config.rpc_url)
-            .ok()
-            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
-            .ok_or_else(|| {
-                WalletError::TempoConfig(format!(
-                    "wallet.tempo.rpc_url {:?} is not an http(s) URL",
-                    config.rpc_url.chars().take(80).collect::<String>()
-                ))
-            })?;
-        if config.chain_id == Some(0) {
-            return Err(WalletError::TempoConfig(
-                "wallet.tempo.chain_id must be above 0".to_owned(),
-            ));
+        if let Some((key, reason)) = config.problems().into_iter().next() {
+            return Err(WalletError::TempoConfig(format!(
+                "wallet.tempo.{key} {reason}"
+            )));
         }
-        let account = match &config.account {
-            None => None,
-            Some(text) => Some(text.parse::<Address>().map_err(|_| {
-                WalletError::TempoConfig(format!(
-                    "wallet.tempo.account {:?} is not an address",
-                    text.chars().take(80).collect::<String>()
-                ))
-            })?),
-        };
+        let url = config.url().ok_or_else(|| {
+            WalletError::TempoConfig("wallet.tempo.rpc_url is not an http(s) URL".to_owned())
+        })?;
+        let account = config.account();
         // The RPC client mpp builds uses reqwest with rustls and no bundled crypto provider.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let own = signer.address();
