@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use support::l402_peer::{L402Peers, start};
 use support::mcp::{Mode, drive_with_logs, python};
+use support::stdio::Session;
 
 /// 21 sats at the policy's rate of 0.001 USD per sat.
 const PRICE_MSAT: i64 = 21_000;
@@ -255,4 +256,49 @@ async fn a_refused_token_leads_to_exactly_one_fresh_payment() {
     assert!(text.contains("answered 402 again"), "{text}");
     assert!(text.contains("nothing more was paid"), "{text}");
     assert_eq!(peers.balance_msat("payer").await, before - PRICE_MSAT);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn parallel_first_calls_to_one_service_pay_one_invoice() {
+    let Some(peers) = peers().await else { return };
+    let setup = Setup::new(&peers, "bitcoin");
+    let (payer0, payee0) = (
+        peers.balance_msat("payer").await,
+        peers.balance_msat("payee").await,
+    );
+    const PARALLEL: u64 = 5;
+    // Five calls in flight at once on one session, each meeting the seller's 402.
+    let config = setup.config();
+    let key = peers.payer_admin_key();
+    let results = tokio::task::spawn_blocking(move || {
+        let mut session = Session::start(&config, &[("TOLLGATE_LNBITS_ADMIN_KEY", &key)]);
+        for id in 1..=PARALLEL {
+            session.call_tool(id, "weather", json!({}));
+        }
+        let results: Vec<Value> = (1..=PARALLEL)
+            .map(|_| session.next_response().expect("tollgate exited early")["result"].clone())
+            .collect();
+        session.finish();
+        results
+    })
+    .await
+    .unwrap();
+
+    let mut paid = 0;
+    for result in &results {
+        assert_ne!(result["isError"], json!(true), "{result}");
+        assert_eq!(result["structuredContent"]["result"]["forecast"], "sunny");
+        let payment = &result["structuredContent"]["payment"];
+        if payment["reused"] == json!(true) {
+            assert_eq!(payment["amount_usd_micros"], 0, "{payment}");
+        } else {
+            assert_eq!(payment["amount_msat"], "21000", "{payment}");
+            paid += 1;
+        }
+    }
+    // One invoice paid; the other calls waited and sent its token.
+    assert_eq!(paid, 1, "{results:#?}");
+    assert_eq!(peers.balance_msat("payer").await, payer0 - PRICE_MSAT);
+    assert_eq!(peers.balance_msat("payee").await, payee0 + PRICE_MSAT);
+    assert_eq!(peers.seller_stats().await["served"], json!(PARALLEL));
 }

@@ -7,6 +7,9 @@
 //! (the pending proof and the token), never into a log line, a tool result or a receipt;
 //! receipts show the payment hash.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use reqwest::header::AUTHORIZATION;
 use serde_json::{Map, Value, json};
 
@@ -25,6 +28,29 @@ const TOKEN_DEFAULT_LIFETIME_SECS: u64 = 30 * 86_400;
 /// The origin a tool's requests go to (`https://api.example.com:443`).
 fn origin(tool: &HttpTool) -> String {
     tool.url.origin().ascii_serialization()
+}
+
+/// One L402 payment at a time per origin and service in this process. Calls that met the same
+/// challenge while another call was paying it wait, then send the token that call paid for
+/// instead of paying a second invoice (parallel tool calls are common in agents).
+#[derive(Default)]
+pub(super) struct Flights(std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
+
+impl Flights {
+    /// Waits for, then holds, the right to pay `tool`'s service.
+    pub(super) async fn enter(&self, tool: &HttpTool) -> tokio::sync::OwnedMutexGuard<()> {
+        let key = format!("{} {}", origin(tool), tool.name);
+        let lock = {
+            let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            map.entry(key).or_default().clone()
+        };
+        lock.lock_owned().await
+    }
+}
+
+/// Whether a 402 carries an L402 (or LSAT) challenge.
+pub(super) fn challenged(headers: &reqwest::header::HeaderMap) -> bool {
+    !l402::read_challenges(headers, &mut Vec::new()).is_empty()
 }
 
 /// What to hold against the budgets for a quote: its price, plus for L402 the most the routing

@@ -40,6 +40,8 @@ pub struct Tollgate {
     payments: Arc<Payments>,
     /// `tools/list`, built once: the catalog does not change while serving.
     tools: Arc<Vec<Tool>>,
+    /// One L402 payment per service at a time (see [`l402::Flights`]).
+    l402_flights: Arc<l402::Flights>,
 }
 
 impl Tollgate {
@@ -51,6 +53,7 @@ impl Tollgate {
             upstream,
             payments: Arc::new(payments),
             tools: Arc::new(list),
+            l402_flights: Arc::default(),
         }
     }
 
@@ -166,12 +169,58 @@ impl Tollgate {
         };
         let result = match reply {
             Ok(Reply {
-                answer: Answer::PaymentRequired { body },
-                headers,
+                answer: Answer::PaymentRequired { mut body },
+                mut headers,
             }) => {
                 // A refused token is forgotten; the 402 that refused it is paid once, afresh.
                 if let Some(token) = &token {
                     self.forget_token(token);
+                }
+                // Held until this call has paid (or given up): a parallel call to the same
+                // service waits here, then sends the token this one paid for.
+                let mut _flight = None;
+                if token.is_none()
+                    && self.payments.lightning.is_some()
+                    && l402::challenged(&headers)
+                {
+                    let guard = tokio::select! {
+                        guard = self.l402_flights.enter(tool) => guard,
+                        () = context.ct.cancelled() => {
+                            progress.finish().await;
+                            return tool_error(format!("the call to `{}` was cancelled", tool.name)).into();
+                        }
+                    };
+                    _flight = Some(guard);
+                    if let Some(paid) = self.cached_token(tool) {
+                        tracing::info!(tool = %tool.name, payment_hash = %paid.payment_hash,
+                            "a parallel call paid this service meanwhile; sending its token");
+                        let again = l402::with_token(request.clone(), &paid);
+                        let reply = match self.send(tool, again, &progress, context).await {
+                            Ok(reply) => reply,
+                            Err(cancelled) => return cancelled.into(),
+                        };
+                        match reply {
+                            Ok(Reply {
+                                answer: Answer::PaymentRequired { body: b },
+                                headers: h,
+                            }) => {
+                                self.forget_token(&paid);
+                                (body, headers) = (b, h);
+                            }
+                            Ok(Reply { answer, .. }) => {
+                                let reused = l402::reused_payment(&paid);
+                                progress.finish().await;
+                                return success(tool, answer, Some(reused)).into();
+                            }
+                            Err(e) => {
+                                progress.finish().await;
+                                return tool_error(
+                                    tool.redact(&format!("`{}` failed: {e}", tool.name)),
+                                )
+                                .into();
+                            }
+                        }
+                    }
                 }
                 let caller = caller.as_ref();
                 self.pay(
