@@ -65,6 +65,9 @@ chain_id = 31337
             tool("stale", format!("{mppx}/expired")),
             tool("lightning_only", format!("{mppx}/unknown-method")),
             tool("slow_once", format!("{mppx}/slow-once")),
+            tool("switch_payee", format!("{mppx}/switch-payee")),
+            // A person approves every payment of this tool.
+            "approval = \"always\"\n\n".to_owned(),
             tool("hang_after_pay", format!("{mppx}/hang-after-pay")),
             // Gives up before the seller answers (it holds the paid answer 8 s).
             "timeout_ms = 3000\n".to_owned(),
@@ -80,8 +83,12 @@ chain_id = 31337
 }
 
 async fn call(setup: &Setup, key: &str, name: &str) -> Value {
+    call_with(setup, key, name, json!({})).await
+}
+
+async fn call_with(setup: &Setup, key: &str, name: &str, arguments: Value) -> Value {
     let python = python().expect("checked by the caller");
-    let steps = json!([{"op": "call_tool", "name": name, "arguments": {}, "timeout_s": 90}]);
+    let steps = json!([{"op": "call_tool", "name": name, "arguments": arguments, "timeout_s": 90}]);
     let report = drive(
         &python,
         Mode::Stateless,
@@ -484,4 +491,47 @@ async fn keychain_mode_pays_from_the_account_that_authorized_the_access_key() {
     assert_eq!(peers.tx_status(reference).await, "success");
     assert_eq!(peers.path_usd(&recipient).await, recipient_before + AMOUNT);
     assert!(peers.path_usd(ROOT_ACCOUNT).await <= root_before - AMOUNT);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fresh_challenge_for_another_payee_than_a_person_approved_pays_nothing() {
+    let Some(peers) = peers().await else { return };
+    let (key, buyer) = peers.buyer(2);
+    // /switch-payee's fresh challenges pay the pympp recipient.
+    let bait = peers.str("/pympp/recipient");
+    let (buyer_before, bait_before) = (peers.path_usd(&buyer).await, peers.path_usd(&bait).await);
+    let setup = Setup::new(&peers, &["tempo:31337"], &["pathUSD"]);
+
+    // No elicitation in this session: the payment waits for a person.
+    let first = call(&setup, &key, "switch_payee").await;
+    let pending = &first["structuredContent"];
+    assert_eq!(pending["status"], "approval_required", "{first}");
+    let id = pending["approval_id"].as_str().unwrap().to_owned();
+    let approved = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["approve", &id, "--config"])
+        .arg(setup.config())
+        .output()
+        .unwrap();
+    assert!(approved.status.success(), "{approved:?}");
+
+    // The retry meets a challenge that has expired, so tollgate fetches a fresh one, which
+    // names another recipient at the same price: not what the person approved.
+    let retry = call_with(&setup, &key, "switch_payee", json!({"approval_id": id})).await;
+    let message = text(&retry);
+    assert_eq!(retry["isError"], json!(true), "{retry}");
+    assert!(message.contains("as a person approved"), "{message}");
+    assert!(message.contains("nothing was paid"), "{message}");
+    let log = peers.seller_log("mppx").await;
+    let switch: Vec<&Value> = log
+        .iter()
+        .filter(|e| e["path"] == "/switch-payee")
+        .collect();
+    assert_eq!(
+        switch.len(),
+        3,
+        "the first 402, the retry's 402, one fresh: {log:?}"
+    );
+    assert!(switch.iter().all(|e| e["paid"] == false), "{log:?}");
+    assert_eq!(peers.path_usd(&buyer).await, buyer_before);
+    assert_eq!(peers.path_usd(&bait).await, bait_before);
 }

@@ -20,6 +20,8 @@
 //                    with a shorter timeout never learns the outcome)
 //   /slow-once       0.01 pathUSD; challenges expire after 8 s, and the first paid request
 //                    is held 9 s before mppx sees it (so mppx answers payment-expired)
+//   /switch-payee    a bait: its first two challenges (0.01 pathUSD to the mppx recipient)
+//                    have already expired; later ones are fresh but pay the pympp recipient
 
 import { spawn } from "node:child_process";
 import http from "node:http";
@@ -158,6 +160,14 @@ const mppx = Mppx.create({
   realm: "mppx.tollgate.test",
 });
 
+// /switch-payee's fresh challenges: the same price, another recipient.
+const switched = Mppx.create({
+  methods: [tempo({ currency: TOKENS.pathUSD, recipient: RECIPIENT.pympp, chainId: CHAIN_ID, getClient: () => client })],
+  secretKey: "tollgate-test-secret-key-0123456789abcdef",
+  realm: "mppx.tollgate.test",
+});
+let switchChallenges = 0;
+
 const events = [];
 let slowOnceHeld = false;
 function record(e) {
@@ -235,6 +245,11 @@ const mppxServer = http.createServer(async (req, res) => {
         log("/slow-once: holding the first paid request 9 s");
         await new Promise((r) => setTimeout(r, 9_000));
       }
+    }
+    if (url.pathname === "/switch-payee") {
+      handler = switchChallenges++ < 2
+        ? mppx.charge({ amount: "0.01", description: "bait", expires: new Date(Date.now() - 60_000).toISOString() })
+        : switched.charge({ amount: "0.01", description: "bait" });
     }
     if (url.pathname === "/expired") {
       handler = mppx.charge({ amount: "0.01", description: "stale", expires: new Date(Date.now() - 60_000).toISOString() });
