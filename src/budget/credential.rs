@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use super::caveat::{InvalidCaveat, Restrictions};
-use super::macaroon::{FormatError, Macaroon};
+use super::macaroon::{DerivedKey, FormatError, Macaroon};
 use crate::money::UsdMicros;
 
 /// The root key's file name in the state directory.
@@ -43,8 +43,9 @@ pub enum CredentialError {
     RootKeyFile { path: PathBuf, reason: String },
 }
 
-/// The root key: 32 random bytes, mode 0600.
-pub struct RootKey([u8; 32]);
+/// The root key: 32 random bytes, mode 0600 (and the signing key derived from it, kept for
+/// verifying a credential on every call).
+pub struct RootKey([u8; 32], DerivedKey);
 
 impl std::fmt::Debug for RootKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -94,7 +95,7 @@ impl RootKey {
             path: path.clone(),
             reason: "not 32 bytes".to_owned(),
         })?;
-        Ok(RootKey(key))
+        Ok(RootKey(key, DerivedKey::new(&key)))
     }
 
     /// Mints a root credential with these caveats.
@@ -151,7 +152,7 @@ impl Credential {
     pub fn verify(text: &str, root: &RootKey, now: u64) -> Result<Credential, CredentialError> {
         let token = Macaroon::from_base64url(text.trim())?;
         let chain = token
-            .verify(&root.0)
+            .verify_with(&root.1)
             .map_err(|_| CredentialError::Signature)?;
         let restrictions = Restrictions::parse(token.caveats())?;
         if restrictions.is_expired_at(now) {
@@ -159,33 +160,29 @@ impl Credential {
                 restrictions.expires_before_unix_secs().unwrap_or(0),
             ));
         }
-        let derive = |label: &[u8], value: &[u8]| {
-            let mut h = Sha256::new();
-            h.update(label);
-            h.update(value);
-            hex::encode(h.finalize())
-        };
         let budgets = restrictions
             .budgets()
             .iter()
             .filter_map(|b| {
                 let value = chain.get(b.position)?;
                 Some(Budget {
-                    key: format!("budget:{}", derive(b"tollgate/budget\0", value.as_bytes())),
+                    key: derived_id("budget:", b"tollgate/budget\0", value.as_bytes()),
                     limit: b.limit,
                     label: b.label.clone(),
                 })
             })
             .collect();
         // The identifier names the whole family; each chain value names one prefix.
-        let mut lineage = vec![format!(
-            "token:{}",
-            derive(b"tollgate/token\0", token.identifier())
-        )];
+        let mut lineage = Vec::with_capacity(chain.len() + 1);
+        lineage.push(derived_id(
+            "token:",
+            b"tollgate/token\0",
+            token.identifier(),
+        ));
         lineage.extend(
             chain
                 .iter()
-                .map(|v| format!("token:{}", derive(b"tollgate/prefix\0", v.as_bytes()))),
+                .map(|v| derived_id("token:", b"tollgate/prefix\0", v.as_bytes())),
         );
         Ok(Credential {
             token,
@@ -201,9 +198,37 @@ impl Credential {
     }
 }
 
+/// `prefix` + hex(SHA-256(`label` ‖ `value`)), written once into one allocation: this runs for
+/// every chain value on every call, so it is kept cheap.
+fn derived_id(prefix: &str, label: &[u8], value: &[u8]) -> String {
+    let digest = Sha256::new_with_prefix(label)
+        .chain_update(value)
+        .finalize();
+    let mut hex = [0u8; 64];
+    // 32 bytes always fit in 64 hex digits.
+    let _ = hex::encode_to_slice(digest, &mut hex);
+    let mut id = String::with_capacity(prefix.len() + hex.len());
+    id.push_str(prefix);
+    id.push_str(std::str::from_utf8(&hex).unwrap_or_default());
+    id
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn derived_ids_are_the_prefix_and_the_hex_sha256_of_label_and_value() {
+        // Ledger keys and revocation ids persist: their form must never change.
+        let expected = format!(
+            "budget:{}",
+            hex::encode(Sha256::digest(b"tollgate/budget\0abc"))
+        );
+        assert_eq!(
+            derived_id("budget:", b"tollgate/budget\0", b"abc"),
+            expected
+        );
+    }
 
     fn root() -> (tempfile::TempDir, RootKey) {
         let dir = tempfile::tempdir().unwrap();

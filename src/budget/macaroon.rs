@@ -321,8 +321,13 @@ impl Macaroon {
     /// identifier alone is not returned; with no caveats the vector is empty. The last element
     /// equals the signature. Caveats are not evaluated here; see [`super::caveat`].
     pub fn verify(&self, root_secret: &[u8]) -> Result<Vec<ChainValue>, VerifyError> {
-        let key = derive_key(root_secret);
-        let mut value = hmac32(&key, &self.identifier);
+        self.verify_with(&DerivedKey::new(root_secret))
+    }
+
+    /// [`Macaroon::verify`] with the key derivation done once, ahead of time (a server verifies
+    /// a credential on every call under the same root key).
+    pub fn verify_with(&self, key: &DerivedKey) -> Result<Vec<ChainValue>, VerifyError> {
+        let mut value = hmac32(&key.0, &self.identifier);
         let mut chain = Vec::with_capacity(self.caveats.len());
         for predicate in &self.caveats {
             value = hmac32(&value, predicate);
@@ -649,6 +654,22 @@ fn hmac32<const N: usize>(key: &[u8; N], msg: &[u8]) -> [u8; SIGNATURE_LEN] {
 
 fn derive_key(root_secret: &[u8]) -> [u8; SIGNATURE_LEN] {
     hmac32(KEY_GENERATOR, root_secret)
+}
+
+/// The signing key libmacaroons derives from a root secret (`HMAC("macaroons-key-generator",
+/// secret)`), kept for repeated verification. A secret: no `Debug` that shows it.
+pub struct DerivedKey([u8; SIGNATURE_LEN]);
+
+impl DerivedKey {
+    pub fn new(root_secret: &[u8]) -> DerivedKey {
+        DerivedKey(derive_key(root_secret))
+    }
+}
+
+impl std::fmt::Debug for DerivedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DerivedKey(redacted)")
+    }
 }
 
 /// Equality of two 32-byte secrets in time independent of where they differ.
