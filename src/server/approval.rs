@@ -139,7 +139,7 @@ impl Tollgate {
         }
     }
 
-    /// The facts a person sees, and an approval is bound to.
+    /// The facts a person sees, and an approval is bound to, with the budget left after paying.
     fn facts(
         &self,
         tool: &HttpTool,
@@ -167,23 +167,8 @@ impl Tollgate {
             }
         };
         Facts {
-            tool: tool.name.clone(),
-            arguments_hash: approval::arguments_hash(arguments),
-            arguments: arguments.clone(),
-            protocol: quote.offer.protocol.to_string(),
-            network: quote.offer.network.clone(),
-            asset: quote.offer.asset.clone(),
-            asset_symbol: quote.asset.symbol.clone(),
-            amount_atomic: quote.offer.amount_atomic.to_string(),
-            amount_usd_micros: quote.usd.0,
-            amount_in_asset: approval::amount_in_asset(
-                quote.offer.amount_atomic,
-                quote.asset.decimals,
-                &quote.asset.symbol,
-            ),
-            payee: quote.offer.payee.clone(),
             budget_left_usd_micros: left,
-            reason,
+            ..offer_facts(tool, arguments, quote, reason)
         }
     }
 
@@ -593,5 +578,33 @@ fn person(a: &Approval, now: u64) -> ApprovalRecord {
         approval_id: Some(a.id.clone()),
         decided_at: rfc3339(a.decided_at.unwrap_or(now)),
         reason: facts.map(|f| f.reason).unwrap_or_default(),
+    }
+}
+
+/// The facts of paying `quote` for this call, without the budget (what an approval binds).
+pub(super) fn offer_facts(
+    tool: &HttpTool,
+    arguments: &Map<String, Value>,
+    quote: &Quote,
+    reason: String,
+) -> Facts {
+    Facts {
+        tool: tool.name.clone(),
+        arguments_hash: approval::arguments_hash(arguments),
+        arguments: arguments.clone(),
+        protocol: quote.offer.protocol.to_string(),
+        network: quote.offer.network.clone(),
+        asset: quote.offer.asset.clone(),
+        asset_symbol: quote.asset.symbol.clone(),
+        amount_atomic: quote.offer.amount_atomic.to_string(),
+        amount_usd_micros: quote.usd.0,
+        amount_in_asset: approval::amount_in_asset(
+            quote.offer.amount_atomic,
+            quote.asset.decimals,
+            &quote.asset.symbol,
+        ),
+        payee: quote.offer.payee.clone(),
+        budget_left_usd_micros: None,
+        reason,
     }
 }

@@ -158,89 +158,68 @@ impl Tollgate {
         };
         let progress = Progress::new(context);
         // An L402 token paid earlier for this origin and service is sent on the first request.
-        let token = self.cached_token(tool);
-        let first = match &token {
-            Some(token) => l402::with_token(request.clone(), token),
-            None => request.clone(),
-        };
-        let reply = match self.send(tool, first, &progress, context).await {
-            Ok(reply) => reply,
-            Err(cancelled) => return cancelled.into(),
-        };
-        let result = match reply {
-            Ok(Reply {
-                answer: Answer::PaymentRequired { mut body },
-                mut headers,
-            }) => {
-                // A refused token is forgotten; the 402 that refused it is paid once, afresh.
-                if let Some(token) = &token {
-                    self.forget_token(token);
-                }
-                // Held until this call has paid (or given up): a parallel call to the same
-                // service waits here, then sends the token this one paid for.
-                let mut _flight = None;
-                if token.is_none()
-                    && self.payments.lightning.is_some()
-                    && l402::challenged(&headers)
-                {
-                    let guard = tokio::select! {
-                        guard = self.l402_flights.enter(tool) => guard,
-                        () = context.ct.cancelled() => {
-                            progress.finish().await;
-                            return tool_error(format!("the call to `{}` was cancelled", tool.name)).into();
-                        }
-                    };
-                    _flight = Some(guard);
-                    if let Some(paid) = self.cached_token(tool) {
-                        tracing::info!(tool = %tool.name, payment_hash = %paid.payment_hash,
-                            "a parallel call paid this service meanwhile; sending its token");
-                        let again = l402::with_token(request.clone(), &paid);
-                        let reply = match self.send(tool, again, &progress, context).await {
-                            Ok(reply) => reply,
-                            Err(cancelled) => return cancelled.into(),
+        let mut token = self.cached_token(tool);
+        // Held until this call has paid (or given up) once it meets an L402 challenge without
+        // a token: a parallel call to the same service waits for it, then sends the token this
+        // one paid for (`l402::Flights`).
+        let mut flight = None;
+        let result = loop {
+            let attempt = match &token {
+                Some(token) => l402::with_token(request.clone(), token),
+                None => request.clone(),
+            };
+            let reply = match self.send(tool, attempt, &progress, context).await {
+                Ok(reply) => reply,
+                Err(cancelled) => return cancelled.into(),
+            };
+            match reply {
+                Ok(Reply {
+                    answer: Answer::PaymentRequired { body },
+                    headers,
+                }) => {
+                    // A refused token is forgotten; the 402 that refused it is paid once, afresh.
+                    if let Some(token) = &token {
+                        self.forget_token(token);
+                    } else if flight.is_none()
+                        && self.payments.lightning.is_some()
+                        && l402::challenged(&headers)
+                    {
+                        flight = tokio::select! {
+                            guard = self.l402_flights.enter(tool) => Some(guard),
+                            () = context.ct.cancelled() => {
+                                break tool_error(format!("the call to `{}` was cancelled", tool.name)).into();
+                            }
                         };
-                        match reply {
-                            Ok(Reply {
-                                answer: Answer::PaymentRequired { body: b },
-                                headers: h,
-                            }) => {
-                                self.forget_token(&paid);
-                                (body, headers) = (b, h);
-                            }
-                            Ok(Reply { answer, .. }) => {
-                                let reused = l402::reused_payment(&paid);
-                                progress.finish().await;
-                                return success(tool, answer, Some(reused)).into();
-                            }
-                            Err(e) => {
-                                progress.finish().await;
-                                return tool_error(
-                                    tool.redact(&format!("`{}` failed: {e}", tool.name)),
-                                )
-                                .into();
-                            }
+                        token = self.cached_token(tool);
+                        if let Some(paid) = &token {
+                            tracing::info!(tool = %tool.name, payment_hash = %paid.payment_hash,
+                                "a parallel call paid this service meanwhile; sending its token");
+                            continue;
                         }
                     }
+                    break self
+                        .pay(
+                            tool,
+                            &arguments,
+                            request,
+                            &headers,
+                            &body,
+                            caller.as_ref(),
+                            &continuation,
+                            &progress,
+                            context,
+                        )
+                        .await;
                 }
-                let caller = caller.as_ref();
-                self.pay(
-                    tool,
-                    &arguments,
-                    request,
-                    &headers,
-                    &body,
-                    caller,
-                    &continuation,
-                    &progress,
-                    context,
-                )
-                .await
+                Ok(Reply { answer, .. }) => {
+                    break success(tool, answer, token.as_ref().map(l402::reused_payment)).into();
+                }
+                Err(e) => {
+                    break tool_error(tool.redact(&format!("`{}` failed: {e}", tool.name))).into();
+                }
             }
-            Ok(Reply { answer, .. }) => {
-                success(tool, answer, token.as_ref().map(l402::reused_payment)).into()
-            }
-            Err(e) => tool_error(tool.redact(&format!("`{}` failed: {e}", tool.name))).into(),
         };
+        drop(flight);
         progress.finish().await;
         result
     }

@@ -700,27 +700,16 @@ impl Tollgate {
             )));
         }
         // A person approved paying this payee, in this asset, on this network, by this
-        // protocol (what `approval::Facts::covers` binds): a fresh challenge that changes any
-        // of them is a new decision, not the one they made.
-        let (new, old) = (&quote.offer, &approved.offer);
-        let same = new.payee == old.payee
-            && new.asset == old.asset
-            && new.network == old.network
-            && new.protocol == old.protocol;
-        if approval.approved_by != "policy" && !same {
-            return tool_error(tool.redact(&format!(
-                "`{}`: the fresh challenge asks to pay {} ({} {} on {}), not {} ({} {} on {}) as \
-                 a person approved; nothing was paid. Call again to decide on the new offer.",
-                tool.name,
-                new.payee,
-                new.protocol,
-                new.asset,
-                new.network,
-                old.payee,
-                old.protocol,
-                old.asset,
-                old.network
-            )));
+        // protocol: a fresh challenge that changes any of them is a new decision.
+        if approval.approved_by != "policy" {
+            let facts = |quote| super::approval::offer_facts(tool, arguments, quote, String::new());
+            if let Err(mismatch) = facts(approved).covers(&facts(&quote)) {
+                return tool_error(tool.redact(&format!(
+                    "`{}`: the fresh challenge is not the offer as a person approved it: \
+                     {mismatch}; nothing was paid. Call again to decide on the new offer.",
+                    tool.name
+                )));
+            }
         }
         Box::pin(self.pay_quote(
             tool,
