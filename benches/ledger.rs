@@ -101,6 +101,7 @@ fn measure(receipts: u64) {
             payee: "0x2096".into(),
             protocol: "x402".into(),
             meta_json: "{}".into(),
+            lease: None,
         };
         let receipt = |suffix: &str| NewReceipt {
             receipt_id: format!("bench-{suffix}{i}"),

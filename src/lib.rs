@@ -19,6 +19,7 @@
 pub mod approval;
 pub mod budget;
 pub mod catalog;
+pub mod checkout;
 pub mod config;
 pub mod ledger;
 pub mod lightning;

@@ -574,6 +574,7 @@ fn log_reconciled(
                 released = report.released,
                 pending = report.pending,
                 unsent = report.unsent,
+                live = report.live,
                 unchecked = report.unchecked.len(),
                 "reconciled payments from earlier runs"
             );
@@ -597,10 +598,13 @@ fn reconcile(config: Option<PathBuf>) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    // This command owns what it claims while it asks; a live process's payments are left alone.
+    let owner = tollgate::checkout::lease::this_process();
     let report = runtime
         .block_on(tollgate::reconcile::reconcile(
             &ledger,
             &config.rpc,
+            &owner,
             tollgate::money::now_unix(),
         ))
         .context("reconciling")?;
@@ -611,6 +615,7 @@ fn reconcile(config: Option<PathBuf>) -> anyhow::Result<()> {
                 let lines = runtime.block_on(tollgate::server::l402::reconcile(
                     &ledger,
                     &lightning,
+                    &owner,
                     tollgate::money::now_unix(),
                 ));
                 for line in lines {
@@ -621,14 +626,14 @@ fn reconcile(config: Option<PathBuf>) -> anyhow::Result<()> {
         }
     }
     println!(
-        "{} settled (receipt written), {} released (provably unpaid), {} still pending \
-         (valid and unused: a retry re-sends it), {} reserved but never sent (released after \
-         {} s), {} not checkable",
+        "{} settled (receipt written), {} released (provably unpaid; {} of them reserved but \
+         never sent), {} still pending (valid and unused: a retry re-sends it), {} in flight in \
+         a live call (not touched), {} not checkable",
         report.settled,
         report.released,
-        report.pending,
         report.unsent,
-        tollgate::reconcile::STALE_RESERVED_SECS,
+        report.pending,
+        report.live,
         report.unchecked.len()
     );
     for why in &report.unchecked {
@@ -760,9 +765,10 @@ fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
                 // Lightning payments an earlier run left pending: ask the backend, settle them,
                 // in the background (a slow backend must not delay the host's first requests).
                 let (ledger, backend) = (ledger.clone(), lightning.clone());
+                let owner = tollgate::checkout::lease::this_process();
                 tokio::spawn(async move {
                     let now = tollgate::money::now_unix();
-                    for line in tollgate::server::l402::reconcile(&ledger, &backend, now).await {
+                    for line in tollgate::server::l402::reconcile(&ledger, &backend, &owner, now).await {
                         tracing::warn!("pending Lightning payment: {line}");
                     }
                 });
@@ -770,21 +776,28 @@ fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
             }
             None => None,
         };
-        // Payments whose outcome was unknown when a process stopped stay reserved (they count
-        // against every cap) until the chain says whether they happened.
-        let open = ledger.pending().context("cannot read pending payments")?;
-        if !open.is_empty() {
+        // Payments whose outcome is unknown (their process died, or their call ended without
+        // an answer) stay reserved (they count against every cap) until the chain says whether
+        // they happened. Payments in flight in live processes sharing the ledger are theirs.
+        tollgate::checkout::lease::Leases::disown_dead_owners(&ledger)
+            .context("cannot read pending payments")?;
+        let unknown = ledger
+            .unknown(tollgate::money::now_unix())
+            .context("cannot read pending payments")?;
+        if !unknown.is_empty() {
             tracing::warn!(
-                count = open.len(),
-                "payments from an earlier run have no known outcome; they stay reserved until \
-                 reconciled (a retry of the same call re-sends the same proof)"
+                count = unknown.len(),
+                "payments have no known outcome (their process died, or their call ended \
+                 without an answer); they stay reserved until reconciled (a retry of the same \
+                 call re-sends the same proof)"
             );
             let (ledger, rpc) = (ledger.clone(), config.rpc.clone());
+            let owner = tollgate::checkout::lease::this_process();
             tokio::spawn(async move {
                 // After the host's first requests, like the HTTP client's warm-up.
                 tokio::time::sleep(std::time::Duration::from_millis(500)).await;
                 log_reconciled(
-                    tollgate::reconcile::reconcile(&ledger, &rpc, tollgate::money::now_unix())
+                    tollgate::reconcile::reconcile(&ledger, &rpc, &owner, tollgate::money::now_unix())
                         .await,
                 );
             });
@@ -796,6 +809,7 @@ fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
             tracing::info!(?wallet, "Tempo wallet ready (MPP)");
         }
         let mut payments = Payments::new(policy, config.assets.clone(), evm, ledger);
+        payments.rpc = config.rpc.clone();
         payments.lightning = lightning;
         payments.tempo = tempo;
         payments.root = match RootKey::load(&config.state_dir) {

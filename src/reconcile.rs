@@ -10,8 +10,12 @@
 //! whose hash is known before it is sent: mined → commit; reverted → release; not mined and
 //! past its `validBefore` (an expiring nonce: it can never be mined later) → release; else
 //! pending. Without an `[rpc]` endpoint for its network a payment stays
-//! reserved and visible. A reservation whose proof never left the process (`reserved`, older
-//! than [`STALE_RESERVED_SECS`]) is released.
+//! reserved and visible. A reservation whose proof never left the process (`reserved`, its
+//! owner gone) is released.
+//!
+//! Only payments whose outcome is unknown are touched (no live owner: see
+//! `checkout::lease`), and each is claimed before the chain is asked, so a retry of the same
+//! call and reconciliation never act on one payment at once.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -28,9 +32,8 @@ use crate::money::{UsdMicros, rfc3339};
 use crate::pay::Proof;
 use crate::pay::assets;
 
-/// A `reserved` row this old belongs to no live call: between reserving and recording the
-/// proof a call only signs (milliseconds; an MPP signature may ask a node for a nonce).
-pub const STALE_RESERVED_SECS: u64 = 120;
+/// How long an unowned `reserved` row from a tollgate that predates leases is left alone.
+pub use crate::ledger::UNOWNED_RESERVED_SECS as STALE_RESERVED_SECS;
 /// Longest JSON-RPC answer read.
 const MAX_RPC_BYTES: usize = 1024 * 1024;
 /// Blocks searched back for the `AuthorizationUsed` log.
@@ -48,89 +51,146 @@ pub struct Report {
     pub settled: usize,
     /// Provably unpaid: released.
     pub released: usize,
-    /// Still undecided (the proof is valid and unused): left pending.
+    /// Still undecided (the proof is valid and unused): left unknown, for a retry to re-send.
     pub pending: usize,
-    /// Reserved moments ago with no proof sent (a call in flight, or one killed before it
-    /// signed): released once older than [`STALE_RESERVED_SECS`].
+    /// Reserved with no proof sent, by a call whose owner is gone: released (counted in
+    /// `released` too).
     pub unsent: usize,
+    /// Owned by a live call (in this or another process): not touched.
+    pub live: usize,
     /// Not checkable (no `[rpc]` for the network, an unreadable proof, a node error): left.
     pub unchecked: Vec<String>,
 }
 
-/// Reconciles every open reservation in the ledger.
-pub async fn reconcile(
-    ledger: &Ledger,
-    rpc: &BTreeMap<u64, String>,
-    now: u64,
-) -> Result<Report, LedgerError> {
-    let mut report = Report::default();
-    let open = tokio::task::block_in_place(|| ledger.pending())?;
-    if open.is_empty() {
-        return Ok(report);
-    }
+/// What the chain says about one payment whose outcome is unknown.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// It was paid (in this transaction, when the node can tell).
+    Paid(Option<String>),
+    /// It can never be paid (reverted, or unused and expired): release it.
+    Unpaid,
+    /// Not decided yet (valid and unused): it stays unknown.
+    Open,
+}
+
+/// The HTTP client reconciliation asks nodes with.
+pub fn rpc_client() -> Result<reqwest::Client, String> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = reqwest::Client::builder()
+    reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(10))
         .redirect(reqwest::redirect::Policy::none())
         .build()
-        .map_err(|e| LedgerError::Corrupt(format!("cannot build an HTTP client: {e}")))?;
+        .map_err(|e| format!("cannot build an HTTP client: {e}"))
+}
+
+/// Asks the chain about one payment with a recorded proof (x402 or MPP). `Err` says why it
+/// cannot be told (no `[rpc]` for its network, an unreadable proof, a node error).
+pub async fn verdict(
+    client: &reqwest::Client,
+    rpc: &BTreeMap<u64, String>,
+    payment: &PendingPayment,
+    now: u64,
+) -> Result<Verdict, String> {
+    let expired = payment.valid_before.is_some_and(|v| v <= now);
+    if payment.protocol.starts_with("x402") {
+        return Ok(match x402(client, rpc, payment).await? {
+            Some(transaction) => Verdict::Paid(transaction),
+            None if expired => Verdict::Unpaid,
+            None => Verdict::Open,
+        });
+    }
+    if payment.protocol == "MPP" {
+        return Ok(match mpp(client, rpc, payment).await? {
+            Mined::Success(transaction) => Verdict::Paid(Some(transaction)),
+            Mined::Reverted => Verdict::Unpaid,
+            Mined::No if expired => Verdict::Unpaid,
+            Mined::No => Verdict::Open,
+        });
+    }
+    Err(format!(
+        "{} payments are not settled on a chain",
+        payment.protocol
+    ))
+}
+
+/// Writes a verdict on a claimed payment: commit (with a receipt marked `reconciled`),
+/// release, or give it up again (unknown). Returns the receipt written, if any.
+pub fn settle(
+    ledger: &Ledger,
+    owner: &str,
+    payment: &PendingPayment,
+    verdict: &Verdict,
+    now: u64,
+) -> Result<Option<NewReceipt>, LedgerError> {
+    match verdict {
+        Verdict::Paid(transaction) => {
+            let receipt = receipt(payment, transaction.clone(), now);
+            ledger.commit(payment.id, payment.amount_usd_micros, receipt.clone(), now)?;
+            Ok(Some(receipt))
+        }
+        Verdict::Unpaid => ledger.release(payment.id, now).map(|()| None),
+        Verdict::Open => ledger.disown(payment.id, owner).map(|()| None),
+    }
+}
+
+/// Reconciles every open payment that no live call owns (x402 and MPP; L402 payments are
+/// left to the Lightning backend). Each is claimed first (`owner`, a lease), so a retry of
+/// the same call cannot re-send its proof meanwhile; payments of dead owners on this host are
+/// given up first. A live call's payment, in this process or another, is never touched.
+pub async fn reconcile(
+    ledger: &Ledger,
+    rpc: &BTreeMap<u64, String>,
+    owner: &str,
+    now: u64,
+) -> Result<Report, LedgerError> {
+    let mut report = Report::default();
+    tokio::task::block_in_place(|| crate::checkout::lease::Leases::disown_dead_owners(ledger))?;
+    let all = tokio::task::block_in_place(|| ledger.pending())?;
+    report.live = all.iter().filter(|p| p.is_owned(now)).count();
+    let open: Vec<PendingPayment> = all.into_iter().filter(|p| !p.is_owned(now)).collect();
+    if open.is_empty() {
+        return Ok(report);
+    }
+    let client = rpc_client().map_err(LedgerError::Corrupt)?;
+    let lease = crate::ledger::Lease {
+        owner: owner.to_owned(),
+        until: now + crate::checkout::lease::LEASE_SECS,
+    };
     for payment in open {
-        match payment.state {
-            ReservationState::Reserved if payment.age_secs(now) >= STALE_RESERVED_SECS => {
-                tokio::task::block_in_place(|| ledger.release(payment.id, now))?;
-                report.released += 1;
-            }
-            ReservationState::Pending if payment.protocol.starts_with("x402") => {
-                match x402(&client, rpc, &payment).await {
-                    Ok(Some(transaction)) => {
-                        let receipt = receipt(&payment, transaction, now);
-                        tokio::task::block_in_place(|| {
-                            ledger.commit(payment.id, payment.amount_usd_micros, receipt, now)
-                        })?;
-                        report.settled += 1;
-                    }
-                    Ok(None) if payment.valid_before.is_some_and(|v| v <= now) => {
-                        tokio::task::block_in_place(|| ledger.release(payment.id, now))?;
-                        report.released += 1;
-                    }
-                    Ok(None) => report.pending += 1,
-                    Err(why) => report.unchecked.push(format!(
-                        "{} to {} for `{}`: {why}",
-                        UsdMicros(payment.amount_usd_micros),
-                        payment.payee,
-                        payment.tool
-                    )),
+        if payment.protocol == "L402" {
+            continue;
+        }
+        let Some(payment) = tokio::task::block_in_place(|| ledger.claim(payment.id, &lease, now))?
+        else {
+            report.live += 1;
+            continue;
+        };
+        if payment.state == ReservationState::Reserved {
+            // Its owner is gone and no proof ever left the process.
+            tokio::task::block_in_place(|| ledger.release(payment.id, now))?;
+            report.released += 1;
+            report.unsent += 1;
+            continue;
+        }
+        match verdict(&client, rpc, &payment, now).await {
+            Ok(verdict) => {
+                tokio::task::block_in_place(|| settle(ledger, owner, &payment, &verdict, now))?;
+                match verdict {
+                    Verdict::Paid(_) => report.settled += 1,
+                    Verdict::Unpaid => report.released += 1,
+                    Verdict::Open => report.pending += 1,
                 }
             }
-            ReservationState::Pending if payment.protocol == "MPP" => {
-                match mpp(&client, rpc, &payment).await {
-                    Ok(Mined::Success(transaction)) => {
-                        let receipt = receipt(&payment, Some(transaction), now);
-                        tokio::task::block_in_place(|| {
-                            ledger.commit(payment.id, payment.amount_usd_micros, receipt, now)
-                        })?;
-                        report.settled += 1;
-                    }
-                    Ok(Mined::Reverted) => {
-                        tokio::task::block_in_place(|| ledger.release(payment.id, now))?;
-                        report.released += 1;
-                    }
-                    Ok(Mined::No) if payment.valid_before.is_some_and(|v| v <= now) => {
-                        tokio::task::block_in_place(|| ledger.release(payment.id, now))?;
-                        report.released += 1;
-                    }
-                    Ok(Mined::No) => report.pending += 1,
-                    Err(why) => report.unchecked.push(format!(
-                        "{} to {} for `{}`: {why}",
-                        UsdMicros(payment.amount_usd_micros),
-                        payment.payee,
-                        payment.tool
-                    )),
-                }
+            Err(why) => {
+                tokio::task::block_in_place(|| ledger.disown(payment.id, owner))?;
+                report.unchecked.push(format!(
+                    "{} to {} for `{}`: {why}",
+                    UsdMicros(payment.amount_usd_micros),
+                    payment.payee,
+                    payment.tool
+                ));
             }
-            ReservationState::Reserved => report.unsent += 1,
-            _ => report.pending += 1,
         }
     }
     Ok(report)

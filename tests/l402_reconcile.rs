@@ -12,13 +12,18 @@ use std::time::Duration;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 use support::l402_peer::{L402Peers, start};
-use tollgate::ledger::{Cap, Ledger, NewReservation, ReservationId};
+use tollgate::ledger::{Cap, Lease, Ledger, NewReservation, ReservationId};
 use tollgate::lightning::Lightning;
 use tollgate::lightning::lnbits::Lnbits;
 use tollgate::pay::Proof;
 use tollgate::pay::l402::Network;
 
 const ORIGIN: &str = "http://127.0.0.1:9";
+
+/// The owner of the payments made "before the crash": alive until its lease lapses.
+const OWNER: &str = "a-process-that-will-die";
+/// How long its lease runs from the payment.
+const LEASE: u64 = 60;
 
 /// Reserves 0.025 USD under a 1 USD cap and records it pending with `hash`, as
 /// `server::l402` does before paying.
@@ -36,6 +41,10 @@ fn pending_l402(ledger: &Ledger, hash: &str, service: &str) -> ReservationId {
                 meta_json: json!({"network": "lightning:bitcoin", "asset": "BTC",
                                   "amount_atomic": "21000", "rate_usd_micros_per_unit": 1000})
                 .to_string(),
+                lease: Some(Lease {
+                    owner: OWNER.into(),
+                    until: tollgate::money::now_unix() + LEASE,
+                }),
             },
             tollgate::money::now_unix(),
         )
@@ -101,18 +110,15 @@ async fn pending_lightning_payments_are_settled_or_released_at_start() {
         max_fee_msat: 4_000,
         timeout: Duration::from_secs(10),
     };
-    // Right away both may still belong to a live process: left alone.
+    // While their owner's lease runs they belong to a live call: not touched.
     let now = tollgate::money::now_unix();
-    let report = tollgate::server::l402::reconcile(&ledger, &lightning, now).await;
-    assert!(
-        report.iter().all(|l| l.contains("left pending")),
-        "{report:?}"
-    );
+    let report = tollgate::server::l402::reconcile(&ledger, &lightning, "restart", now).await;
+    assert!(report.is_empty(), "{report:?}");
     assert_eq!(total(&ledger), (0, 50_000));
 
-    // As at a start past the payment timeout: asked, and settled.
-    let later = now + 10 + tollgate::server::l402::RECONCILE_AFTER_TIMEOUT_SECS;
-    let report = tollgate::server::l402::reconcile(&ledger, &lightning, later).await;
+    // As at a start after the owner's lease lapsed: asked, and settled.
+    let later = now + LEASE + 1;
+    let report = tollgate::server::l402::reconcile(&ledger, &lightning, "restart", later).await;
     assert_eq!(report.len(), 2, "{report:?}");
 
     // The paid one is committed at its actual cost (21 sats, no fee: 0.021 USD), the unpaid

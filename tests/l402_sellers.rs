@@ -301,4 +301,8 @@ async fn parallel_first_calls_to_one_service_pay_one_invoice() {
     assert_eq!(peers.balance_msat("payer").await, payer0 - PRICE_MSAT);
     assert_eq!(peers.balance_msat("payee").await, payee0 + PRICE_MSAT);
     assert_eq!(peers.seller_stats().await["served"], json!(PARALLEL));
+    // One receipt, for the one invoice; nothing left open.
+    let ledger = tollgate::ledger::Ledger::open(&setup.dir.path().join("state")).unwrap();
+    assert_eq!(ledger.all_receipts(None, 100).unwrap().len(), 1);
+    assert!(ledger.pending().unwrap().is_empty());
 }

@@ -11,7 +11,8 @@ use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::{Arc, Barrier};
 
 use tollgate::ledger::{
-    Cap, Ledger, LedgerError, NewReceipt, NewReservation, ReservationId, ReservationState,
+    Cap, Lease, Ledger, LedgerError, NewReceipt, NewReservation, PaymentStage, ReservationId,
+    ReservationState,
 };
 
 const CHILD_MODE: &str = "LEDGER_TEST_CHILD";
@@ -30,6 +31,14 @@ fn reservation(call: &str, amount: u64, caps: Vec<Cap>) -> NewReservation {
         payee: "0x209693Bc6afc0C5328bA36FaF03C514EF312287C".to_owned(),
         protocol: "x402".to_owned(),
         meta_json: r#"{"network":"eip155:8453"}"#.to_owned(),
+        lease: None,
+    }
+}
+
+fn lease(owner: &str, until: u64) -> Lease {
+    Lease {
+        owner: owner.to_owned(),
+        until,
     }
 }
 
@@ -423,42 +432,111 @@ fn release_frees_the_amount() {
         (0, 0)
     );
     assert!(ledger.pending().unwrap().is_empty());
-    assert!(matches!(
-        ledger.commit(id, 1_000, receipt("a", T0), T0),
-        Err(LedgerError::WrongState {
-            state: ReservationState::Released,
-            ..
-        })
-    ));
     ledger
         .reserve(reservation("b", 1_000, vec![cap]), T0)
         .unwrap();
 }
 
 #[test]
-fn a_pending_payment_stays_counted_and_a_retry_finds_its_proof() {
+fn a_released_payment_that_was_paid_after_all_is_committed_not_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(dir.path()).unwrap();
+    let cap = Cap::lifetime("policy:total", 10_000);
+    let id = ledger
+        .reserve(reservation("a", 1_000, vec![cap.clone()]), T0)
+        .unwrap();
+    ledger.release(id, T0).unwrap();
+    // The settlement arrives after all: the money moved, so it is spend, with its receipt.
+    ledger.commit(id, 1_000, receipt("late", T0), T0).unwrap();
+    let status = ledger.status(std::slice::from_ref(&cap), T0).unwrap();
+    assert_eq!(
+        (status[0].spent_usd_micros, status[0].reserved_usd_micros),
+        (1_000, 0)
+    );
+    assert_eq!(ledger.all_receipts(None, 10).unwrap().len(), 1);
+    assert!(matches!(
+        ledger.release(id, T0),
+        Err(LedgerError::WrongState {
+            state: ReservationState::Committed,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn a_pending_payment_stays_counted_and_only_an_unknown_proof_is_claimed_once() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = Ledger::open(dir.path()).unwrap();
     let cap = Cap::lifetime("policy:total", 1_000);
-    let id = ledger
-        .reserve(reservation("call-1", 600, vec![cap.clone()]), T0)
-        .unwrap();
-    assert_eq!(
-        ledger.find_pending("fp-call-1").unwrap().map(|p| p.state),
-        Some(ReservationState::Reserved)
-    );
+    let mut r = reservation("call-1", 600, vec![cap.clone()]);
+    r.lease = Some(lease("owner-a", T0 + 60));
+    let id = ledger.reserve(r, T0).unwrap();
+    let stage = |at| ledger.pending().unwrap()[0].stage(at);
+    assert_eq!(stage(T0), PaymentStage::Reserved);
     ledger.mark_pending(id, "proof-A", T0 + 300).unwrap();
     ledger.mark_pending(id, "proof-A", T0 + 300).unwrap(); // same proof: no-op
     assert!(matches!(
         ledger.mark_pending(id, "proof-B", T0 + 300),
         Err(LedgerError::ProofAlreadyRecorded(_))
     ));
+    assert_eq!(stage(T0 + 1), PaymentStage::InFlight);
 
-    let found = ledger.find_pending("fp-call-1").unwrap().unwrap();
+    // A twin of a call in flight never gets its proof, nor does reconciliation.
+    assert!(
+        ledger
+            .claim_unknown("fp-call-1", &lease("owner-b", T0 + 70), T0 + 10)
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        ledger
+            .claim(id, &lease("reconcile", T0 + 70), T0 + 10)
+            .unwrap()
+            .is_none()
+    );
+    // Renewed, the lease outlives its first term.
+    assert_eq!(
+        ledger
+            .renew_leases("owner-a", &[id], T0 + 120)
+            .unwrap(),
+        1
+    );
+    assert_eq!(stage(T0 + 100), PaymentStage::InFlight);
+
+    // The call ends without an answer: unknown. One retry claims it; a second finds nothing.
+    ledger.disown(id, "owner-a").unwrap();
+    assert_eq!(stage(T0 + 101), PaymentStage::Unknown);
+    let found = ledger
+        .claim_unknown("fp-call-1", &lease("owner-b", T0 + 160), T0 + 101)
+        .unwrap()
+        .unwrap();
     assert_eq!(found.id, id);
     assert_eq!(found.proof_json.as_deref(), Some("proof-A"));
     assert_eq!(found.keys, vec!["policy:total".to_owned()]);
-    assert!(ledger.find_pending("fp-other").unwrap().is_none());
+    assert_eq!(found.owner.as_deref(), Some("owner-b"));
+    assert!(
+        ledger
+            .claim_unknown("fp-call-1", &lease("owner-c", T0 + 160), T0 + 102)
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        ledger
+            .claim_unknown("fp-other", &lease("owner-c", T0 + 160), T0 + 102)
+            .unwrap()
+            .is_none()
+    );
+    // The old owner cannot give up what it no longer owns.
+    ledger.disown(id, "owner-a").unwrap();
+    assert_eq!(stage(T0 + 103), PaymentStage::InFlight);
+    // Its owner dies: once the lease lapses, it is unknown again, and claimable.
+    assert_eq!(stage(T0 + 161), PaymentStage::Unknown);
+    assert!(
+        ledger
+            .claim(id, &lease("reconcile", T0 + 230), T0 + 170)
+            .unwrap()
+            .is_some()
+    );
 
     let status = ledger
         .status(std::slice::from_ref(&cap), T0 + 3_600)
@@ -468,7 +546,13 @@ fn a_pending_payment_stays_counted_and_a_retry_finds_its_proof() {
         &ledger.reserve(reservation("call-2", 600, vec![cap]), T0)
     ));
     ledger.commit(id, 600, receipt("r1", T0), T0).unwrap();
-    assert!(ledger.find_pending("fp-call-1").unwrap().is_none());
+    assert!(ledger.pending().unwrap().is_empty());
+    assert!(
+        ledger
+            .claim_unknown("fp-call-1", &lease("owner-d", T0 + 300), T0 + 200)
+            .unwrap()
+            .is_none()
+    );
 }
 
 #[test]

@@ -535,3 +535,69 @@ async fn a_fresh_challenge_for_another_payee_than_a_person_approved_pays_nothing
     assert_eq!(peers.path_usd(&buyer).await, buyer_before);
     assert_eq!(peers.path_usd(&bait).await, bait_before);
 }
+
+/// Models send identical calls at once: each pays its own charge (its own signed Tempo
+/// transaction), none sends another's credential, and every charge has one receipt.
+#[tokio::test(flavor = "multi_thread")]
+async fn four_identical_calls_at_once_each_pay_their_own_charge() {
+    const PARALLEL: usize = 4;
+    let Some(peers) = peers().await else { return };
+    let setup = Setup::new(&peers, &["tempo:31337"], &["pathUSD"]);
+    let (key, payer) = peers.buyer(0);
+    let recipient = peers.str("/mppx/recipient");
+    let before = peers.path_usd(&recipient).await;
+
+    let config = setup.config();
+    let results = tokio::task::spawn_blocking(move || {
+        let mut session =
+            support::stdio::Session::start(&config, &[("TOLLGATE_EVM_KEY", key.as_str())]);
+        for id in 1..=PARALLEL {
+            session.call_tool(id as u64, "weather_mppx", json!({}));
+        }
+        let results: Vec<Value> = (0..PARALLEL)
+            .map(|_| session.next_response().expect("tollgate exited early")["result"].clone())
+            .collect();
+        session.finish();
+        results
+    })
+    .await
+    .unwrap();
+
+    let mut references = Vec::new();
+    for result in &results {
+        assert_ne!(
+            result["isError"],
+            json!(true),
+            "{result}\n{}",
+            peers.logs().join("\n")
+        );
+        let reference = result["structuredContent"]["payment"]["reference"]
+            .as_str()
+            .expect("a reference")
+            .to_owned();
+        assert_eq!(peers.tx_status(&reference).await, "success", "{reference}");
+        assert_eq!(
+            peers.tx(&reference).await["from"]
+                .as_str()
+                .unwrap()
+                .to_lowercase(),
+            payer.to_lowercase()
+        );
+        references.push(reference);
+    }
+    references.sort();
+    references.dedup();
+    assert_eq!(references.len(), PARALLEL, "one transaction per call");
+    assert_eq!(
+        peers.path_usd(&recipient).await,
+        before + AMOUNT * PARALLEL as u128,
+        "the recipient got exactly one charge per call"
+    );
+    let ledger = tollgate::ledger::Ledger::open(&setup.dir.path().join("state")).unwrap();
+    let receipts = ledger.all_receipts(None, 100).unwrap();
+    assert_eq!(receipts.len(), PARALLEL, "one receipt per charge");
+    assert!(ledger.pending().unwrap().is_empty());
+    let log = peers.seller_log("mppx").await;
+    let paid = log.iter().filter(|e| e["paid"] == true).count();
+    assert_eq!(paid, PARALLEL, "one paid request per call: {log:?}");
+}

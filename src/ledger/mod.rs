@@ -10,14 +10,21 @@
 //! It does not decide what a budget is (that is `budget/`), nor know HTTP, MCP or any payment
 //! protocol: caps are opaque keys with a limit, proofs and receipts opaque JSON text.
 //!
-//! The life of one payment:
+//! The life of one payment ([`PaymentStage`] names each state):
 //!
 //! ```text
-//! reserve ──► mark_pending (proof recorded) ──► commit (actual amount, receipt)
-//!    │                  │
-//!    └──────────────────┴──► release (provably not paid)     otherwise: stays counted,
-//!                                                            listed by `pending()`
+//! reserve (owner + lease) ──► mark_pending: in flight (proof recorded, owner renews its lease)
+//!    │                              ├──► commit: settled (actual amount, receipt)
+//!    │                              ├──► release: released (provably not paid)
+//!    │                              └──► owner gone, lease lapsed, or no answer: unknown
+//!    └──► release                                   │
+//!                                 unknown ──► claim (a retry of the same call, or
+//!                                             reconciliation): in flight again, one owner
 //! ```
+//!
+//! Only an unknown payment's proof may be re-sent, and only by the one caller that claimed it
+//! ([`Ledger::claim_unknown`]); a live owner's payment is never touched by anyone else. Every
+//! transition is one transaction.
 //!
 //! Cost: a budget check reads one running total per cap (lifetime caps), or for a rolling cap
 //! sums hourly totals for the whole hours of its window plus the spend entries of its first,
@@ -30,6 +37,7 @@
 
 mod approvals;
 mod error;
+mod leases;
 mod schema;
 mod tokens;
 
@@ -100,6 +108,46 @@ pub struct NewReservation {
     pub protocol: String,
     /// Anything else the caller wants kept with the payment, as JSON text.
     pub meta_json: String,
+    /// The live call that owns the payment, and until when (it renews the lease while it
+    /// runs). `None`: nobody owns it, and once a proof is recorded its outcome is unknown.
+    pub lease: Option<Lease>,
+}
+
+/// Who owns an open payment, and until when: the owner is an opaque id (a call in a live
+/// process); past `until` (Unix seconds) without renewal, the owner is taken to be gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub owner: String,
+    pub until: u64,
+}
+
+/// Where an open or closed payment is, as the state machine names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PaymentStage {
+    /// Held by a live call; no proof has left the process.
+    Reserved,
+    /// A proof was recorded and may have left; a live call owns it.
+    InFlight,
+    /// Open, and no live call owns it: its owner died, its lease lapsed, or its call ended
+    /// without an answer. With a proof, it may have been paid: only a claim (one retry of
+    /// the same call, or reconciliation) may act on it. Without one, nothing left the process.
+    Unknown,
+    /// Paid, with a receipt.
+    Settled,
+    /// Provably not paid.
+    Released,
+}
+
+impl fmt::Display for PaymentStage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PaymentStage::Reserved => "reserved",
+            PaymentStage::InFlight => "in flight",
+            PaymentStage::Unknown => "unknown",
+            PaymentStage::Settled => "settled",
+            PaymentStage::Released => "released",
+        })
+    }
 }
 
 /// A receipt for a settled payment, as given to [`Ledger::commit`].
@@ -197,12 +245,46 @@ pub struct PendingPayment {
     pub valid_before: Option<u64>,
     /// When it was reserved (Unix seconds).
     pub created_at: u64,
+    /// The call that owns it, if any (see [`Lease`]).
+    pub owner: Option<String>,
+    /// Until when the owner's lease runs (Unix seconds).
+    pub lease_until: Option<u64>,
 }
+
+/// A `reserved` row without an owner (written before leases existed) this old belongs to no
+/// live call: between reserving and recording the proof a call only signs.
+pub const UNOWNED_RESERVED_SECS: u64 = 120;
 
 impl PendingPayment {
     /// Seconds since it was reserved.
     pub fn age_secs(&self, now: u64) -> u64 {
         now.saturating_sub(self.created_at)
+    }
+
+    /// Whether a live call owns it at `now` (its lease has not lapsed).
+    pub fn is_owned(&self, now: u64) -> bool {
+        match (&self.owner, self.lease_until) {
+            (Some(_), Some(until)) => until >= now,
+            // Unowned rows from before leases: a young `reserved` one may be a live call.
+            (None, _) => {
+                self.state == ReservationState::Reserved
+                    && self.age_secs(now) < UNOWNED_RESERVED_SECS
+            }
+            (Some(_), None) => false,
+        }
+    }
+
+    /// Where it is in the state machine at `now`.
+    pub fn stage(&self, now: u64) -> PaymentStage {
+        match (self.state, self.is_owned(now)) {
+            (ReservationState::Reserved, true) => PaymentStage::Reserved,
+            (ReservationState::Pending, true) => PaymentStage::InFlight,
+            (ReservationState::Reserved | ReservationState::Pending, false) => {
+                PaymentStage::Unknown
+            }
+            (ReservationState::Committed, _) => PaymentStage::Settled,
+            (ReservationState::Released, _) => PaymentStage::Released,
+        }
     }
 }
 
@@ -329,10 +411,14 @@ impl Ledger {
                     });
                 }
             }
+            let (owner, lease_until) = match &r.lease {
+                Some(lease) => (Some(lease.owner.as_str()), Some(to_sql("time", lease.until)?)),
+                None => (None, None),
+            };
             tx.prepare_cached(
                 "INSERT INTO reservations (call_id, fingerprint, state, amount_usd_micros, tool,
-                     payee, protocol, meta_json, created_at)
-                 VALUES (?1, ?2, 'reserved', ?3, ?4, ?5, ?6, ?7, ?8)",
+                     payee, protocol, meta_json, created_at, owner, lease_until)
+                 VALUES (?1, ?2, 'reserved', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?
             .execute(params![
                 r.call_id,
@@ -342,7 +428,9 @@ impl Ledger {
                 r.payee,
                 r.protocol,
                 r.meta_json,
-                now_sql
+                now_sql,
+                owner,
+                lease_until
             ])?;
             let id = tx.last_insert_rowid();
             let keys: BTreeSet<&str> = r.caps.iter().map(|c| c.key.as_str()).collect();
@@ -405,30 +493,16 @@ impl Ledger {
         })
     }
 
-    /// The newest open (reserved or pending) reservation made with this fingerprint, if any:
-    /// a retry of the same call uses it instead of reserving and paying again.
-    pub fn find_pending(&self, fingerprint: &str) -> Result<Option<PendingPayment>, LedgerError> {
-        self.read(|tx| {
-            let id: Option<i64> = tx
-                .prepare_cached(
-                    "SELECT id FROM reservations
-                     WHERE fingerprint = ?1 AND state IN ('reserved', 'pending')
-                     ORDER BY id DESC LIMIT 1",
-                )?
-                .query_row([fingerprint], |row| row.get(0))
-                .optional()?;
-            id.map(|id| load_pending(tx, ReservationId(id))).transpose()
-        })
-    }
-
     /// Settles a reservation: the payment happened and cost `actual_usd_micros`. Records that
     /// amount as spend under every key of the reservation at `now` (even if it is more than
     /// was reserved: the money is gone either way), stops the reservation counting, and
     /// stores the receipt; all in one transaction.
     ///
     /// Committing an already committed reservation with the same receipt id is a no-op;
-    /// anything else on a settled reservation is [`LedgerError::WrongState`]. Spend is never
-    /// recorded twice.
+    /// another receipt for it is [`LedgerError::WrongState`]. Spend is never recorded twice.
+    /// A released reservation can still be committed: if the money moved after all (a
+    /// settlement arrived, or the chain says so), the spend and the receipt are recorded; a
+    /// receipt is never lost to an earlier guess.
     pub fn commit(
         &self,
         id: ReservationId,
@@ -441,8 +515,16 @@ impl Ledger {
         let receipt_at = to_sql("time", receipt.at)?;
         self.write(|tx| {
             let (state, reserved) = state_of(tx, id)?;
+            // Released: the amount no longer counts as held, so there is nothing to unhold.
+            let held = if state == ReservationState::Released {
+                0
+            } else {
+                reserved
+            };
             match state {
-                ReservationState::Reserved | ReservationState::Pending => {}
+                ReservationState::Reserved
+                | ReservationState::Pending
+                | ReservationState::Released => {}
                 ReservationState::Committed => {
                     let recorded: Option<String> = tx
                         .prepare_cached(
@@ -460,13 +542,6 @@ impl Ledger {
                         })
                     };
                 }
-                ReservationState::Released => {
-                    return Err(LedgerError::WrongState {
-                        id,
-                        state,
-                        action: "commit",
-                    });
-                }
             }
             let existing: Option<i64> = tx
                 .prepare_cached("SELECT reservation_id FROM receipts WHERE receipt_id = ?1")?
@@ -480,7 +555,8 @@ impl Ledger {
             }
             tx.prepare_cached(
                 "UPDATE reservations
-                 SET state = 'committed', actual_usd_micros = ?2, settled_at = ?3
+                 SET state = 'committed', actual_usd_micros = ?2, settled_at = ?3,
+                     owner = NULL, lease_until = NULL
                  WHERE id = ?1",
             )?
             .execute(params![id.0, actual, now_sql])?;
@@ -516,7 +592,7 @@ impl Ledger {
             for key in keys_of(tx, id)? {
                 spend.execute(params![key, now_sql, id.0, actual])?;
                 hourly.execute(params![key, hour, actual])?;
-                totals.execute(params![key, actual, reserved])?;
+                totals.execute(params![key, actual, held])?;
             }
             Ok(())
         })
@@ -541,7 +617,9 @@ impl Ledger {
                 }
             }
             tx.prepare_cached(
-                "UPDATE reservations SET state = 'released', settled_at = ?2 WHERE id = ?1",
+                "UPDATE reservations
+                 SET state = 'released', settled_at = ?2, owner = NULL, lease_until = NULL
+                 WHERE id = ?1",
             )?
             .execute(params![id.0, now_sql])?;
             let mut totals = tx.prepare_cached(
@@ -877,7 +955,7 @@ fn keys_of(tx: &Transaction<'_>, id: ReservationId) -> Result<Vec<String>, Ledge
 fn load_pending(tx: &Transaction<'_>, id: ReservationId) -> Result<PendingPayment, LedgerError> {
     let mut stmt = tx.prepare_cached(
         "SELECT state, call_id, fingerprint, amount_usd_micros, tool, payee, protocol,
-                meta_json, proof_json, valid_before, created_at
+                meta_json, proof_json, valid_before, created_at, owner, lease_until
          FROM reservations WHERE id = ?1",
     )?;
     let row = stmt
@@ -894,6 +972,8 @@ fn load_pending(tx: &Transaction<'_>, id: ReservationId) -> Result<PendingPaymen
                 row.get::<_, Option<String>>(8)?,
                 row.get::<_, Option<i64>>(9)?,
                 row.get::<_, i64>(10)?,
+                row.get::<_, Option<String>>(11)?,
+                row.get::<_, Option<i64>>(12)?,
             ))
         })
         .optional()?;
@@ -909,6 +989,8 @@ fn load_pending(tx: &Transaction<'_>, id: ReservationId) -> Result<PendingPaymen
         proof_json,
         valid_before,
         created_at,
+        owner,
+        lease_until,
     )) = row
     else {
         return Err(LedgerError::UnknownReservation(id));
@@ -927,6 +1009,8 @@ fn load_pending(tx: &Transaction<'_>, id: ReservationId) -> Result<PendingPaymen
         proof_json,
         valid_before: valid_before.map(|v| from_sql("time", v)).transpose()?,
         created_at: from_sql("time", created_at)?,
+        owner,
+        lease_until: lease_until.map(|v| from_sql("time", v)).transpose()?,
     })
 }
 

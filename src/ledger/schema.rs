@@ -151,8 +151,30 @@ CREATE TABLE l402_tokens (
 ) WITHOUT ROWID;
 ";
 
+/// Version 5: who owns an open payment, and until when.
+///
+/// A `reserved` or `pending` row with an `owner` whose `lease_until` has not passed belongs to
+/// a live call (the owner renews the lease while the call runs): nobody else may re-send its
+/// proof, release it or reconcile it. A `pending` row without a live owner (its process died,
+/// its lease lapsed, or its call ended without an answer and cleared the owner) has an
+/// *unknown* outcome: a retry of the same call may claim it (become its owner) and re-send its
+/// proof, once at a time, and reconciliation may settle it. Rows written before this version
+/// have no owner.
+const MIGRATION_LEASES: &str = "
+ALTER TABLE reservations ADD COLUMN owner TEXT;
+ALTER TABLE reservations ADD COLUMN lease_until INTEGER;
+CREATE INDEX reservations_owned ON reservations (owner)
+    WHERE owner IS NOT NULL AND state IN ('reserved', 'pending');
+";
+
 /// Every migration, in order; the schema version is their number.
-const MIGRATIONS: &[&str] = &[MIGRATION_1, MIGRATION_2, MIGRATION_3, MIGRATION_L402_TOKENS];
+const MIGRATIONS: &[&str] = &[
+    MIGRATION_1,
+    MIGRATION_2,
+    MIGRATION_3,
+    MIGRATION_L402_TOKENS,
+    MIGRATION_LEASES,
+];
 
 /// The schema version this build writes.
 pub(super) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -287,91 +287,88 @@ pub(super) fn reused_payment(token: &PaidToken) -> Value {
     })
 }
 
-/// Seconds past a Lightning payment's own timeout after which no live process can still be
-/// paying it (so asking the backend about it cannot race the process that is paying).
-pub const RECONCILE_AFTER_TIMEOUT_SECS: u64 = 60;
-
-/// Settles the Lightning payments an earlier process left pending: asks the backend about each
-/// by its payment hash; a paid one is committed with its receipt (and its token kept), a
-/// failed one released, one still in flight left pending. Only payments recorded longer ago
-/// than the payment timeout plus [`RECONCILE_AFTER_TIMEOUT_SECS`] are checked: a younger one
-/// may belong to another live process sharing the ledger. Reservations never marked pending
-/// are left to [`crate::reconcile`] (released once stale). Returns a line per payment for the
-/// log.
-pub async fn reconcile(ledger: &Ledger, lightning: &Lightning, now: u64) -> Vec<String> {
+/// Settles the Lightning payments whose outcome is unknown (their call's process died, or the
+/// call ended without an answer): asks the backend about each by its payment hash; a paid one
+/// is committed with its receipt (and its token kept), a failed one released, one still in
+/// flight left unknown. Each is claimed first (`owner`), and a payment a live call owns, in
+/// this process or another, is never touched. Reservations never marked pending are left to
+/// [`crate::reconcile`]. Returns a line per payment for the log.
+pub async fn reconcile(
+    ledger: &Ledger,
+    lightning: &Lightning,
+    owner: &str,
+    now: u64,
+) -> Vec<String> {
     let mut report = Vec::new();
-    let pending = match tokio::task::block_in_place(|| ledger.pending()) {
+    if let Err(e) =
+        tokio::task::block_in_place(|| crate::checkout::lease::Leases::disown_dead_owners(ledger))
+    {
+        return vec![format!("cannot read pending payments: {e}")];
+    }
+    let pending = match tokio::task::block_in_place(|| ledger.unknown(now)) {
         Ok(p) => p,
         Err(e) => return vec![format!("cannot read pending payments: {e}")],
     };
-    let min_age = lightning
-        .timeout
-        .as_secs()
-        .saturating_add(RECONCILE_AFTER_TIMEOUT_SECS);
+    let lease = crate::ledger::Lease {
+        owner: owner.to_owned(),
+        until: now + crate::checkout::lease::LEASE_SECS,
+    };
     for p in pending.into_iter().filter(|p| {
         p.protocol == crate::pay::Protocol::L402.to_string()
             && p.state == crate::ledger::ReservationState::Pending
     }) {
-        if p.age_secs(now) < min_age {
-            report.push(format!(
-                "reservation {}: recorded {} s ago, may still be in progress; left pending",
-                p.id,
-                p.age_secs(now)
-            ));
-            continue;
-        }
-        let Some(proof) = p.proof_json.as_deref().and_then(Proof::from_json) else {
-            report.push(format!(
-                "reservation {}: unreadable proof; left pending",
-                p.id
-            ));
-            continue;
-        };
-        let Some(hash) = proof
-            .details
-            .get("payment_hash")
-            .and_then(Value::as_str)
-            .and_then(hash_from_hex)
-        else {
-            report.push(format!(
-                "reservation {}: no payment hash recorded; left pending",
-                p.id
-            ));
-            continue;
-        };
-        let hash_hex = hex::encode(hash);
-        match lightning.backend.status(&hash).await {
-            Ok(PaymentStatus::Succeeded(paid)) if preimage_matches(&paid.preimage, &hash) => {
-                let line = settle_paid(ledger, &p, &proof, &hash_hex, &paid, now);
-                report.push(format!("reservation {} ({hash_hex}): {line}", p.id));
+        let p = match tokio::task::block_in_place(|| ledger.claim(p.id, &lease, now)) {
+            Ok(Some(p)) => p,
+            Ok(None) => continue,
+            Err(e) => {
+                report.push(format!("reservation {}: cannot claim it: {e}", p.id));
+                continue;
             }
-            Ok(PaymentStatus::Succeeded(_)) => report.push(format!(
-                "reservation {} ({hash_hex}): the backend's preimage does not match; left pending",
-                p.id
-            )),
-            Ok(PaymentStatus::Failed(reason)) => {
-                match tokio::task::block_in_place(|| ledger.release(p.id, now)) {
-                    Ok(()) => report.push(format!(
-                        "reservation {} ({hash_hex}): not paid ({reason}); released",
-                        p.id
-                    )),
-                    Err(e) => report.push(format!(
-                        "reservation {} ({hash_hex}): cannot release: {e}",
-                        p.id
-                    )),
-                }
-            }
-            Ok(PaymentStatus::InFlight) => report.push(format!(
-                "reservation {} ({hash_hex}): still in flight; left pending",
-                p.id
-            )),
-            Err(e) => report.push(format!(
-                "reservation {} ({hash_hex}): {e}; left pending",
-                p.id
-            )),
-        }
+        };
+        let line = settle_claimed(ledger, lightning, &p, now).await;
+        report.push(format!("reservation {}: {line}", p.id));
+        // Whatever was not settled or released goes back to unknown.
+        let _ = tokio::task::block_in_place(|| ledger.disown(p.id, owner));
     }
     report
+}
+
+/// Asks the backend about one claimed L402 payment and writes what it says.
+async fn settle_claimed(
+    ledger: &Ledger,
+    lightning: &Lightning,
+    p: &crate::ledger::PendingPayment,
+    now: u64,
+) -> String {
+    let Some(proof) = p.proof_json.as_deref().and_then(Proof::from_json) else {
+        return "unreadable proof; left pending".to_owned();
+    };
+    let Some(hash) = proof
+        .details
+        .get("payment_hash")
+        .and_then(Value::as_str)
+        .and_then(hash_from_hex)
+    else {
+        return "no payment hash recorded; left pending".to_owned();
+    };
+    let hash_hex = hex::encode(hash);
+    match lightning.backend.status(&hash).await {
+        Ok(PaymentStatus::Succeeded(paid)) if preimage_matches(&paid.preimage, &hash) => {
+            let line = settle_paid(ledger, p, &proof, &hash_hex, &paid, now);
+            format!("({hash_hex}): {line}")
+        }
+        Ok(PaymentStatus::Succeeded(_)) => {
+            format!("({hash_hex}): the backend's preimage does not match; left pending")
+        }
+        Ok(PaymentStatus::Failed(reason)) => {
+            match tokio::task::block_in_place(|| ledger.release(p.id, now)) {
+                Ok(()) => format!("({hash_hex}): not paid ({reason}); released"),
+                Err(e) => format!("({hash_hex}): cannot release: {e}"),
+            }
+        }
+        Ok(PaymentStatus::InFlight) => format!("({hash_hex}): still in flight; left pending"),
+        Err(e) => format!("({hash_hex}): {e}; left pending"),
+    }
 }
 
 /// Commits a pending L402 payment the backend says went through, and keeps its token.

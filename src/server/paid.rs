@@ -53,6 +53,10 @@ pub struct Payments {
     pub approval: crate::approval::Settings,
     /// Budgets, reservations, pending payments, receipts, revocations.
     pub ledger: Arc<Ledger>,
+    /// The payments this process's live calls own (leases renewed while they run).
+    pub leases: Arc<crate::checkout::lease::Leases>,
+    /// JSON-RPC nodes by chain id (`[rpc]`): where an unknown outcome is asked.
+    pub rpc: std::collections::BTreeMap<u64, String>,
     /// The Lightning backend that pays L402 invoices, if one is configured.
     pub lightning: Option<Lightning>,
     /// Credentials whose budgets this process has recorded in the tree of budgets.
@@ -75,6 +79,8 @@ impl Payments {
             env_token: None,
             profile_token: None,
             approval: crate::approval::Settings::default(),
+            leases: crate::checkout::lease::Leases::new(ledger.clone()),
+            rpc: Default::default(),
             ledger,
             lightning: None,
             registered: Default::default(),
@@ -385,19 +391,44 @@ impl Tollgate {
                 tool.name
             ))
         };
-        // A proof already sent for this very call, whose outcome is unknown, is sent again.
-        let pending = match blocking(|| ledger.find_pending(&key)) {
-            Ok(pending) => pending,
+        // A retry of a call whose payment has an unknown outcome (its process died, or the
+        // call ended without an answer) re-sends that proof: the claim makes this call its one
+        // owner. A payment in flight in a live call is never taken: a parallel identical call
+        // pays its own.
+        let lease = payments.leases.lease(now);
+        let claimed = match blocking(|| {
+            // The same call made earlier by a process on this host that has died since: its
+            // payment is unknown now, not in flight (its lease has not lapsed yet).
+            for (id, owner) in ledger.owners_of(&key)? {
+                if owner != payments.leases.owner()
+                    && crate::checkout::lease::owner_is_dead_here(&owner)
+                {
+                    ledger.disown(id, &owner)?;
+                }
+            }
+            ledger.claim_unknown(&key, &lease, now)
+        }) {
+            Ok(claimed) => claimed,
             Err(e) => return in_ledger("be read", e),
         };
-        let reusable = pending.and_then(|p| {
-            let proof = Proof::from_json(p.proof_json.as_deref()?)?;
-            // An L402 payment recorded before its invoice was paid has no proof to send yet
-            // (its outcome is for the backend to tell at the next start): not reusable.
-            (proof.valid_before > now + 5 && !proof.headers.is_empty()).then_some((p.id, proof))
+        let resend = claimed.and_then(|p| {
+            let mut held = payments.leases.hold(p.id);
+            held.proof_recorded();
+            match p.proof_json.as_deref().and_then(Proof::from_json) {
+                // An L402 payment recorded before its invoice was paid has no proof to send
+                // (the backend tells its outcome), and an expired proof cannot settle any
+                // more: both are left unknown, for reconciliation.
+                Some(proof) if proof.valid_before > now + 5 && !proof.headers.is_empty() => {
+                    Some((held, proof, p))
+                }
+                _ => {
+                    held.disown();
+                    None
+                }
+            }
         });
-        let (reservation, proof, reused) = match reusable {
-            Some((id, proof)) => (id, proof, true),
+        let (held, proof, resent) = match resend {
+            Some((held, proof, p)) => (held, proof, Some(p)),
             None => {
                 let new = NewReservation {
                     call_id: hex::encode(rand::random::<[u8; 8]>()),
@@ -412,6 +443,7 @@ impl Tollgate {
                                       "rate_usd_micros_per_unit": quote.asset.usd_micros_per_unit,
                                       "arguments": arguments})
                     .to_string(),
+                    lease: Some(lease),
                 };
                 let id = match blocking(|| ledger.reserve(new, now)) {
                     Ok(id) => id,
@@ -435,14 +467,19 @@ impl Tollgate {
                     }
                     Err(e) => return in_ledger("reserve the payment", e),
                 };
+                // From here the reservation is this call's; dropping `held` before a proof is
+                // recorded releases it.
+                let mut held = payments.leases.hold(id);
                 let proof = match self.prove(tool, &quote, id, now).await {
                     Ok(proof) => proof,
                     // Sent, outcome unknown: it stays pending (and reserved), never released.
                     Err(PayError::OutcomeUnknown(reason)) => {
+                        held.proof_recorded();
+                        held.disown();
                         return tool_error(format!("`{}`: {reason}", tool.name));
                     }
                     Err(e) => {
-                        let _ = blocking(|| ledger.release(id, now));
+                        drop(held);
                         return tool_error(format!("`{}`: {e}; nothing was paid", tool.name));
                     }
                 };
@@ -453,12 +490,15 @@ impl Tollgate {
                     && let Err(e) =
                         blocking(|| ledger.mark_pending(id, &proof.to_json(), proof.valid_before))
                 {
-                    let _ = blocking(|| ledger.release(id, now));
+                    drop(held);
                     return in_ledger("record the pending payment", e);
                 }
-                (id, proof, false)
+                held.proof_recorded();
+                (held, proof, None)
             }
         };
+        let reservation = held.id();
+        let reused = resent.is_some();
         progress.send(format!(
             "{} {} {}: paying {} to {} ({})",
             if reused {
@@ -505,6 +545,7 @@ impl Tollgate {
                         Map::new(),
                         Some(approval),
                     );
+                    held.settled();
                     self.forget_paid_token(tool, &proof);
                     return tool_error(tool.redact(&format!(
                         "`{}`: the seller answered 402 again to the L402 token tollgate had just \
@@ -516,12 +557,18 @@ impl Tollgate {
                         receipt["payment_hash"].as_str().unwrap_or("")
                     )));
                 }
-                // The seller refused the signed payment. Never sign again. A fresh proof that is
-                // refused will not settle: release it. A re-sent one may be refused because it
-                // already settled (its nonce is used): keep it counted, never under-count.
-                if !reused && let Err(e) = blocking(|| ledger.release(reservation, now_unix())) {
+                // The seller refused a proof it had seen before: it may have settled it already
+                // (its nonce is used). Ask the chain now, and say what it says.
+                if let Some(payment) = resent {
+                    let reason = pay::read_challenge(&headers, &body).seller_error;
+                    return self.resent_refused(tool, &quote, held, &payment, reason).await;
+                }
+                // The seller refused the fresh signed payment. Never sign again. A fresh proof
+                // that is refused will not settle: release it.
+                if let Err(e) = blocking(|| ledger.release(reservation, now_unix())) {
                     tracing::error!(error = %e, "could not release a refused payment's reservation");
                 }
+                held.settled();
                 // MPP `payment-expired`: the credential came too late and was not used; one
                 // fresh challenge, signed anew, is the one exception to "never sign again".
                 if quote.offer.protocol == Protocol::Mpp
@@ -558,6 +605,7 @@ impl Tollgate {
                     settled.details,
                     Some(approval),
                 );
+                held.settled();
                 tracing::info!(
                     tool = %tool.name, receipt = %receipt["receipt_id"],
                     transaction = %receipt["transaction"], usd = %quote.usd, "paid"
@@ -579,6 +627,7 @@ impl Tollgate {
                     Map::new(),
                     Some(approval),
                 );
+                held.settled();
                 tool_error(tool.redact(&format!(
                     "`{}`: the request with the paid L402 token failed ({e}). The payment of {} \
                      went through (receipt {}); calling again sends the same token and pays \
@@ -589,11 +638,100 @@ impl Tollgate {
                 )))
             }
             Err(e) => {
-                // Unknown outcome: keep the proof pending so a retry re-sends it.
+                // Unknown outcome: the payment is given up (unknown), so a retry of the same
+                // call claims it and re-sends the same proof.
+                held.disown();
                 tool_error(tool.redact(&format!(
                     "`{}`: the paid request failed ({e}); the payment of {} may or may not have \
                      settled. Calling again with the same arguments re-sends the same signed \
                      payment (it can settle at most once), never a new one.",
+                    tool.name, quote.usd
+                )))
+            }
+        }
+    }
+}
+
+impl Tollgate {
+    /// The seller refused a proof tollgate re-sent for a payment whose outcome was unknown:
+    /// most often because it had settled it already (the nonce is used). The chain decides at
+    /// once, and the model is told what it says: paid (with the transaction and a receipt)
+    /// but not delivered, provably unpaid, or still undecided.
+    async fn resent_refused(
+        &self,
+        tool: &HttpTool,
+        quote: &Quote,
+        held: crate::checkout::lease::Held,
+        payment: &crate::ledger::PendingPayment,
+        seller: Option<String>,
+    ) -> CallToolResult {
+        use crate::reconcile::{self, Verdict};
+        let payments = &self.payments;
+        let owner = payments.leases.owner().to_owned();
+        let said = seller
+            .map(|r| format!(" (the seller says: {r})"))
+            .unwrap_or_default();
+        let now = now_unix();
+        let verdict = match reconcile::rpc_client() {
+            Ok(client) => reconcile::verdict(&client, &payments.rpc, payment, now).await,
+            Err(e) => Err(e),
+        };
+        let verdict = match verdict {
+            Ok(verdict) => verdict,
+            Err(why) => {
+                held.disown();
+                return tool_error(tool.redact(&format!(
+                    "`{}`: the seller refused the payment of {} that tollgate re-sent for this \
+                     call{said}, and the chain could not be asked whether it settled ({why}). It \
+                     stays pending and counts against your budget until `tollgate reconcile` \
+                     settles it; it is never paid twice.",
+                    tool.name, quote.usd
+                )));
+            }
+        };
+        let ledger = &payments.ledger;
+        let written = blocking(|| reconcile::settle(ledger, &owner, payment, &verdict, now));
+        match (&verdict, written) {
+            (Verdict::Paid(transaction), Ok(receipt)) => {
+                held.settled();
+                let receipt_id = receipt.map(|r| r.receipt_id).unwrap_or_default();
+                tracing::warn!(tool = %tool.name, receipt = %receipt_id,
+                    transaction = ?transaction, "a re-sent payment had settled; receipt written");
+                tool_error(tool.redact(&format!(
+                    "`{}`: the payment of {} for this call was made (transaction {}, receipt \
+                     {receipt_id}), but the seller never delivered its answer: it refused the \
+                     same payment when tollgate re-sent it{said}. Nothing more was paid. \
+                     Calling again pays anew for the answer.",
+                    tool.name,
+                    quote.usd,
+                    transaction.as_deref().unwrap_or("not found in the node's logs"),
+                )))
+            }
+            (Verdict::Unpaid, Ok(_)) => {
+                held.settled();
+                tool_error(tool.redact(&format!(
+                    "`{}`: the seller refused the payment that tollgate re-sent for this \
+                     call{said}; the chain shows it never settled and no longer can, so nothing \
+                     was paid and its hold is released.",
+                    tool.name
+                )))
+            }
+            (Verdict::Open, Ok(_)) => {
+                held.settled();
+                tool_error(tool.redact(&format!(
+                    "`{}`: the seller refused the payment of {} that tollgate re-sent for this \
+                     call{said}, and the chain shows it unused and still valid. Nothing was \
+                     charged unless the seller settles it before it expires; it stays pending \
+                     (counted against your budget) until then, and is never paid twice.",
+                    tool.name, quote.usd
+                )))
+            }
+            (_, Err(e)) => {
+                held.disown();
+                tool_error(tool.redact(&format!(
+                    "`{}`: the seller refused a re-sent payment of {}{said}, and the ledger could \
+                     not record what the chain says ({e}); it stays pending until `tollgate \
+                     reconcile` settles it.",
                     tool.name, quote.usd
                 )))
             }
