@@ -1,143 +1,24 @@
-//! The one config file, `tollgate.toml`, and the shared way of reading TOML with errors that
-//! name the file, the key and the reason.
+//! The one config file, `tollgate.toml` (reading TOML with errors that name the file, the key
+//! and the reason is `toml_input`'s).
 //!
 //! Paths in the file are relative to the file's own directory, so a config works wherever the
 //! host starts the process from. Without a config file, the defaults point at the repository
 //! layout (`tools/`, `policies/`, `state/` under the working directory).
 
-use std::fmt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::Deserialize;
-use serde::de::DeserializeOwned;
 
 use crate::budget::policy::Policy;
 use crate::lightning::LightningConfig;
 use crate::pay::assets::Asset;
 use crate::wallet::WalletConfig;
 
+pub use crate::toml_input::{ConfigError, Problem, parse_toml, read_toml};
+pub use crate::upstream::UpstreamDefaults;
+
 /// The file name looked for in the working directory when `--config` is not given.
 pub const DEFAULT_CONFIG_FILE: &str = "tollgate.toml";
-
-/// One thing wrong with a file tollgate reads at start: which file, which key, and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    pub file: PathBuf,
-    /// Dotted path of the key, e.g. `tool[2].url` or `upstream.timeout_ms`; empty for the
-    /// file as a whole.
-    pub key: String,
-    pub reason: String,
-}
-
-impl Problem {
-    pub fn new(file: &Path, key: impl Into<String>, reason: impl Into<String>) -> Self {
-        Problem {
-            file: file.to_owned(),
-            key: key.into(),
-            reason: reason.into(),
-        }
-    }
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.key.is_empty() {
-            write!(f, "{}: {}", self.file.display(), self.reason)
-        } else {
-            write!(f, "{}: {}: {}", self.file.display(), self.key, self.reason)
-        }
-    }
-}
-
-/// Everything wrong with the configuration, each problem on its own line.
-#[derive(Debug, Clone, thiserror::Error)]
-pub struct ConfigError(pub Vec<Problem>);
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, problem) in self.0.iter().enumerate() {
-            if i > 0 {
-                writeln!(f)?;
-            }
-            write!(f, "{problem}")?;
-        }
-        Ok(())
-    }
-}
-
-impl From<Problem> for ConfigError {
-    fn from(problem: Problem) -> Self {
-        ConfigError(vec![problem])
-    }
-}
-
-/// Reads `path` as TOML into `T`, refusing unknown keys (`T` uses `deny_unknown_fields`).
-/// The error names the key by its dotted path.
-pub fn read_toml<T: DeserializeOwned>(path: &Path) -> Result<T, Problem> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Problem::new(path, "", format!("cannot read the file: {e}")))?;
-    parse_toml(path, &text)
-}
-
-/// Parses TOML text that came from `path` (used for messages only).
-pub fn parse_toml<T: DeserializeOwned>(path: &Path, text: &str) -> Result<T, Problem> {
-    // Fast path (basic-toml allocates a third of what `toml` does); on error, parse again
-    // with `toml` and serde_path_to_error to name the line or the key.
-    if let Ok(value) = basic_toml::from_str(text) {
-        return Ok(value);
-    }
-    let table: toml::Table = toml::from_str(text).map_err(|e| {
-        let at = e
-            .span()
-            .map(|span| {
-                let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
-                format!("line {line}")
-            })
-            .unwrap_or_default();
-        Problem::new(path, at, format!("not valid TOML: {}", e.message()))
-    })?;
-    serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
-        let key = e.path().to_string();
-        let key = if key == "." { String::new() } else { key };
-        Problem::new(path, key, e.into_inner().message().to_owned())
-    })
-}
-
-/// Defaults for every upstream HTTP call; a tool may lower or raise its own timeout and size
-/// limit.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct UpstreamDefaults {
-    /// Time allowed to open the TCP + TLS connection, in milliseconds.
-    pub connect_timeout_ms: u64,
-    /// Time allowed for the whole call (request, response headers and body), in milliseconds.
-    pub timeout_ms: u64,
-    /// Largest response body read into memory, in bytes.
-    pub max_response_bytes: u64,
-    /// Redirects followed per call (same origin only).
-    pub max_redirects: usize,
-    /// `User-Agent` sent upstream.
-    pub user_agent: String,
-}
-
-impl Default for UpstreamDefaults {
-    fn default() -> Self {
-        UpstreamDefaults {
-            connect_timeout_ms: 5_000,
-            timeout_ms: 30_000,
-            max_response_bytes: 4 * 1024 * 1024,
-            max_redirects: 5,
-            user_agent: concat!("tollgate/", env!("CARGO_PKG_VERSION")).to_owned(),
-        }
-    }
-}
-
-impl UpstreamDefaults {
-    pub fn connect_timeout(&self) -> Duration {
-        Duration::from_millis(self.connect_timeout_ms)
-    }
-}
 
 /// `tollgate.toml` as written by the user.
 #[derive(Debug, Clone, Deserialize)]

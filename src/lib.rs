@@ -3,7 +3,9 @@
 //! Paid HTTP endpoints appear to an agent as ordinary MCP tools. Where a path through the code
 //! starts, by module:
 //!
-//! * [`config`]: the one config file (`tollgate.toml`) and TOML errors that name file and key.
+//! * [`config`]: the one config file (`tollgate.toml`); [`toml_input`]: reading any TOML the
+//!   owner wrote, with errors that name file and key; [`canonical`]: JSON in one key order.
+//! * [`checkout`]: who may act on an open payment (leases of live calls, unknown outcomes).
 //! * [`catalog`]: tool definitions (`tools/*.toml`), checked at start, turned into requests.
 //! * [`upstream`]: one HTTP call with every limit (timeouts, size, same-origin redirects).
 //! * [`pay`]: what a `402 Payment Required` asks for (protocol code: x402, L402, MPP).
@@ -18,6 +20,7 @@
 
 pub mod approval;
 pub mod budget;
+pub mod canonical;
 pub mod catalog;
 pub mod checkout;
 pub mod config;
@@ -27,5 +30,6 @@ pub mod money;
 pub mod pay;
 pub mod reconcile;
 pub mod server;
+pub mod toml_input;
 pub mod upstream;
 pub mod wallet;

@@ -602,7 +602,7 @@ fn reconcile(config: Option<PathBuf>) -> anyhow::Result<()> {
     let owner = tollgate::checkout::lease::this_process();
     let report = runtime
         .block_on(tollgate::reconcile::reconcile(
-            &ledger,
+            &*ledger,
             &config.rpc,
             &owner,
             tollgate::money::now_unix(),
@@ -613,7 +613,7 @@ fn reconcile(config: Option<PathBuf>) -> anyhow::Result<()> {
         match tollgate::lightning::Lightning::open(c) {
             Ok(lightning) => {
                 let lines = runtime.block_on(tollgate::server::l402::reconcile(
-                    &ledger,
+                    &*ledger,
                     &lightning,
                     &owner,
                     tollgate::money::now_unix(),
@@ -661,7 +661,7 @@ fn decide(config: Option<PathBuf>, id: &str, approve: bool) -> anyhow::Result<()
             print_approval(&a);
             anyhow::bail!("nothing changed: approval {} is already {}", a.id, a.state)
         }
-        Decided::NotFound => anyhow::bail!("no approval {id} in {}", ledger.path().display()),
+        Decided::NotFound => anyhow::bail!("no approval {id} in {}", ledger.location()),
     }
 }
 
@@ -757,7 +757,7 @@ fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
             Some(wallet) => tracing::info!(address = %wallet.address(), "EVM wallet ready"),
             None => tracing::info!("no EVM wallet configured; paid tools will not pay"),
         }
-        let ledger = Arc::new(Ledger::open(&config.state_dir).context("cannot open the ledger")?);
+        let ledger = Ledger::open(&config.state_dir).context("cannot open the ledger")?;
         let lightning = match &config.lightning {
             Some(c) => {
                 let lightning = tollgate::lightning::Lightning::open(c)?;
@@ -768,7 +768,7 @@ fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
                 let owner = tollgate::checkout::lease::this_process();
                 tokio::spawn(async move {
                     let now = tollgate::money::now_unix();
-                    for line in tollgate::server::l402::reconcile(&ledger, &backend, &owner, now).await {
+                    for line in tollgate::server::l402::reconcile(&*ledger, &backend, &owner, now).await {
                         tracing::warn!("pending Lightning payment: {line}");
                     }
                 });
@@ -779,7 +779,7 @@ fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
         // Payments whose outcome is unknown (their process died, or their call ended without
         // an answer) stay reserved (they count against every cap) until the chain says whether
         // they happened. Payments in flight in live processes sharing the ledger are theirs.
-        tollgate::checkout::lease::Leases::disown_dead_owners(&ledger)
+        tollgate::checkout::lease::Leases::disown_dead_owners(&*ledger)
             .context("cannot read pending payments")?;
         let unknown = ledger
             .unknown(tollgate::money::now_unix())
@@ -797,7 +797,7 @@ fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
                 // After the host's first requests, like the HTTP client's warm-up.
                 tokio::time::sleep(std::time::Duration::from_millis(500)).await;
                 log_reconciled(
-                    tollgate::reconcile::reconcile(&ledger, &rpc, &owner, tollgate::money::now_unix())
+                    tollgate::reconcile::reconcile(&*ledger, &rpc, &owner, tollgate::money::now_unix())
                         .await,
                 );
             });

@@ -10,10 +10,54 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, LOCATION};
+use serde::Deserialize;
 use serde_json::Value;
+use url::Url;
 
-use crate::catalog::UpstreamRequest;
-use crate::config::UpstreamDefaults;
+/// A request ready to send: nothing in it comes from the model except encoded values (the
+/// catalog builds it from a tool's definition and the arguments).
+#[derive(Debug, Clone)]
+pub struct UpstreamRequest {
+    pub method: reqwest::Method,
+    pub url: Url,
+    pub headers: HeaderMap,
+    pub body: Option<Vec<u8>>,
+}
+
+/// Defaults for every upstream HTTP call; a tool may lower or raise its own timeout and size
+/// limit.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamDefaults {
+    /// Time allowed to open the TCP + TLS connection, in milliseconds.
+    pub connect_timeout_ms: u64,
+    /// Time allowed for the whole call (request, response headers and body), in milliseconds.
+    pub timeout_ms: u64,
+    /// Largest response body read into memory, in bytes.
+    pub max_response_bytes: u64,
+    /// Redirects followed per call (same origin only).
+    pub max_redirects: usize,
+    /// `User-Agent` sent upstream.
+    pub user_agent: String,
+}
+
+impl Default for UpstreamDefaults {
+    fn default() -> Self {
+        UpstreamDefaults {
+            connect_timeout_ms: 5_000,
+            timeout_ms: 30_000,
+            max_response_bytes: 4 * 1024 * 1024,
+            max_redirects: 5,
+            user_agent: concat!("tollgate/", env!("CARGO_PKG_VERSION")).to_owned(),
+        }
+    }
+}
+
+impl UpstreamDefaults {
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+}
 
 /// How much of an error body is shown to the model.
 const EXCERPT_CHARS: usize = 300;

@@ -96,12 +96,12 @@ async fn pending_lightning_payments_are_settled_or_released_at_start() {
 
     // Paid while no tollgate watched (the process died after the backend paid).
     let (paid_invoice, paid_hash) = peers.payee_invoice(21).await;
-    let paid_id = pending_l402(&ledger, &paid_hash, "weather");
+    let paid_id = pending_l402(&*ledger, &paid_hash, "weather");
     peers.pay_from_payer(&paid_invoice).await;
     // Never paid (the process died before the backend was asked).
     let (_, unpaid_hash) = peers.payee_invoice(21).await;
-    pending_l402(&ledger, &unpaid_hash, "forecast");
-    assert_eq!(total(&ledger), (0, 50_000));
+    pending_l402(&*ledger, &unpaid_hash, "forecast");
+    assert_eq!(total(&*ledger), (0, 50_000));
 
     let _ = rustls::crypto::ring::default_provider().install_default();
     let lightning = Lightning {
@@ -112,18 +112,18 @@ async fn pending_lightning_payments_are_settled_or_released_at_start() {
     };
     // While their owner's lease runs they belong to a live call: not touched.
     let now = tollgate::money::now_unix();
-    let report = tollgate::server::l402::reconcile(&ledger, &lightning, "restart", now).await;
+    let report = tollgate::server::l402::reconcile(&*ledger, &lightning, "restart", now).await;
     assert!(report.is_empty(), "{report:?}");
-    assert_eq!(total(&ledger), (0, 50_000));
+    assert_eq!(total(&*ledger), (0, 50_000));
 
     // As at a start after the owner's lease lapsed: asked, and settled.
     let later = now + LEASE + 1;
-    let report = tollgate::server::l402::reconcile(&ledger, &lightning, "restart", later).await;
+    let report = tollgate::server::l402::reconcile(&*ledger, &lightning, "restart", later).await;
     assert_eq!(report.len(), 2, "{report:?}");
 
     // The paid one is committed at its actual cost (21 sats, no fee: 0.021 USD), the unpaid
     // one released: nothing is reserved any more.
-    assert_eq!(total(&ledger), (21_000, 0), "{report:?}");
+    assert_eq!(total(&*ledger), (21_000, 0), "{report:?}");
     assert!(ledger.pending().unwrap().is_empty());
     let receipts = ledger.all_receipts(None, 10).unwrap();
     assert_eq!(receipts.len(), 1);

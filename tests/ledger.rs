@@ -93,7 +93,13 @@ fn exactly_n_payments_fit_under_a_cap_with_eight_connections() {
                 // Each thread its own connection, as separate processes would have.
                 let ledger = Ledger::open(&dir).unwrap();
                 barrier.wait();
-                pay_loop(&ledger, &format!("t{t}"), 32, &total_cap(N, AMOUNT), AMOUNT)
+                pay_loop(
+                    &*ledger,
+                    &format!("t{t}"),
+                    32,
+                    &total_cap(N, AMOUNT),
+                    AMOUNT,
+                )
             })
         })
         .collect();
@@ -206,7 +212,7 @@ fn child_process() {
     let hang = || std::thread::sleep(std::time::Duration::from_secs(60));
     match mode.as_str() {
         "pay-loop" => {
-            let paid = pay_loop(&ledger, &tag, attempts, &total_cap(60, 1_000), 1_000);
+            let paid = pay_loop(&*ledger, &tag, attempts, &total_cap(60, 1_000), 1_000);
             println!("LEDGER paid {paid}");
         }
         "reserve-then-hang" => {
@@ -495,12 +501,7 @@ fn a_pending_payment_stays_counted_and_only_an_unknown_proof_is_claimed_once() {
             .is_none()
     );
     // Renewed, the lease outlives its first term.
-    assert_eq!(
-        ledger
-            .renew_leases("owner-a", &[id], T0 + 120)
-            .unwrap(),
-        1
-    );
+    assert_eq!(ledger.renew_leases("owner-a", &[id], T0 + 120).unwrap(), 1);
     assert_eq!(stage(T0 + 100), PaymentStage::InFlight);
 
     // The call ends without an answer: unknown. One retry claims it; a second finds nothing.
@@ -827,7 +828,7 @@ fn the_ledger_file_and_a_new_state_directory_are_private() {
     let ledger = Ledger::open(&state).unwrap();
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&state), 0o700);
-    assert_eq!(mode(ledger.path()), 0o600);
+    assert_eq!(mode(std::path::Path::new(&ledger.location())), 0o600);
     ledger
         .reserve(reservation("a", 5, vec![Cap::lifetime("k", 10)]), T0)
         .unwrap();

@@ -46,7 +46,9 @@ impl Setup {
             p.join("tools/seller.toml"),
             format!(
                 "[[tool]]\nname = \"weather\"\ndescription = \"Weather from the x402 v2 seller\"\n\
-                 url = \"{}/weather?city=Paris\"\nmax_price = \"0.01 USD\"\n",
+                 url = \"{0}/weather?city=Paris\"\nmax_price = \"0.01 USD\"\n\n\
+                 [[tool]]\nname = \"slow\"\ndescription = \"Pays, then answers after 8 s\"\n\
+                 url = \"{0}/hang-after-pay\"\nmax_price = \"0.01 USD\"\ntimeout_ms = 3000\n",
                 peers.seller("v2")
             ),
         )
@@ -222,14 +224,17 @@ async fn four_processes_of_identical_calls_pay_exactly_the_cap_and_no_more() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_payment_in_flight_is_never_taken_by_a_twin_or_a_starting_process() {
     use support::seller::{payment_required, requirements, settled, signature_of};
-    use support::upstream::TestUpstream;
-    // Holds every paid request 5 s before it settles (a slow chain).
+    use support::upstream::{Reply, TestUpstream};
+    // Holds every paid request 3 s before it settles (a slow chain).
     let up = TestUpstream::start(|seen| match signature_of(seen) {
         None => payment_required(json!([requirements("10000")]), "payment required"),
-        Some(sig) => {
-            std::thread::sleep(Duration::from_secs(5));
-            settled(json!({"paid": true}), &sig["payload"]["authorization"]["from"])
-        }
+        Some(sig) => Reply::Delayed(
+            Box::new(settled(
+                json!({"paid": true}),
+                &sig["payload"]["authorization"]["from"],
+            )),
+            Duration::from_secs(3),
+        ),
     })
     .await;
     let setup = support::mcp::Setup::new(&format!(
@@ -252,7 +257,10 @@ async fn a_payment_in_flight_is_never_taken_by_a_twin_or_a_starting_process() {
             let wait_for = |n: usize| {
                 let deadline = Instant::now() + Duration::from_secs(20);
                 while seen().len() < n {
-                    assert!(Instant::now() < deadline, "the seller never saw {n} payments");
+                    assert!(
+                        Instant::now() < deadline,
+                        "the seller never saw {n} payments"
+                    );
                     std::thread::sleep(Duration::from_millis(20));
                 }
             };
@@ -280,7 +288,10 @@ async fn a_payment_in_flight_is_never_taken_by_a_twin_or_a_starting_process() {
         .unwrap();
         for r in &results {
             assert_ne!(r["isError"], json!(true), "{r}");
-            assert!(r["structuredContent"]["payment"]["receipt_id"].is_string(), "{r}");
+            assert!(
+                r["structuredContent"]["payment"]["receipt_id"].is_string(),
+                "{r}"
+            );
         }
         assert!(
             reconciled.contains("0 settled") && reconciled.contains("0 released"),
@@ -293,8 +304,86 @@ async fn a_payment_in_flight_is_never_taken_by_a_twin_or_a_starting_process() {
         up_seen()
     };
     assert_eq!(signed.len(), 2, "{signed:?}");
-    assert_ne!(signed[0], signed[1], "the twin signed its own authorization");
+    assert_ne!(
+        signed[0], signed[1],
+        "the twin signed its own authorization"
+    );
     let ledger = tollgate::ledger::Ledger::open(&setup.dir.path().join("state")).unwrap();
     assert_eq!(ledger.all_receipts(None, 10).unwrap().len(), 2);
     assert!(ledger.pending().unwrap().is_empty());
+}
+
+/// An answer lost after the seller settled (the host gave up, or tollgate was killed): the
+/// proof's outcome is unknown, and the host's retry re-sends it. The seller refuses it as
+/// already used; tollgate asks the chain at once, writes the receipt, and tells the model the
+/// truth: paid, in which transaction, answer not delivered. Nothing more is paid.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resent_proof_the_seller_already_settled_is_receipted_at_once_not_paid_again() {
+    let Some(python) = support::mcp::python() else {
+        return;
+    };
+    let Some(peers) = start().await else { return };
+    let setup = Setup::new(&peers, "[caps]\nper_call = \"0.01 USD\"\n");
+    let payee = peers.str("/v2/payee");
+    let before = peers.balance("v2", &payee).await;
+    let key = peers.str("/buyer_key");
+    let config = setup.config();
+    let env = [("TOLLGATE_EVM_KEY", key.as_str())];
+    let call = || {
+        support::mcp::drive(
+            &python,
+            support::mcp::Mode::Stateless,
+            &config,
+            &env,
+            json!([{"op": "call_tool", "name": "slow", "arguments": {}, "timeout_s": 60}]),
+        )
+    };
+
+    let first = call().await["steps"][0]["result"].clone();
+    let text = first["content"][0]["text"].as_str().unwrap_or_default();
+    assert_eq!(first["isError"], json!(true), "{first}");
+    assert!(text.contains("may or may not have settled"), "{text}");
+
+    // The seller settles once its handler answers, after the buyer gave up.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !peers
+        .seller_events("v2", "settle")
+        .await
+        .iter()
+        .any(|e| e["ok"] == json!(true))
+    {
+        assert!(Instant::now() < deadline, "{}", peers.logs().join("\n"));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(peers.balance("v2", &payee).await, before + PRICE);
+
+    let retry = call().await["steps"][0]["result"].clone();
+    let text = retry["content"][0]["text"].as_str().unwrap_or_default();
+    assert_eq!(retry["isError"], json!(true), "{retry}");
+    assert!(
+        text.contains("was made (transaction 0x") && text.contains("never delivered"),
+        "the model is told it paid and got nothing: {text}"
+    );
+    assert!(text.contains("Nothing more was paid"), "{text}");
+    // The same authorization was re-sent (never a second one), and the chain moved once.
+    let signed: Vec<Value> = peers
+        .seller_events("v2", "verify")
+        .await
+        .into_iter()
+        .filter(|e| e["path"] == "/hang-after-pay")
+        .collect();
+    assert_eq!(signed.len(), 2, "sent, then re-sent: {signed:?}");
+    assert_eq!(peers.balance("v2", &payee).await, before + PRICE);
+    let receipts = setup.receipts();
+    assert_eq!(receipts.len(), 1, "{receipts:?}");
+    assert_eq!(receipts[0]["amount_usd_micros"], json!(1000));
+    let ledger = tollgate::ledger::Ledger::open(&setup.dir.path().join("state")).unwrap();
+    assert!(ledger.pending().unwrap().is_empty(), "nothing left open");
+    let receipt: Value =
+        serde_json::from_str(&ledger.all_receipts(None, 10).unwrap()[0].json).unwrap();
+    assert_eq!(receipt["reconciled"], json!(true), "{receipt}");
+    let tx = receipt["transaction"]
+        .as_str()
+        .expect("the chain names the transaction");
+    assert_eq!(peers.tx_status("v2", tx).await, "success");
 }

@@ -63,7 +63,7 @@ pub fn required(
 /// A stable hash of a call's arguments (objects serialize with sorted keys).
 pub fn arguments_hash(arguments: &Map<String, Value>) -> String {
     hex::encode(Sha256::digest(
-        crate::pay::canonical_json(&Value::Object(arguments.clone()))
+        crate::canonical::canonical_json(&Value::Object(arguments.clone()))
             .to_string()
             .as_bytes(),
     ))

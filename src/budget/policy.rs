@@ -11,8 +11,8 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::caveat::{Caveat, is_label};
-use crate::config::{Problem, read_toml};
 use crate::money::UsdMicros;
+use crate::toml_input::{Problem, read_toml};
 
 /// A policy as written.
 #[derive(Debug, Clone, Deserialize)]

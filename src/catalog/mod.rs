@@ -21,8 +21,9 @@ use serde_json::{Map, Value};
 pub use request::{BuildError, UpstreamRequest};
 use template::{Template, UrlTemplate};
 
-use crate::config::{Problem, UpstreamDefaults, read_toml};
 use crate::money::UsdMicros;
+use crate::toml_input::{Problem, read_toml};
+use crate::upstream::UpstreamDefaults;
 
 /// Names tollgate's own tools use; definitions may not take them.
 pub const RESERVED_NAMES: &[&str] = &[
@@ -803,7 +804,7 @@ fn resolve_env(text: &str) -> Result<Resolved, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::parse_toml;
+    use crate::toml_input::parse_toml;
 
     fn load(text: &str) -> Result<Catalog, Vec<Problem>> {
         let file: ToolFile = parse_toml(Path::new("t.toml"), text).map_err(|p| vec![p])?;

@@ -2,19 +2,11 @@
 
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
 use serde_json::{Map, Value};
-use url::Url;
 
 use super::template::{ArgError, Template};
 use super::{HeaderSource, HttpTool};
 
-/// A request ready to send: nothing in it comes from the model except encoded values.
-#[derive(Debug, Clone)]
-pub struct UpstreamRequest {
-    pub method: reqwest::Method,
-    pub url: Url,
-    pub headers: HeaderMap,
-    pub body: Option<Vec<u8>>,
-}
+pub use crate::upstream::UpstreamRequest;
 
 /// Why a request could not be built from these arguments.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -19,14 +19,14 @@ pub enum LedgerError {
         source: std::io::Error,
     },
 
-    /// SQLite could not open or set up the ledger file.
+    /// The backend could not open or set up the ledger.
     #[error("cannot open the ledger {}: {source}", path.display())]
     Open {
-        /// The ledger file.
+        /// The ledger file (or the database named by the ledger URL, without credentials).
         path: PathBuf,
-        /// What SQLite said.
+        /// What the backend said.
         #[source]
-        source: rusqlite::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 
     /// The file system does not support write-ahead logging (typically a network file system),
@@ -58,9 +58,10 @@ pub enum LedgerError {
         supported: i64,
     },
 
-    /// A query failed (I/O error, a lock held longer than the busy timeout, a full disk...).
+    /// A query failed (I/O error, a lock held longer than the busy timeout, a full disk...),
+    /// as the backend described it.
     #[error("ledger database error: {0}")]
-    Database(#[from] rusqlite::Error),
+    Database(String),
 
     /// The payment does not fit under a cap; nothing was reserved.
     #[error(

@@ -293,7 +293,7 @@ impl Tollgate {
             approved.covers(facts)
         };
         let outcome =
-            blocking(|| ledger.redeem_approval(id, now, |a| covers(a).map_err(|m| m.to_string())));
+            blocking(|| ledger.redeem_approval(id, now, &|a| covers(a).map_err(|m| m.to_string())));
         let refuse = |why: String| {
             stop(tool_error(format!(
                 "`{}`: approval {id} {why}; nothing was paid",

@@ -218,13 +218,13 @@ fn fingerprint(tool: &str, arguments: &Map<String, Value>, quote: &Quote) -> Str
     hash.update(tool.as_bytes());
     hash.update([0]);
     hash.update(
-        crate::pay::canonical_json(&Value::Object(arguments.clone()))
+        crate::canonical::canonical_json(&Value::Object(arguments.clone()))
             .to_string()
             .as_bytes(),
     );
     hash.update([0]);
     hash.update(
-        crate::pay::canonical_json(&quote.offer.raw)
+        crate::canonical::canonical_json(&quote.offer.raw)
             .to_string()
             .as_bytes(),
     );
@@ -537,7 +537,7 @@ impl Tollgate {
                     // The invoice is paid (the preimage proves it): the money is gone whatever
                     // the seller thinks of the token. Commit it, forget the token, pay no more.
                     let receipt = commit_receipt(
-                        &ledger,
+                        &*ledger,
                         reservation,
                         &quote,
                         &proof,
@@ -561,7 +561,9 @@ impl Tollgate {
                 // (its nonce is used). Ask the chain now, and say what it says.
                 if let Some(payment) = resent {
                     let reason = pay::read_challenge(&headers, &body).seller_error;
-                    return self.resent_refused(tool, &quote, held, &payment, reason).await;
+                    return self
+                        .resent_refused(tool, &quote, held, &payment, reason)
+                        .await;
                 }
                 // The seller refused the fresh signed payment. Never sign again. A fresh proof
                 // that is refused will not settle: release it.
@@ -597,7 +599,7 @@ impl Tollgate {
             Ok(Reply { answer, headers }) => {
                 let settled = settlement(&quote, &headers);
                 let receipt = commit_receipt(
-                    &ledger,
+                    &*ledger,
                     reservation,
                     &quote,
                     &proof,
@@ -619,7 +621,7 @@ impl Tollgate {
             Err(e) if quote.offer.protocol == Protocol::L402 => {
                 // The invoice is paid and the token kept: the next call sends it, pays nothing.
                 let receipt = commit_receipt(
-                    &ledger,
+                    &*ledger,
                     reservation,
                     &quote,
                     &proof,
@@ -690,7 +692,7 @@ impl Tollgate {
             }
         };
         let ledger = &payments.ledger;
-        let written = blocking(|| reconcile::settle(ledger, &owner, payment, &verdict, now));
+        let written = blocking(|| reconcile::settle(&**ledger, &owner, payment, &verdict, now));
         match (&verdict, written) {
             (Verdict::Paid(transaction), Ok(receipt)) => {
                 held.settled();
@@ -1021,8 +1023,8 @@ mod tests {
             "serde_json keeps insertion order"
         );
         assert_eq!(
-            crate::pay::canonical_json(&a).to_string(),
-            crate::pay::canonical_json(&b).to_string()
+            crate::canonical::canonical_json(&a).to_string(),
+            crate::canonical::canonical_json(&b).to_string()
         );
     }
 }

@@ -15,7 +15,8 @@ pub struct Session {
 }
 
 impl Session {
-    /// Starts `tollgate serve --config config` with `env`, logs off, and sends `initialize`
+    /// Starts `tollgate serve --config config` with `env`, logs off (to see them, set
+    /// `TOLLGATE_TEST_STDERR=1` and `RUST_LOG` in `env`), and sends `initialize`
     /// (revision 2025-11-25) and `notifications/initialized` without waiting for the answer.
     pub fn start(config: &Path, env: &[(&str, &str)]) -> Session {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tollgate"));
@@ -24,7 +25,11 @@ impl Session {
             .env("RUST_LOG", "off")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null());
+            .stderr(if std::env::var_os("TOLLGATE_TEST_STDERR").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            });
         for (k, v) in env {
             cmd.env(k, v);
         }

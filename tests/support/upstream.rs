@@ -54,6 +54,8 @@ pub enum Reply {
         count: usize,
         delay: Duration,
     },
+    /// The reply, after an (async) delay: a slow upstream that blocks no other connection.
+    Delayed(Box<Reply>, Duration),
 }
 
 impl Reply {
@@ -142,7 +144,13 @@ async fn serve_connection(
         if let Ok(mut s) = seen.lock() {
             s.push(request.clone());
         }
-        match route(&request) {
+        let mut reply = route(&request);
+        while let Reply::Delayed(inner, delay) = reply {
+            tokio::time::sleep(delay).await;
+            reply = *inner;
+        }
+        match reply {
+            Reply::Delayed(..) => return Ok(()),
             Reply::Full {
                 status,
                 headers,

@@ -287,11 +287,15 @@ async function startV2Seller(chain, usdc) {
   const routes = {
     "GET /weather": { accepts: offer("1000"), description: "Weather report", mimeType: "application/json" },
     "GET /premium": { accepts: offer("250000"), description: "Premium report", mimeType: "application/json" },
+    // Paid like /weather, but the answer takes 8 s: a buyer that gives up sooner never reads
+    // it, while the payment still settles (the middleware settles when the handler answers).
+    "GET /hang-after-pay": { accepts: offer("1000"), description: "Slow report", mimeType: "application/json" },
   };
   const app = express();
   app.disable("x-powered-by");
   ev.mount(app);
   app.use(paymentMiddleware(routes, resourceServer));
+  app.get("/hang-after-pay", (req, res) => setTimeout(() => res.json({ report: "late" }), 8000));
   app.get("/weather", (req, res) => res.json({ report: "sunny", city: req.query.city ?? null }));
   app.get("/premium", (req, res) => res.json({ report: "premium forecast", city: req.query.city ?? null, days: 7 }));
   app.get("/free", (req, res) => res.json({ free: true, city: req.query.city ?? null }));

@@ -185,7 +185,7 @@ pub(super) fn open(path: &Path) -> Result<Connection, LedgerError> {
     create_private_file(path)?;
     let open_err = |source| LedgerError::Open {
         path: path.to_owned(),
-        source,
+        source: Box::new(source),
     };
     let conn = Connection::open(path).map_err(open_err)?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
@@ -221,7 +221,7 @@ fn enable_wal(conn: &Connection, path: &Path) -> Result<(), LedgerError> {
             Err(source) => {
                 return Err(LedgerError::Open {
                     path: path.to_owned(),
-                    source,
+                    source: Box::new(source),
                 });
             }
         }
@@ -262,7 +262,7 @@ fn user_version(conn: &Connection) -> rusqlite::Result<i64> {
 fn migrate(mut conn: Connection, path: &Path) -> Result<Connection, LedgerError> {
     let open_err = |source| LedgerError::Open {
         path: path.to_owned(),
-        source,
+        source: Box::new(source),
     };
     let newer = |found| LedgerError::NewerSchema {
         path: path.to_owned(),

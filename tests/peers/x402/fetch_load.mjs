@@ -1,0 +1,48 @@
+#!/usr/bin/env node
+// Load with the reference TypeScript buyer (@x402/fetch 2.27.0): CONCURRENCY loops paying
+// SELLER_URL+PATH for SECONDS, each loop one paid call at a time (as 8 parallel tool calls).
+//
+//   node tests/peers/x402/fetch_load.mjs SELLER_URL PATH PRIVATE_KEY CONCURRENCY SECONDS
+//
+// Prints one JSON line: {ok, errors, seconds, calls_per_s, first_error}.
+import { wrapFetchWithPayment, x402Client } from "@x402/fetch";
+import { registerExactEvmScheme } from "@x402/evm/exact/client";
+import { privateKeyToAccount } from "viem/accounts";
+
+const [base, path, key, concurrencyArg, secondsArg] = process.argv.slice(2);
+if (!base || !path || !key) {
+  process.stderr.write("usage: fetch_load.mjs SELLER_URL PATH PRIVATE_KEY CONCURRENCY SECONDS\n");
+  process.exit(2);
+}
+const concurrency = Number(concurrencyArg ?? "8");
+const seconds = Number(secondsArg ?? "10");
+const client = new x402Client();
+registerExactEvmScheme(client, { signer: privateKeyToAccount(key) });
+client.setSpendControls({ allowedAssets: true });
+const payFetch = wrapFetchWithPayment(fetch, client);
+const url = new URL(path, base).toString();
+
+let ok = 0;
+let errors = 0;
+let firstError = null;
+const t0 = performance.now();
+const deadline = t0 + seconds * 1000;
+async function loop(i) {
+  let n = 0;
+  while (performance.now() < deadline) {
+    try {
+      // Distinct arguments per call unless the path is used as given (X402_IDENTICAL=1).
+      const target = process.env.X402_IDENTICAL === "1" ? url : `${url}${url.includes("?") ? "&" : "?"}n=${i}-${n++}`;
+      const r = await payFetch(target, { method: "GET" });
+      await r.text();
+      if (r.status === 200) ok++;
+      else { errors++; firstError ??= `status ${r.status}`; }
+    } catch (e) {
+      errors++;
+      firstError ??= String(e?.message ?? e).slice(0, 200);
+    }
+  }
+}
+await Promise.all(Array.from({ length: concurrency }, (_, i) => loop(i)));
+const elapsed = (performance.now() - t0) / 1000;
+process.stdout.write(JSON.stringify({ ok, errors, seconds: elapsed, calls_per_s: ok / elapsed, first_error: firstError }) + "\n");
