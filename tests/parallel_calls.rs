@@ -373,6 +373,10 @@ async fn a_resent_proof_the_seller_already_settled_is_receipted_at_once_not_paid
         .filter(|e| e["path"] == "/hang-after-pay")
         .collect();
     assert_eq!(signed.len(), 2, "sent, then re-sent: {signed:?}");
+    // The seller declared x402's payment-identifier: both carried the one id of the payment.
+    let id = signed[0]["payment_id"].as_str().expect("a payment id");
+    assert!(id.starts_with("pay_") && id.len() == 36, "{id}");
+    assert_eq!(signed[1]["payment_id"], signed[0]["payment_id"]);
     assert_eq!(peers.balance("v2", &payee).await, before + PRICE);
     let receipts = setup.receipts();
     assert_eq!(receipts.len(), 1, "{receipts:?}");

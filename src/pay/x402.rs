@@ -288,7 +288,7 @@ pub fn prove(offer: &Offer, wallet: &EvmWallet, now: u64) -> Result<Proof, PayEr
         let mut body = Map::new();
         body.insert("x402Version".into(), 2.into());
         if let Some(extensions) = &offer.extensions {
-            body.insert("extensions".into(), extensions.clone());
+            body.insert("extensions".into(), with_payment_identifier(extensions));
         }
         if let Some(resource) = &offer.resource {
             body.insert("resource".into(), resource.clone());
@@ -307,6 +307,28 @@ pub fn prove(offer: &Offer, wallet: &EvmWallet, now: u64) -> Result<Proof, PayEr
     })
 }
 
+/// The 402's extensions as echoed in the payment, with this payment's id added where the seller
+/// declared x402's `payment-identifier` extension (`info.id`, 16-128 of `[A-Za-z0-9_-]`): a
+/// proof re-sent after an unknown outcome carries the same id, so the seller can answer it from
+/// its cache instead of refusing it as already used. One id per signed payment, never per call:
+/// twin calls pay their own.
+fn with_payment_identifier(extensions: &Value) -> Value {
+    let mut extensions = extensions.clone();
+    if let Some(Value::Object(info)) = extensions
+        .get_mut(PAYMENT_IDENTIFIER)
+        .and_then(|e| e.get_mut("info"))
+    {
+        info.insert(
+            "id".into(),
+            format!("pay_{}", hex::encode(rand::random::<[u8; 16]>())).into(),
+        );
+    }
+    extensions
+}
+
+/// The x402 extension that makes a payment idempotent at the seller.
+const PAYMENT_IDENTIFIER: &str = "payment-identifier";
+
 /// The seller's settlement response from a paid answer, decoded; `None` if there is none.
 pub fn settlement(headers: &HeaderMap) -> Option<Result<Value, String>> {
     let value = headers
@@ -318,6 +340,33 @@ pub fn settlement(headers: &HeaderMap) -> Option<Result<Value, String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_declared_payment_identifier_gets_one_id_per_payment() {
+        let declared = json!({"payment-identifier": {"info": {"required": false},
+                                                     "schema": {"type": "object"}},
+                              "other": {"info": {}}});
+        let a = with_payment_identifier(&declared);
+        let b = with_payment_identifier(&declared);
+        let id = a["payment-identifier"]["info"]["id"].as_str().unwrap();
+        assert_eq!(id.len(), 36, "{id}");
+        assert!(id.starts_with("pay_"));
+        assert!(id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
+        assert_ne!(
+            a["payment-identifier"]["info"]["id"],
+            b["payment-identifier"]["info"]["id"]
+        );
+        assert_eq!(a["payment-identifier"]["info"]["required"], false);
+        assert_eq!(
+            a["other"], declared["other"],
+            "other extensions are echoed as sent"
+        );
+        // Not declared, or declared without an info object: nothing is added.
+        let none = json!({"bazaar": {"info": {}}});
+        assert_eq!(with_payment_identifier(&none), none);
+        let odd = json!({"payment-identifier": "yes"});
+        assert_eq!(with_payment_identifier(&odd), odd);
+    }
 
     fn v2_header(json: Value) -> HeaderMap {
         let mut h = HeaderMap::new();

@@ -255,7 +255,7 @@ async function startV2Seller(chain, usdc) {
     async verify(payload, requirements) {
       try {
         const r = await facilitator.verify(payload, requirements);
-        ev.push({ kind: "verify", path: payloadPath(payload), ok: Boolean(r.isValid), payer: r.payer, reason: r.invalidReason, message: r.invalidMessage });
+        ev.push({ kind: "verify", path: payloadPath(payload), ok: Boolean(r.isValid), payer: r.payer, reason: r.invalidReason, message: r.invalidMessage, payment_id: payload?.extensions?.["payment-identifier"]?.info?.id ?? null });
         return r;
       } catch (e) {
         ev.push({ kind: "verify", path: payloadPath(payload), ok: false, reason: e?.invalidReason ?? "exception", message: String(e?.message ?? e) });
@@ -289,7 +289,26 @@ async function startV2Seller(chain, usdc) {
     "GET /premium": { accepts: offer("250000"), description: "Premium report", mimeType: "application/json" },
     // Paid like /weather, but the answer takes 8 s: a buyer that gives up sooner never reads
     // it, while the payment still settles (the middleware settles when the handler answers).
-    "GET /hang-after-pay": { accepts: offer("1000"), description: "Slow report", mimeType: "application/json" },
+    "GET /hang-after-pay": {
+      accepts: offer("1000"),
+      description: "Slow report",
+      mimeType: "application/json",
+      // x402's payment-identifier extension, declared as @x402/extensions declares it.
+      extensions: {
+        "payment-identifier": {
+          info: { required: false },
+          schema: {
+            $schema: "https://json-schema.org/draft/2020-12/schema",
+            type: "object",
+            properties: {
+              required: { type: "boolean" },
+              id: { type: "string", minLength: 16, maxLength: 128, pattern: "^[a-zA-Z0-9_-]+$" },
+            },
+            required: ["required"],
+          },
+        },
+      },
+    },
   };
   const app = express();
   app.disable("x-powered-by");
