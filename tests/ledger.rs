@@ -850,3 +850,34 @@ fn amounts_beyond_sqlite_integers_are_refused_not_wrapped() {
         .reserve(reservation("b", 1, vec![Cap::lifetime("k", u64::MAX)]), T0)
         .unwrap();
 }
+
+#[test]
+fn eight_connections_racing_to_claim_one_unknown_payment_claim_it_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(dir.path()).unwrap();
+    let id = ledger
+        .reserve(
+            reservation("raced", 500, vec![Cap::lifetime("policy:total", 10_000)]),
+            T0,
+        )
+        .unwrap();
+    ledger.mark_pending(id, "proof", T0 + 300).unwrap(); // no owner: unknown
+    let barrier = Arc::new(Barrier::new(8));
+    let winners: Vec<bool> = (0..8)
+        .map(|t| {
+            let (path, barrier) = (dir.path().to_owned(), barrier.clone());
+            std::thread::spawn(move || {
+                let ledger = Ledger::open(&path).unwrap();
+                barrier.wait();
+                ledger
+                    .claim_unknown("fp-raced", &lease(&format!("retry-{t}"), T0 + 60), T0)
+                    .unwrap()
+                    .is_some()
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .collect();
+    assert_eq!(winners.iter().filter(|w| **w).count(), 1, "{winners:?}");
+}

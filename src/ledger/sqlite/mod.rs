@@ -597,8 +597,8 @@ impl Owners for SqliteLedger {
     ) -> Result<Option<PendingPayment>, LedgerError> {
         let now_sql = to_sql("time", now)?;
         let until = to_sql("time", lease.until)?;
-        self.write(|tx| {
-            let id: Option<i64> = tx
+        let find = |tx: &Transaction<'_>| -> Result<Option<i64>, LedgerError> {
+            Ok(tx
                 .prepare_cached(&format!(
                     "SELECT id FROM reservations
                      WHERE fingerprint = ?1 AND state = 'pending' AND proof_json IS NOT NULL
@@ -606,8 +606,15 @@ impl Owners for SqliteLedger {
                      ORDER BY id DESC LIMIT 1"
                 ))?
                 .query_row(params![fingerprint, now_sql], |row| row.get(0))
-                .optional()?;
-            let Some(id) = id else { return Ok(None) };
+                .optional()?)
+        };
+        // Nearly every call has nothing to claim: find out without taking the write lock.
+        if self.read(find)?.is_none() {
+            return Ok(None);
+        }
+        self.write(|tx| {
+            // Again under the lock: another claimant may have won meanwhile.
+            let Some(id) = find(tx)? else { return Ok(None) };
             tx.prepare_cached(
                 "UPDATE reservations SET owner = ?2, lease_until = ?3 WHERE id = ?1",
             )?
