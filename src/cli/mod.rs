@@ -1,0 +1,67 @@
+//! The `tollgate` commands, one file per group; `main.rs` parses arguments and dispatches here.
+//! Every command prints to stdout only what it was asked for; `serve`'s stdout carries MCP
+//! frames only.
+
+pub mod approvals;
+pub mod books;
+pub mod check;
+pub mod init;
+pub mod reconcile;
+pub mod serve;
+pub mod token;
+pub mod wallet;
+
+use std::path::PathBuf;
+
+use tollgate::budget::policy::Policy;
+use tollgate::catalog::Catalog;
+use tollgate::config::{Config, Problem};
+
+/// Loads the config, the catalog and the policy, or every problem found.
+pub fn load(config: Option<PathBuf>) -> Result<(Config, Catalog, Policy), Vec<Problem>> {
+    let config = Config::load(config.as_deref()).map_err(|e| e.0)?;
+    let catalog = Catalog::load_dir(&config.tools_dir, &config.upstream);
+    let policy = config.load_policy();
+    match (catalog, policy) {
+        (Ok(catalog), Ok(policy)) => Ok((config, catalog, policy)),
+        (catalog, policy) => {
+            let mut problems = catalog.err().unwrap_or_default();
+            problems.extend(policy.err().unwrap_or_default());
+            Err(problems)
+        }
+    }
+}
+
+/// `check` goes further than `serve` at start: it compiles every schema.
+pub fn load_and_compile(
+    config: Option<PathBuf>,
+) -> Result<(Config, Catalog, Policy), Vec<Problem>> {
+    let (config, catalog, policy) = load(config)?;
+    let problems = catalog.compile_all();
+    if problems.is_empty() {
+        Ok((config, catalog, policy))
+    } else {
+        Err(problems)
+    }
+}
+
+pub fn print_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) {
+    let mut widths = header.map(str::len);
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: [&str; N]| {
+        let parts: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", parts.join("  ").trim_end());
+    };
+    line(header);
+    for row in rows {
+        line(row.each_ref().map(String::as_str));
+    }
+}

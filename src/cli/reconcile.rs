@@ -1,0 +1,86 @@
+//! `tollgate reconcile`: settle payments whose outcome is unknown.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+
+use tollgate::config::Config;
+use tollgate::ledger::Ledger;
+
+pub fn log_reconciled(
+    outcome: Result<tollgate::reconcile::Report, tollgate::ledger::LedgerError>,
+) -> Option<tollgate::reconcile::Report> {
+    match outcome {
+        Ok(report) => {
+            tracing::info!(
+                settled = report.settled,
+                released = report.released,
+                pending = report.pending,
+                unsent = report.unsent,
+                live = report.live,
+                unchecked = report.unchecked.len(),
+                "reconciled payments from earlier runs"
+            );
+            for why in &report.unchecked {
+                tracing::warn!("a payment stays reserved: {why}");
+            }
+            Some(report)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "could not reconcile payments from earlier runs");
+            None
+        }
+    }
+}
+
+pub fn reconcile(config: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = Config::load(config.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let ledger = Ledger::open(&config.state_dir)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    // This command owns what it claims while it asks; a live process's payments are left alone.
+    let owner = tollgate::checkout::lease::this_process();
+    let report = runtime
+        .block_on(tollgate::reconcile::reconcile(
+            &*ledger,
+            &config.rpc,
+            &owner,
+            tollgate::money::now_unix(),
+        ))
+        .context("reconciling")?;
+    // Lightning payments: asked of the configured backend.
+    if let Some(c) = &config.lightning {
+        match tollgate::lightning::Lightning::open(c) {
+            Ok(lightning) => {
+                let lines = runtime.block_on(tollgate::server::l402::reconcile(
+                    &*ledger,
+                    &lightning,
+                    &owner,
+                    tollgate::money::now_unix(),
+                ));
+                for line in lines {
+                    println!("Lightning: {line}");
+                }
+            }
+            Err(e) => println!("Lightning payments not checked: {e}"),
+        }
+    }
+    println!(
+        "{} settled (receipt written), {} released (provably unpaid; {} of them reserved but \
+         never sent), {} still pending (valid and unused: a retry re-sends it), {} in flight in \
+         a live call (not touched), {} not checkable",
+        report.settled,
+        report.released,
+        report.unsent,
+        report.pending,
+        report.live,
+        report.unchecked.len()
+    );
+    for why in &report.unchecked {
+        println!("  not checkable: {why}");
+    }
+    Ok(())
+}
