@@ -53,9 +53,17 @@ pub(super) fn challenged(headers: &reqwest::header::HeaderMap) -> bool {
     !l402::read_challenges(headers, &mut Vec::new()).is_empty()
 }
 
-/// What to hold against the budgets for a quote: its price, plus for L402 the most the routing
-/// fee may add (charged to the budget like the amount).
+/// What to hold against the budgets for a quote: its price, plus the most its fee may add
+/// (charged to the budget like the amount): for L402 the routing fee (`max_fee_msat`), for MPP
+/// the Tempo transaction fee paid in the charged stablecoin (`wallet.tempo.max_fee_atomic`).
 pub(super) fn hold_usd(quote: &Quote, payments: &Payments) -> UsdMicros {
+    if let (Some(tempo), crate::pay::Protocol::Mpp) = (&payments.tempo, quote.offer.protocol) {
+        let most = quote
+            .offer
+            .amount_atomic
+            .saturating_add(u128::from(tempo.max_fee_atomic()));
+        return quote.asset.to_usd_micros(most).unwrap_or(quote.usd);
+    }
     match (&payments.lightning, quote.offer.protocol) {
         (Some(lightning), crate::pay::Protocol::L402) => quote
             .asset

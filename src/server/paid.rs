@@ -549,6 +549,10 @@ impl Tollgate {
             }
             Ok(Reply { answer, headers }) => {
                 let settled = settlement(&quote, &headers);
+                let mut proof = proof;
+                if let (Protocol::Mpp, Some(wallet)) = (quote.offer.protocol, &payments.tempo) {
+                    pay::mpp::read_fee(&mut proof, &quote.offer, wallet).await;
+                }
                 let receipt = commit_receipt(
                     &ledger,
                     reservation,
