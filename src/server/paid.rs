@@ -855,24 +855,6 @@ pub(super) fn describe(challenge: &Challenge) -> String {
     }
 }
 
-/// JSON view of an offer and its judgement (for `price_check`).
-pub(super) fn judgement_json(j: &Judgement) -> Value {
-    let o = &j.offer;
-    json!({
-        "protocol": o.protocol.name(),
-        "version": o.protocol.version(),
-        "scheme": o.scheme,
-        "network": o.network,
-        "asset": o.asset,
-        "asset_symbol": j.asset.as_ref().map(|a| a.symbol.clone()),
-        "amount_atomic": o.amount_atomic.to_string(),
-        "amount_usd": j.usd.map(|u| u.decimal()),
-        "payee": o.payee,
-        "payable": j.refusal.is_none(),
-        "reason": j.refusal.as_ref().map(ToString::to_string),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
