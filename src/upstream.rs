@@ -133,6 +133,18 @@ pub enum UpstreamError {
     )]
     Redirect { host: String, location: String },
     #[error(
+        "{host} answered {count} redirects in a row within its own origin, and the limit is \
+         {limit}: a redirect loop or too many redirects (the last pointed to {location}); \
+         tollgate stopped following them"
+    )]
+    TooManyRedirects {
+        host: String,
+        location: String,
+        /// Redirects answered, the one that was not followed included.
+        count: usize,
+        limit: usize,
+    },
+    #[error(
         "{host} answered with content type {content_type}; tollgate passes only JSON and text to \
          the model"
     )]
@@ -238,21 +250,22 @@ impl Upstream {
         let headers = response.headers().clone();
 
         if status.is_redirection() {
-            let location = headers
-                .get(LOCATION)
-                .and_then(|v| v.to_str().ok())
+            let raw = headers.get(LOCATION).and_then(|v| v.to_str().ok());
+            let location = raw
                 .map(|l| excerpt(l.as_bytes()))
                 .unwrap_or_else(|| "(no Location)".to_owned());
-            // A stopped redirect to the same origin means too many hops.
-            let reason = if response.url().origin() == origin {
-                format!("{location} (too many redirects)")
-            } else {
-                location
-            };
-            return Err(UpstreamError::Redirect {
-                host,
-                location: reason,
-            });
+            // The redirect policy stops a redirect for one of two reasons: it leaves the
+            // origin, or it is one more than `max_redirects` within it (a loop, most often).
+            let target = raw.and_then(|l| response.url().join(l).ok());
+            if target.is_some_and(|t| t.origin() == origin) {
+                return Err(UpstreamError::TooManyRedirects {
+                    host,
+                    location,
+                    count: self.defaults.max_redirects + 1,
+                    limit: self.defaults.max_redirects,
+                });
+            }
+            return Err(UpstreamError::Redirect { host, location });
         }
         if status == StatusCode::PAYMENT_REQUIRED {
             let body = read_limited(response, &host, limits.max_response_bytes, true).await?;

@@ -57,6 +57,8 @@ timeout_secs = 20
             ("expired", "expired", "weather"),
             ("amountless", "amountless", "weather"),
             ("wronghash", "wronghash", "weather"),
+            ("garbled", "garbled", "weather"),
+            ("foreignid", "foreignid", "weather"),
             ("bait", "bait", "weather"),
             ("rejecting", "reject", "weather"),
         ] {
@@ -187,14 +189,21 @@ async fn lsat_challenges_with_token_and_version_parameters_are_paid() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn bad_invoices_are_refused_with_nothing_paid() {
+async fn bad_invoices_and_unbindable_macaroons_are_refused_with_nothing_paid() {
     let Some(peers) = peers().await else { return };
     let setup = Setup::new(&peers, "bitcoin");
     let payer0 = peers.balance_msat("payer").await;
     let (results, logs) = calls(
         &peers,
         &setup,
-        &["bait", "expired", "amountless", "wronghash"],
+        &[
+            "bait",
+            "expired",
+            "amountless",
+            "wronghash",
+            "garbled",
+            "foreignid",
+        ],
     )
     .await;
     for (result, expect) in results.iter().zip([
@@ -202,6 +211,8 @@ async fn bad_invoices_are_refused_with_nothing_paid() {
         "expired",
         "names no amount",
         "is not the one in the macaroon",
+        "the macaroon cannot be decoded",
+        "identifier (40 bytes) is not aperture's",
     ]) {
         assert_eq!(result["isError"], true, "{result}\n{logs}");
         let text = result["content"][0]["text"].as_str().unwrap();

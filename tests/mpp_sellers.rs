@@ -165,10 +165,19 @@ async fn paid_call_settles_on_chain(seller: &str, tool: &str, buyer: usize, fore
         "{tx}"
     );
     assert_eq!(peers.path_usd(&recipient).await, before + AMOUNT);
-    assert!(
-        peers.path_usd(&payer).await <= payer_before - AMOUNT,
-        "the buyer paid the amount (and the fee, unless sponsored)"
-    );
+    // The buyer paid the amount and the transaction's fee, in pathUSD; the receipt (and so
+    // every budget) charged exactly what the wallet lost.
+    let drop = payer_before - peers.path_usd(&payer).await;
+    let fee: u128 = receipt["fee_atomic"]
+        .as_str()
+        .expect("the receipt shows the fee")
+        .parse()
+        .unwrap();
+    eprintln!("{seller}: charged {receipt}, the wallet lost {drop}");
+    assert!(fee > 0, "{receipt}");
+    assert_eq!(drop, AMOUNT + fee, "{receipt}");
+    // pathUSD: 6 decimals, 1 USD each, so atomic units are micro-USD.
+    assert_eq!(receipt["charged_usd_micros"], json!(drop), "{receipt}");
 
     // One unpaid request (with Accept-Payment), then exactly one paid request.
     let log = peers.seller_log(seller).await;

@@ -148,6 +148,30 @@ async fn follows_redirects_within_the_origin_only() {
 }
 
 #[tokio::test]
+async fn a_same_origin_redirect_loop_is_named_with_the_count_and_the_limit() {
+    let up = TestUpstream::start(|seen| match seen.path() {
+        "/a" => Reply::text(302, "text/plain", "").with_header("Location", "/b"),
+        _ => Reply::text(302, "text/plain", "").with_header("Location", "/a"),
+    })
+    .await;
+    let limit = UpstreamDefaults::default().max_redirects;
+    let err = call(format!("{}/a", up.base()), LIMITS).await.unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(err, UpstreamError::TooManyRedirects { count, limit: l, .. } if count == limit + 1 && l == limit),
+        "{text}"
+    );
+    assert!(!text.contains("another origin"), "{text}");
+    assert!(text.contains("redirect loop"), "{text}");
+    assert!(
+        text.contains(&format!("{} redirects", limit + 1))
+            && text.contains(&format!("limit is {limit}")),
+        "{text}"
+    );
+    assert_eq!(up.seen().len(), limit + 1, "one request per hop, then stop");
+}
+
+#[tokio::test]
 async fn refuses_binary_and_broken_json() {
     let up = TestUpstream::start(|seen| match seen.path() {
         "/png" => Reply::text(200, "image/png", "\u{89}PNG"),

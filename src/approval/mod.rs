@@ -196,7 +196,7 @@ fn decimal_units(atomic: &str, decimals: u8) -> String {
 }
 
 /// How a payment was approved, as its receipt records it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct ApprovalRecord {
     /// `"policy"` (below every threshold) or `"person"`.
     pub approved_by: String,

@@ -375,14 +375,37 @@ fn read_one(scheme: &str, params: &[(String, String)]) -> Result<L402Challenge, 
         .filter(|i| !i.is_empty())
         .ok_or("no invoice= parameter")?;
     let invoice = Invoice::decode(invoice_text)?;
-    // The macaroon is the seller's; tollgate only reads it to bind it to the invoice and to
-    // learn when it expires. One it cannot read is still sent back as received.
-    let parsed = Macaroon::from_base64url(macaroon).ok();
-    if let Some(hash) = parsed
-        .as_ref()
-        .and_then(|m| identifier_payment_hash(m.identifier()))
-        && hash != invoice.payment_hash
-    {
+    let parsed = bound_macaroon(macaroon, &invoice)?;
+    let token_expires_at = token_expiry(&parsed);
+    Ok(L402Challenge {
+        scheme: scheme.to_owned(),
+        macaroon: macaroon.to_owned(),
+        invoice,
+        token_expires_at,
+    })
+}
+
+/// The challenge's macaroon, decoded and bound to its invoice. The macaroon is the seller's;
+/// tollgate reads it only to know that paying the invoice unlocks it (its identifier, in
+/// aperture's layout, carries the invoice's payment hash) and when it expires. A macaroon that
+/// cannot be read, or whose identifier does not carry that hash, is refused before anything is
+/// paid: the preimage bought would unlock nothing tollgate can show.
+fn bound_macaroon(macaroon: &str, invoice: &Invoice) -> Result<Macaroon, String> {
+    let parsed = Macaroon::from_base64url(macaroon).map_err(|e| {
+        format!(
+            "the macaroon cannot be decoded as a libmacaroons V2 token ({e}), so tollgate cannot \
+             check that paying the invoice unlocks it"
+        )
+    })?;
+    let hash = identifier_payment_hash(parsed.identifier()).ok_or_else(|| {
+        format!(
+            "the macaroon's identifier ({} bytes) is not aperture's (u16 version 0, payment \
+             hash, token id: 66 bytes), so it does not name the invoice's payment hash; paying \
+             the invoice might not unlock this token",
+            parsed.identifier().len()
+        )
+    })?;
+    if hash != invoice.payment_hash {
         return Err(format!(
             "the invoice's payment hash {} is not the one in the macaroon ({}): paying it would \
              not unlock this token",
@@ -390,13 +413,7 @@ fn read_one(scheme: &str, params: &[(String, String)]) -> Result<L402Challenge, 
             hex::encode(hash)
         ));
     }
-    let token_expires_at = parsed.as_ref().and_then(token_expiry);
-    Ok(L402Challenge {
-        scheme: scheme.to_owned(),
-        macaroon: macaroon.to_owned(),
-        invoice,
-        token_expires_at,
-    })
+    Ok(parsed)
 }
 
 /// The earliest `<service>_valid_until=<unix seconds>` caveat of an aperture macaroon.
@@ -752,6 +769,40 @@ mod tests {
         );
         assert!(found.is_empty());
         assert!(problems[0].contains("payment hash"), "{problems:?}");
+    }
+
+    #[test]
+    fn refuses_a_macaroon_that_cannot_be_bound_to_the_invoice() {
+        // A 40-byte identifier (not aperture's u16 version ‖ payment hash ‖ token id).
+        let mut foreign = Macaroon::mint(b"seller-secret", &[5u8; 40], Some("lsat")).unwrap();
+        foreign.add_caveat(b"services=weather:0").unwrap();
+        let foreign = B64.encode(foreign.serialize_v2());
+        // Aperture's layout with another version than 0.
+        let mut id = vec![0u8, 1];
+        id.extend_from_slice(&hash21());
+        id.extend_from_slice(&[7u8; 32]);
+        let version1 = Macaroon::mint(b"seller-secret", &id, Some("lsat")).unwrap();
+        let version1 = B64.encode(version1.serialize_v2());
+        for (macaroon, expect) in [
+            ("AgJ0b2tlbg".to_owned(), "cannot be decoded"),
+            (B64.encode(b"not a macaroon at all"), "cannot be decoded"),
+            ("%%%".to_owned(), "cannot be decoded"),
+            (foreign, "identifier"),
+            (version1, "identifier"),
+        ] {
+            let mut problems = vec![];
+            let found = read_challenges(
+                &headers(&[&format!(
+                    "L402 macaroon=\"{macaroon}\", invoice=\"{INVOICE_21}\""
+                )]),
+                &mut problems,
+            );
+            assert!(found.is_empty(), "{macaroon} was read as an offer");
+            assert!(
+                problems[0].contains(expect) && problems[0].contains("macaroon"),
+                "{macaroon}: {problems:?}"
+            );
+        }
     }
 
     #[test]

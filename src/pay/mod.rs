@@ -475,7 +475,7 @@ pub fn choose(challenge: &Challenge, rules: &Rules) -> Result<Quote, Vec<Judgeme
 }
 
 /// What a paid call leaves behind, shown to the model and kept by the owner.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, schemars::JsonSchema)]
 pub struct Receipt {
     pub protocol: &'static str,
     pub version: u8,

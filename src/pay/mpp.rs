@@ -287,12 +287,107 @@ pub async fn prove(offer: &Offer, wallet: &TempoWallet, now: u64) -> Result<Proo
         .expires_at()
         .and_then(|t| u64::try_from(t.unix_timestamp()).ok())
         .unwrap_or(u64::MAX);
-    Ok(Proof {
+    let mut proof = Proof {
         headers: vec![(name, value)],
         payer: format!("{}", wallet.payer()),
         valid_before: (now + TRANSACTION_VALIDITY_SECONDS).min(expires),
         ..Proof::default()
-    })
+    };
+    // The fee comes on top of the amount. Until the mined transaction's receipt says what it
+    // cost, the proof carries the most it can cost: never under-counted.
+    let bound = within_fee_limit(&proof, offer, u128::from(wallet.max_fee_atomic()))
+        .map_err(PayError::Unpayable)?;
+    proof.fee_atomic = bound.atomic;
+    proof
+        .details
+        .insert("max_fee_atomic".into(), bound.atomic.to_string().into());
+    Ok(proof)
+}
+
+/// The signed transaction's fee bound, if it is within `limit` and paid in the charged asset
+/// (the budgets hold the fee in that asset); else why it is not sent.
+pub fn within_fee_limit(proof: &Proof, offer: &Offer, limit: u128) -> Result<FeeBound, String> {
+    let bound = fee_bound(proof)?;
+    if bound.atomic == 0 {
+        return Ok(bound);
+    }
+    if !fee_in_asset(bound.fee_token.as_deref(), &offer.asset) {
+        return Err(format!(
+            "the Tempo transaction would pay its fee in {}, not in the charged asset {}; \
+             tollgate holds fees in the charged asset, so it was not sent",
+            bound.fee_token.as_deref().unwrap_or("(no fee token)"),
+            offer.asset
+        ));
+    }
+    if bound.atomic > limit {
+        return Err(format!(
+            "the Tempo transaction's fee could reach {} atomic units of the fee token, above \
+             wallet.tempo.max_fee_atomic {limit}; it was not sent",
+            bound.atomic
+        ));
+    }
+    Ok(bound)
+}
+
+/// Reads what the paid charge's transaction cost in fees from its receipt on the wallet's
+/// RPC and records it in the proof ([`record_fee`]). The seller answers after the
+/// transaction is mined, so the receipt is there at once; it is asked a few times in case the
+/// seller answered first. Without it the proof keeps the held bound (logged, never lower).
+pub async fn read_fee(proof: &mut Proof, offer: &Offer, wallet: &TempoWallet) {
+    let hash = match transaction_hash(proof) {
+        Ok(hash) => hash,
+        // A fee-payer envelope: the seller paid the fee.
+        Err(_) if fee_bound(proof).is_ok_and(|b| b.atomic == 0) => return,
+        Err(why) => {
+            tracing::warn!(%why, "the MPP charge's fee cannot be read; the bound is charged");
+            return;
+        }
+    };
+    for attempt in 0..FEE_RECEIPT_ATTEMPTS {
+        match wallet.transaction_receipt(hash).await {
+            Ok(Some(receipt)) => {
+                let signed = fee_bound(proof).ok().and_then(|b| b.fee_token);
+                match receipt_fee(&receipt, &format!("{}", wallet.payer()), signed.as_deref()) {
+                    Ok(fee) => record_fee(proof, offer, &fee),
+                    Err(why) => tracing::warn!(%why, transaction = %hash,
+                        "unreadable transaction receipt; the fee bound is charged"),
+                }
+                return;
+            }
+            Ok(None) if attempt + 1 < FEE_RECEIPT_ATTEMPTS => {
+                tokio::time::sleep(FEE_RECEIPT_PAUSE).await;
+            }
+            Ok(None) => {}
+            Err(why) => {
+                tracing::warn!(%why, transaction = %hash, "the fee bound is charged");
+                return;
+            }
+        }
+    }
+    tracing::warn!(transaction = %hash, "no transaction receipt yet; the fee bound is charged");
+}
+
+/// How often, and how far apart, a paid charge's transaction receipt is asked for.
+const FEE_RECEIPT_ATTEMPTS: u32 = 5;
+const FEE_RECEIPT_PAUSE: Duration = Duration::from_millis(200);
+
+/// Writes the fee a mined charge cost (from its receipt) into the proof: `fee_atomic` is then
+/// what the budgets are charged on top of the amount, and the receipt shows it. A fee in
+/// another token than the charged asset is shown but left at the held bound.
+pub fn record_fee(proof: &mut Proof, offer: &Offer, fee: &Fee) {
+    let details = &mut proof.details;
+    details.insert("fee_atomic".into(), fee.atomic.to_string().into());
+    if let Some(token) = &fee.fee_token {
+        details.insert("fee_token".into(), token.clone().into());
+    }
+    details.insert("gas_used".into(), fee.gas_used.into());
+    details.insert(
+        "effective_gas_price".into(),
+        fee.effective_gas_price.to_string().into(),
+    );
+    if fee.atomic == 0 || fee_in_asset(fee.fee_token.as_deref(), &offer.asset) {
+        proof.fee_atomic = fee.atomic;
+    }
 }
 
 /// The hash the signed Tempo transaction in a recorded proof will have once mined, to settle a
@@ -300,6 +395,24 @@ pub async fn prove(offer: &Offer, wallet: &TempoWallet, now: u64) -> Result<Proo
 /// not a transaction credential, or a fee-payer envelope (`0x78`) that the seller co-signs, which
 /// changes the hash.
 pub fn transaction_hash(proof: &Proof) -> Result<B256, String> {
+    let bytes = signed_transaction(proof)?;
+    match bytes.first() {
+        None => Err("the signed transaction is empty".to_owned()),
+        Some(&FEE_PAYER_ENVELOPE) => Err(
+            "the transaction is a fee-payer envelope; its hash is known only once the seller \
+             co-signs it"
+                .to_owned(),
+        ),
+        Some(_) => Ok(keccak256(&bytes)),
+    }
+}
+
+/// The first byte of a fee-payer envelope: a transaction whose fee the seller pays (and
+/// co-signs, which changes its hash).
+const FEE_PAYER_ENVELOPE: u8 = 0x78;
+
+/// The bytes of the signed Tempo transaction a recorded charge credential carries.
+fn signed_transaction(proof: &Proof) -> Result<Vec<u8>, String> {
     let (_, value) = proof
         .headers
         .iter()
@@ -316,17 +429,126 @@ pub fn transaction_hash(proof: &Proof) -> Result<B256, String> {
     let signed = payload
         .signed_tx()
         .ok_or("the credential carries no signed transaction")?;
-    let bytes = hex::decode(signed.trim_start_matches("0x"))
-        .map_err(|_| "the signed transaction is not hex")?;
-    match bytes.first() {
-        None => Err("the signed transaction is empty".to_owned()),
-        Some(0x78) => Err(
-            "the transaction is a fee-payer envelope; its hash is known only once the seller \
-             co-signs it"
-                .to_owned(),
-        ),
-        Some(_) => Ok(keccak256(&bytes)),
-    }
+    hex::decode(signed.trim_start_matches("0x"))
+        .map_err(|_| "the signed transaction is not hex".to_owned())
+}
+
+// Fees. A Tempo transaction's fee is paid in a TIP-20 stablecoin (its `fee_token`; the mpp
+// crate names the charged currency), not in a native coin: gas prices are in attodollars
+// (10^-18 USD) per gas, and the fee in the token's atomic units (6 decimals, micro-dollars)
+// is `ceil(gas × price / 10^12)` (tempo-primitives' `calc_gas_balance_spending`). Before the
+// transaction runs the chain takes the most it can cost (`gas_limit × max_fee_per_gas`); after,
+// it refunds all but `gas_used × effective_gas_price`. So the buyer pays amount + fee, and
+// both are held and charged against the budgets.
+
+/// Attodollars per atomic unit of a 6-decimal TIP-20 token.
+const GAS_PRICE_SCALE: u128 = 1_000_000_000_000;
+
+/// The fee, in atomic units of the fee token, of `gas` at `price` attodollars per gas,
+/// rounded up as the chain rounds it.
+pub fn fee_atomic(gas: u64, price: u128) -> u128 {
+    let fee = U256::from(gas)
+        .saturating_mul(U256::from(price))
+        .div_ceil(U256::from(GAS_PRICE_SCALE));
+    u128::try_from(fee).unwrap_or(u128::MAX)
+}
+
+/// The most the signed transaction of a charge credential can cost in fees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeeBound {
+    /// In atomic units of `fee_token` (0 when the seller pays the fee).
+    pub atomic: u128,
+    /// The token the fee is paid in; `None` for a fee-payer envelope (the seller's choice).
+    pub fee_token: Option<String>,
+}
+
+/// The most the credential's transaction can cost in fees: `gas_limit × max_fee_per_gas`,
+/// scaled. A fee-payer envelope (`0x78`) costs the buyer no fee.
+pub fn fee_bound(proof: &Proof) -> Result<FeeBound, String> {
+    use tempo_alloy::primitives::AASigned;
+    use tempo_alloy::primitives::transaction::TEMPO_TX_TYPE_ID;
+    let bytes = signed_transaction(proof)?;
+    let body = match bytes.split_first() {
+        Some((&FEE_PAYER_ENVELOPE, _)) => {
+            return Ok(FeeBound {
+                atomic: 0,
+                fee_token: None,
+            });
+        }
+        Some((&TEMPO_TX_TYPE_ID, body)) => body,
+        _ => return Err("the signed transaction is not a Tempo transaction (0x76)".to_owned()),
+    };
+    let signed = AASigned::rlp_decode(&mut &body[..])
+        .map_err(|e| format!("the signed Tempo transaction cannot be decoded ({e})"))?;
+    let tx = signed.tx();
+    Ok(FeeBound {
+        atomic: fee_atomic(tx.gas_limit, tx.max_fee_per_gas),
+        fee_token: tx.fee_token.map(|t| t.to_string().to_ascii_lowercase()),
+    })
+}
+
+/// What a mined charge's fee cost the buyer, read from its transaction receipt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fee {
+    /// In atomic units of `fee_token`; 0 when another account (a sponsor) paid it.
+    pub atomic: u128,
+    pub fee_token: Option<String>,
+    pub gas_used: u64,
+    /// Attodollars per gas.
+    pub effective_gas_price: u128,
+}
+
+/// The fee `payer` paid for a mined transaction, from its `eth_getTransactionReceipt`
+/// answer (`gasUsed`, `effectiveGasPrice`, and Tempo's `feeToken` and `feePayer`). A receipt
+/// without `feeToken` (anvil's Tempo mode leaves it out) paid in the token the signed
+/// transaction names, `signed_fee_token`.
+pub fn receipt_fee(
+    receipt: &Value,
+    payer: &str,
+    signed_fee_token: Option<&str>,
+) -> Result<Fee, String> {
+    let quantity = |key: &str| -> Result<u128, String> {
+        let text = receipt
+            .get(key)
+            .and_then(Value::as_str)
+            .ok_or_else(|| format!("the transaction receipt has no {key}"))?;
+        let digits = text
+            .strip_prefix("0x")
+            .ok_or_else(|| format!("the receipt's {key} is not a hex quantity"))?;
+        u128::from_str_radix(digits, 16).map_err(|_| {
+            format!(
+                "the receipt's {key} {:?} is not a hex quantity",
+                excerpt(text)
+            )
+        })
+    };
+    let gas_used = u64::try_from(quantity("gasUsed")?)
+        .map_err(|_| "the receipt's gasUsed does not fit in 64 bits".to_owned())?;
+    let effective_gas_price = quantity("effectiveGasPrice")?;
+    let fee_token = receipt
+        .get("feeToken")
+        .and_then(Value::as_str)
+        .or(signed_fee_token)
+        .map(str::to_ascii_lowercase);
+    let sponsored = receipt
+        .get("feePayer")
+        .and_then(Value::as_str)
+        .is_some_and(|fee_payer| !fee_payer.eq_ignore_ascii_case(payer));
+    Ok(Fee {
+        atomic: if sponsored || fee_token.is_none() {
+            0
+        } else {
+            fee_atomic(gas_used, effective_gas_price)
+        },
+        fee_token,
+        gas_used,
+        effective_gas_price,
+    })
+}
+
+/// Whether a fee in `fee_token` is counted in the charged asset `asset` (the same token).
+pub fn fee_in_asset(fee_token: Option<&str>, asset: &str) -> bool {
+    fee_token.is_some_and(|t| t.eq_ignore_ascii_case(asset))
 }
 
 /// The seller's `Payment-Receipt`, as JSON (`status`, `method`, `timestamp`, `reference`, …):
@@ -654,25 +876,152 @@ mod tests {
         assert_eq!(problem(&headers, body), None);
     }
 
-    #[test]
-    fn a_recorded_credential_names_its_transactions_hash() {
+    /// A recorded charge credential carrying `raw` as its signed transaction.
+    fn proof_of(raw: &str) -> Proof {
         use mpp::protocol::core::{PaymentCredential, PaymentPayload};
         let (offers, _, _) = read(&[&charge("t1", "10", None)], b"", None);
         let challenge: PaymentChallenge = serde_json::from_value(offers[0].raw.clone()).unwrap();
-        let proof_of = |raw: &str| {
-            let credential =
-                PaymentCredential::new(challenge.to_echo(), PaymentPayload::transaction(raw));
-            let value = format_authorization(&credential).unwrap();
-            Proof {
-                headers: vec![(
-                    HeaderName::from_static("authorization"),
-                    HeaderValue::from_str(&value).unwrap(),
-                )],
-                payer: "0x0".into(),
-                valid_before: 0,
-                ..Proof::default()
-            }
+        let credential =
+            PaymentCredential::new(challenge.to_echo(), PaymentPayload::transaction(raw));
+        let value = format_authorization(&credential).unwrap();
+        Proof {
+            headers: vec![(
+                HeaderName::from_static("authorization"),
+                HeaderValue::from_str(&value).unwrap(),
+            )],
+            payer: "0x0".into(),
+            valid_before: 0,
+            ..Proof::default()
+        }
+    }
+
+    /// A signed Tempo transaction (0x76) with these fee fields, as hex.
+    fn signed_tx(gas_limit: u64, max_fee_per_gas: u128, fee_token: &str) -> String {
+        use alloy::primitives::Signature;
+        use tempo_alloy::primitives::TempoTransaction;
+        use tempo_alloy::primitives::transaction::Call;
+        use tempo_alloy::primitives::transaction::TempoSignature;
+        let token = fee_token.parse().unwrap();
+        let tx = TempoTransaction {
+            chain_id: 31337,
+            calls: vec![Call {
+                to: alloy::primitives::TxKind::Call(token),
+                value: U256::ZERO,
+                input: Default::default(),
+            }],
+            gas_limit,
+            max_fee_per_gas,
+            fee_token: Some(token),
+            ..Default::default()
         };
+        let signature = Signature::new(U256::from(1), U256::from(2), false);
+        let signed = tx.into_signed(TempoSignature::from(signature));
+        let mut bytes = vec![0x76];
+        signed.rlp_encode(&mut bytes);
+        format!("0x{}", hex::encode(bytes))
+    }
+
+    fn path_usd_offer() -> Offer {
+        Offer {
+            protocol: Protocol::Mpp,
+            scheme: INTENT.to_owned(),
+            network: "tempo:31337".to_owned(),
+            chain_id: Some(31337),
+            asset: PATH_USD.to_owned(),
+            amount_atomic: 10_000,
+            payee: "0x0000000000000000000000000000000000000002".to_owned(),
+            max_timeout_seconds: 60,
+            raw: Value::Null,
+            resource: None,
+            extensions: None,
+        }
+    }
+
+    #[test]
+    fn tempo_fees_are_gas_times_price_in_attodollars_rounded_up_to_token_units() {
+        // 35,238 gas at 21 gwei (20 base + 1 priority) ≈ 740 micro-dollars, rounded up.
+        assert_eq!(fee_atomic(35_238, 21_000_000_000), 740);
+        assert_eq!(fee_atomic(1, 1), 1);
+        assert_eq!(fee_atomic(0, 21_000_000_000), 0);
+        assert_eq!(fee_atomic(21_000, 1_000_000_000), 21);
+        assert_eq!(fee_atomic(u64::MAX, u128::MAX), u128::MAX);
+    }
+
+    #[test]
+    fn the_signed_transaction_bounds_the_fee_and_must_fit_the_limit() {
+        let proof = proof_of(&signed_tx(42_000, 41_000_000_000, PATH_USD));
+        let bound = fee_bound(&proof).unwrap();
+        assert_eq!(
+            bound.atomic, 1_722,
+            "42,000 gas × 41 gwei / 10^12, rounded up"
+        );
+        assert_eq!(bound.fee_token.as_deref(), Some(PATH_USD));
+        let offer = path_usd_offer();
+        assert_eq!(within_fee_limit(&proof, &offer, 5_000).unwrap(), bound);
+        let err = within_fee_limit(&proof, &offer, 1_000).unwrap_err();
+        assert!(
+            err.contains("1722") && err.contains("max_fee_atomic 1000"),
+            "{err}"
+        );
+        // A fee in another token than the charged one is not held right: not sent.
+        let other = proof_of(&signed_tx(
+            42_000,
+            41_000_000_000,
+            "0x20c0000000000000000000000000000000000001",
+        ));
+        let err = within_fee_limit(&other, &offer, 5_000).unwrap_err();
+        assert!(err.contains("not in the charged asset"), "{err}");
+        // The seller pays a fee-payer envelope's fee.
+        assert_eq!(fee_bound(&proof_of("0x78c0ffee")).unwrap().atomic, 0);
+        assert!(fee_bound(&proof_of("0x76c0ffee")).is_err());
+    }
+
+    #[test]
+    fn the_receipt_says_what_the_fee_cost_the_buyer() {
+        let payer = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8";
+        let receipt = json!({"status": "0x1", "gasUsed": "0x89a6", "effectiveGasPrice": "0x4e3b29200",
+                             "feeToken": PATH_USD, "feePayer": payer.to_lowercase()});
+        let fee = receipt_fee(&receipt, payer, None).unwrap();
+        assert_eq!(fee.gas_used, 0x89a6);
+        assert_eq!(fee.effective_gas_price, 21_000_000_000);
+        assert_eq!(fee.atomic, 740);
+        let mut proof = proof_of("0x76c0ffee");
+        proof.fee_atomic = 1_722;
+        record_fee(&mut proof, &path_usd_offer(), &fee);
+        assert_eq!(proof.fee_atomic, 740, "the actual fee replaces the bound");
+        assert_eq!(proof.details["fee_atomic"], "740");
+        assert_eq!(proof.details["gas_used"], 0x89a6);
+        // Paid by a sponsor: nothing for the buyer.
+        let mut sponsored = receipt.clone();
+        sponsored["feePayer"] = json!("0x0000000000000000000000000000000000000001");
+        assert_eq!(receipt_fee(&sponsored, payer, None).unwrap().atomic, 0);
+        // Without feeToken (anvil), the signed transaction's fee token paid.
+        let mut anvil = receipt.clone();
+        anvil.as_object_mut().unwrap().remove("feeToken");
+        assert_eq!(receipt_fee(&anvil, payer, None).unwrap().atomic, 0);
+        let fee = receipt_fee(&anvil, payer, Some(PATH_USD)).unwrap();
+        assert_eq!(
+            (fee.atomic, fee.fee_token.as_deref()),
+            (740, Some(PATH_USD))
+        );
+        // Unreadable fields are named.
+        let mut bad = receipt.clone();
+        bad["gasUsed"] = json!(35238);
+        assert!(
+            receipt_fee(&bad, payer, None)
+                .unwrap_err()
+                .contains("gasUsed")
+        );
+        bad.as_object_mut().unwrap().remove("gasUsed");
+        assert!(
+            receipt_fee(&bad, payer, None)
+                .unwrap_err()
+                .contains("no gasUsed")
+        );
+    }
+
+    #[test]
+    fn a_recorded_credential_names_its_transactions_hash() {
         let hash = transaction_hash(&proof_of("0x76c0ffee")).unwrap();
         assert_eq!(hash, keccak256([0x76, 0xc0, 0xff, 0xee]));
         let err = transaction_hash(&proof_of("0x78c0ffee")).unwrap_err();

@@ -55,9 +55,16 @@ pub fn read_offers(
     seller_error: &mut Option<String>,
 ) {
     if let Some(value) = headers.get("payment-required") {
+        const WHERE: &str = "x402 PAYMENT-REQUIRED header";
         match decode_header_json(value) {
-            Ok(json) => read_payment_required(2, &json, offers, problems, seller_error),
-            Err(reason) => problems.push(format!("x402 v2 PAYMENT-REQUIRED header: {reason}")),
+            // The reference client reads a header of either version by its `x402Version`.
+            Ok(json) => match known_version(&json, WHERE) {
+                Ok(version) => {
+                    read_payment_required(version, &json, offers, problems, seller_error)
+                }
+                Err(problem) => problems.push(problem),
+            },
+            Err(reason) => problems.push(format!("{WHERE}: {reason}")),
         }
     }
     // v1 puts the offer in the body; only a body that says it is x402 is read as one.
@@ -65,12 +72,32 @@ pub fn read_offers(
         && json.get("x402Version").is_some()
         && json.get("accepts").is_some()
     {
-        match json.get("x402Version").and_then(Value::as_u64) {
-            Some(1) => read_payment_required(1, &json, offers, problems, seller_error),
+        match known_version(&json, "x402 body") {
+            Ok(1) => read_payment_required(1, &json, offers, problems, seller_error),
             // A v2 seller may repeat the header's content in the body: read the header only.
-            Some(2) if headers.contains_key("payment-required") => {}
-            Some(2) => read_payment_required(2, &json, offers, problems, seller_error),
-            _ => problems.push("x402 body: x402Version is not 1 or 2".to_owned()),
+            Ok(_) if headers.contains_key("payment-required") => {}
+            Ok(version) => read_payment_required(version, &json, offers, problems, seller_error),
+            Err(problem) => problems.push(problem),
+        }
+    }
+}
+
+/// The message's `x402Version`, if it is one tollgate can pay (1 or 2). Any other version
+/// (3, `"2"`, 2.5, none) is a protocol tollgate does not know: its offers are not read, so
+/// they are never paid as if they were v2.
+fn known_version(json: &Value, place: &str) -> Result<u8, String> {
+    match json.get("x402Version") {
+        None => Err(format!(
+            "{place}: no `x402Version`; tollgate pays x402 versions 1 and 2 only"
+        )),
+        Some(Value::Number(n)) if n.as_u64() == Some(1) => Ok(1),
+        Some(Value::Number(n)) if n.as_u64() == Some(2) => Ok(2),
+        Some(other) => {
+            let shown: String = other.to_string().chars().take(40).collect();
+            Err(format!(
+                "{place}: x402Version {shown} is not supported (tollgate pays versions 1 and 2 \
+                 only); its offers were not read"
+            ))
         }
     }
 }
@@ -461,7 +488,48 @@ mod tests {
         let (_, problems) = read(&v2_header(json!({"x402Version": 2, "accepts": "x"})), b"");
         assert!(problems[0].contains("no `accepts`"), "{problems:?}");
         let (_, problems) = read(&v2_header(json!([1, 2])), b"");
-        assert!(problems[0].contains("no `accepts`"), "{problems:?}");
+        assert!(problems[0].contains("x402Version"), "{problems:?}");
+    }
+
+    #[test]
+    fn refuses_a_v2_header_of_an_unknown_x402_version() {
+        for version in [json!(3), json!(0), json!("2"), json!(null), json!(2.5)] {
+            let (offers, problems) = read(
+                &v2_header(json!({"x402Version": version, "accepts": [requirements()]})),
+                b"",
+            );
+            assert!(
+                offers.is_empty(),
+                "x402Version {version} was read as an offer"
+            );
+            assert!(
+                problems.len() == 1
+                    && problems[0].contains("x402Version")
+                    && problems[0].contains(&version.to_string()),
+                "x402Version {version}: {problems:?}"
+            );
+        }
+        let (offers, problems) = read(&v2_header(json!({"accepts": [requirements()]})), b"");
+        assert!(offers.is_empty());
+        assert!(problems[0].contains("no `x402Version`"), "{problems:?}");
+    }
+
+    #[test]
+    fn refuses_a_body_of_an_unknown_x402_version_naming_it() {
+        let mut r = requirements();
+        r["maxAmountRequired"] = json!("5000");
+        for version in [json!(7), json!("1")] {
+            let body = json!({"x402Version": version, "accepts": [r.clone()]});
+            let (offers, problems) = read(&HeaderMap::new(), body.to_string().as_bytes());
+            assert!(
+                offers.is_empty(),
+                "x402Version {version} was read as an offer"
+            );
+            assert!(
+                problems[0].contains("x402Version") && problems[0].contains(&version.to_string()),
+                "x402Version {version}: {problems:?}"
+            );
+        }
     }
 
     #[test]

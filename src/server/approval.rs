@@ -243,20 +243,22 @@ impl Tollgate {
             .approval
             .page
             .map(|addr| approval::page::url(addr, id));
-        let structured = json!({
-            "status": "approval_required",
-            "approval_id": id,
-            "approve_url": url,
-            "expires_at": rfc3339(expires_at),
-            "amount": UsdMicros(facts.amount_usd_micros).to_string(),
-            "amount_usd_micros": facts.amount_usd_micros,
-            "amount_in_asset": facts.amount_in_asset,
-            "payee": facts.payee,
-            "protocol": facts.protocol,
-            "network": facts.network,
-            "budget_left_after": facts.budget_left_usd_micros.map(|l| UsdMicros(l).to_string()),
-            "tool": tool.name,
-            "reason": facts.reason,
+        let structured = super::shapes::to_structured(&super::shapes::ApprovalRequired {
+            status: super::shapes::ApprovalRequiredStatus::ApprovalRequired,
+            approval_id: id.to_owned(),
+            approve_url: url.clone(),
+            expires_at: rfc3339(expires_at),
+            amount: UsdMicros(facts.amount_usd_micros).to_string(),
+            amount_usd_micros: facts.amount_usd_micros,
+            amount_in_asset: facts.amount_in_asset.clone(),
+            payee: facts.payee.clone(),
+            protocol: facts.protocol.clone(),
+            network: facts.network.clone(),
+            budget_left_after: facts
+                .budget_left_usd_micros
+                .map(|l| UsdMicros(l).to_string()),
+            tool: tool.name.clone(),
+            reason: facts.reason.clone(),
         });
         let page = match &url {
             Some(url) => format!(", or open {url}"),

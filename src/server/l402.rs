@@ -53,9 +53,17 @@ pub(super) fn challenged(headers: &reqwest::header::HeaderMap) -> bool {
     !l402::read_challenges(headers, &mut Vec::new()).is_empty()
 }
 
-/// What to hold against the budgets for a quote: its price, plus for L402 the most the routing
-/// fee may add (charged to the budget like the amount).
+/// What to hold against the budgets for a quote: its price, plus the most its fee may add
+/// (charged to the budget like the amount): for L402 the routing fee (`max_fee_msat`), for MPP
+/// the Tempo transaction fee paid in the charged stablecoin (`wallet.tempo.max_fee_atomic`).
 pub(super) fn hold_usd(quote: &Quote, payments: &Payments) -> UsdMicros {
+    if let (Some(tempo), crate::pay::Protocol::Mpp) = (&payments.tempo, quote.offer.protocol) {
+        let most = quote
+            .offer
+            .amount_atomic
+            .saturating_add(u128::from(tempo.max_fee_atomic()));
+        return quote.asset.to_usd_micros(most).unwrap_or(quote.usd);
+    }
     match (&payments.lightning, quote.offer.protocol) {
         (Some(lightning), crate::pay::Protocol::L402) => quote
             .asset
@@ -273,17 +281,22 @@ pub(super) fn with_token(mut request: UpstreamRequest, token: &PaidToken) -> Ups
 
 /// The `payment` of a result served on a kept token: nothing was paid for this call.
 pub(super) fn reused_payment(token: &PaidToken) -> Value {
-    json!({
-        "protocol": "l402",
-        "reused": true,
-        "amount_usd": "0",
-        "amount_usd_micros": 0,
-        "amount_msat": "0",
-        "payee": token.origin,
-        "payment_hash": token.payment_hash,
-        "receipt_id": format!("reused-{}", &token.payment_hash[..16.min(token.payment_hash.len())]),
-        "note": "served on an L402 token paid earlier (payment_hash); nothing was paid for this call",
-        "at": crate::money::rfc3339(now_unix()),
+    let short = token
+        .payment_hash
+        .get(..16)
+        .unwrap_or(token.payment_hash.as_str());
+    super::shapes::to_structured(&super::shapes::ReusedToken {
+        protocol: "l402".to_owned(),
+        reused: true,
+        amount_usd: "0".to_owned(),
+        amount_usd_micros: 0,
+        amount_msat: "0".to_owned(),
+        payee: token.origin.clone(),
+        payment_hash: token.payment_hash.clone(),
+        receipt_id: format!("reused-{short}"),
+        note: "served on an L402 token paid earlier (payment_hash); nothing was paid for this call"
+            .to_owned(),
+        at: crate::money::rfc3339(now_unix()),
     })
 }
 

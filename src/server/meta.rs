@@ -1,4 +1,6 @@
-//! tollgate's own tools (not from `tools/*.toml`): `price_check` for now.
+//! tollgate's own tools (not from `tools/*.toml`): `price_check`, `budget_status`,
+//! `list_receipts`, `delegate_budget`, `payment_status`. Their arguments and results are the
+//! types of [`super::shapes`], and their schemas are derived from those types.
 //!
 //! None of them can grant an approval or move money; `price_check` only makes the unpaid
 //! request and reports what the seller asks for.
@@ -6,11 +8,12 @@
 use std::sync::Arc;
 
 use rmcp::RoleServer;
-use rmcp::model::{CallToolResult, ContentBlock, Tool, ToolAnnotations};
+use rmcp::model::{CallToolResult, Tool, ToolAnnotations};
 use rmcp::service::RequestContext;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
-use super::{Progress, Tollgate, object, paid, tool_error};
+use super::shapes::{self, structured};
+use super::{Progress, Tollgate, tool_error};
 use crate::pay;
 use crate::upstream::{Answer, Reply};
 
@@ -22,137 +25,23 @@ pub const PAYMENT_STATUS: &str = "payment_status";
 
 /// The MCP tools tollgate adds.
 pub fn tools() -> Vec<Tool> {
-    let input = object(json!({
-        "type": "object",
-        "required": ["tool"],
-        "additionalProperties": false,
-        "properties": {
-            "tool": {"type": "string", "description": "name of the tool to price"},
-            "arguments": {"type": "object", "description": "the arguments you would call it with"}
-        }
-    }));
-    let output = object(json!({
-        "type": "object",
-        "required": ["tool", "status", "offers"],
-        "properties": {
-            "tool": {"type": "string"},
-            "status": {"enum": ["free", "payment_required"]},
-            "max_price_usd": {"type": ["string", "null"]},
-            "offers": {"type": "array", "items": {"type": "object", "properties": {
-                "protocol": {"type": "string"},
-                "version": {"type": "integer"},
-                "network": {"type": "string"},
-                "asset": {"type": "string"},
-                "amount_atomic": {"type": "string"},
-                "amount_usd": {"type": ["string", "null"]},
-                "payee": {"type": "string"},
-                "payable": {"type": "boolean"},
-                "reason": {"type": ["string", "null"]}
-            }}},
-            "unreadable": {"type": "array", "items": {"type": "string"}},
-            "would_pay": {"type": ["object", "null"]}
-        }
-    }));
+    use shapes::schema_of;
+    let input = schema_of::<shapes::PriceCheckArguments>();
+    let output = schema_of::<shapes::PriceCheck>();
     let mut annotations = ToolAnnotations::new();
     annotations.read_only_hint = Some(true);
     annotations.open_world_hint = Some(true);
     let mut local = ToolAnnotations::new();
     local.read_only_hint = Some(true);
     local.open_world_hint = Some(false);
-    let no_input =
-        object(json!({"type": "object", "properties": {}, "additionalProperties": false}));
-    let status_output = object(json!({
-        "type": "object",
-        "required": ["caller", "per_call_usd", "caps"],
-        "properties": {
-            "caller": {"type": "string"},
-            "per_call_usd": {"type": "string"},
-            "max_per_call_usd": {"type": ["string", "null"]},
-            "caps": {"type": "array", "items": {"type": "object", "properties": {
-                "cap": {"type": "string"},
-                "window_seconds": {"type": ["integer", "null"]},
-                "limit_usd": {"type": "string"},
-                "spent_usd": {"type": "string"},
-                "reserved_usd": {"type": "string"},
-                "remaining_usd": {"type": "string"}
-            }}}
-        }
-    }));
-    let receipts_input = object(json!({
-        "type": "object",
-        "additionalProperties": false,
-        "properties": {
-            "since": {"type": "integer", "minimum": 0, "description": "unix seconds"},
-            "limit": {"type": "integer", "minimum": 1, "maximum": 1000, "description": "default 50"}
-        }
-    }));
-    let receipts_output = object(json!({
-        "type": "object",
-        "required": ["receipts"],
-        "properties": {"receipts": {"type": "array", "items": {"type": "object"}}, "note": {"type": "string"}}
-    }));
-    let delegate_input = object(json!({
-        "type": "object",
-        "required": ["budget_usd_micros"],
-        "additionalProperties": false,
-        "properties": {
-            "budget_usd_micros": {"type": "integer", "minimum": 1,
-                "description": "the most the sub-agent may spend in total, in micro-USD (1 USD = 1000000); capped at what you have left"},
-            "lifetime_seconds": {"type": "integer", "minimum": 1,
-                "description": "how long the credential lives (never beyond your own)"},
-            "tools": {"type": "array", "items": {"type": "string"}, "minItems": 1,
-                "description": "the only tools it may pay for (default: all you may)"},
-            "hosts": {"type": "array", "items": {"type": "string"}, "minItems": 1,
-                "description": "the only upstream hosts it may pay (default: all you may)"},
-            "max_per_call_usd_micros": {"type": "integer", "minimum": 0,
-                "description": "the most one of its calls may pay"},
-            "approve_above_usd_micros": {"type": "integer", "minimum": 0,
-                "description": "a payment above this needs a person's approval"},
-            "label": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,55}$",
-                "description": "a name for the sub-agent's budget (shown in budget trees; a random suffix is added)"}
-        }
-    }));
-    let delegate_output = object(json!({
-        "type": "object",
-        "required": ["token", "label", "effective"],
-        "properties": {
-            "token": {"type": "string", "description": "the sub-agent's credential: pass it as _meta[\"tollgate/token\"] or TOLLGATE_TOKEN"},
-            "label": {"type": "string"},
-            "effective": {"type": "object", "properties": {
-                "budget_usd": {"type": "string"},
-                "budget_usd_micros": {"type": "integer"},
-                "expires_at": {"type": ["string", "null"]},
-                "tools": {"type": ["array", "null"], "items": {"type": "string"}},
-                "hosts": {"type": ["array", "null"], "items": {"type": "string"}},
-                "max_per_call_usd": {"type": ["string", "null"]},
-                "approve_above_usd": {"type": ["string", "null"]}
-            }},
-            "your_remaining_usd": {"type": ["string", "null"]},
-            "note": {"type": "string"}
-        }
-    }));
-    let status_input = object(json!({
-        "type": "object",
-        "required": ["approval_id"],
-        "additionalProperties": false,
-        "properties": {
-            "approval_id": {"type": "string", "description": "the approval_id of an approval_required result"}
-        }
-    }));
-    let status_of_approval = object(json!({
-        "type": "object",
-        "required": ["approval_id", "state"],
-        "properties": {
-            "approval_id": {"type": "string"},
-            "state": {"enum": ["pending", "approved", "denied", "expired", "used"]},
-            "tool": {"type": "string"},
-            "amount_usd": {"type": "string"},
-            "expires_at": {"type": "string"},
-            "decided_by": {"type": ["string", "null"]},
-            "facts": {"type": "object"},
-            "next": {"type": "string"}
-        }
-    }));
+    let no_input = schema_of::<shapes::NoArguments>();
+    let status_output = schema_of::<shapes::BudgetStatus>();
+    let receipts_input = schema_of::<shapes::ListReceiptsArguments>();
+    let receipts_output = schema_of::<shapes::Receipts>();
+    let delegate_input = schema_of::<shapes::DelegateArguments>();
+    let delegate_output = schema_of::<shapes::Delegated>();
+    let status_input = schema_of::<shapes::PaymentStatusArguments>();
+    let status_of_approval = schema_of::<shapes::PaymentStatus>();
     let mut delegating = ToolAnnotations::new();
     delegating.read_only_hint = Some(false);
     delegating.destructive_hint = Some(false);
@@ -237,38 +126,40 @@ impl Tollgate {
                 };
                 let payments = &self.payments;
                 if name == DELEGATE_BUDGET {
-                    return Some(
-                        match tokio::task::block_in_place(|| {
+                    let delegated = shapes::arguments(arguments).and_then(|arguments| {
+                        tokio::task::block_in_place(|| {
                             delegate_budget(payments, &self.catalog, caller.as_ref(), arguments)
-                        }) {
-                            Ok(value) => {
-                                let mut result = CallToolResult::success(vec![ContentBlock::text(
-                                    value.to_string(),
-                                )]);
-                                result.structured_content = Some(value);
-                                result
-                            }
-                            Err(reason) => tool_error(format!(
-                                "delegate_budget: {reason}; no credential was minted"
-                            )),
-                        },
-                    );
+                        })
+                    });
+                    return Some(match delegated {
+                        Ok(value) => structured(&value),
+                        Err(reason) => tool_error(format!(
+                            "delegate_budget: {reason}; no credential was minted"
+                        )),
+                    });
                 }
-                let value = tokio::task::block_in_place(|| {
-                    if name == BUDGET_STATUS {
-                        budget_status(payments, caller.as_ref())
-                    } else {
+                let read = |e: crate::ledger::LedgerError| {
+                    tool_error(format!("{name}: the ledger could not be read: {e}"))
+                };
+                Some(if name == BUDGET_STATUS {
+                    if let Err(reason) = shapes::arguments::<shapes::NoArguments>(arguments) {
+                        return Some(tool_error(format!("{name}: {reason}")));
+                    }
+                    match tokio::task::block_in_place(|| budget_status(payments, caller.as_ref())) {
+                        Ok(value) => structured(&value),
+                        Err(e) => read(e),
+                    }
+                } else {
+                    let arguments = match shapes::arguments(arguments) {
+                        Ok(arguments) => arguments,
+                        Err(reason) => return Some(tool_error(format!("{name}: {reason}"))),
+                    };
+                    match tokio::task::block_in_place(|| {
                         list_receipts(payments, caller.as_ref(), arguments)
+                    }) {
+                        Ok(value) => structured(&value),
+                        Err(e) => read(e),
                     }
-                });
-                Some(match value {
-                    Ok(value) => {
-                        let mut result =
-                            CallToolResult::success(vec![ContentBlock::text(value.to_string())]);
-                        result.structured_content = Some(value);
-                        result
-                    }
-                    Err(e) => tool_error(format!("{name}: the ledger could not be read: {e}")),
                 })
             }
             _ => None,
@@ -280,18 +171,16 @@ impl Tollgate {
         arguments: &Map<String, Value>,
         context: &RequestContext<RoleServer>,
     ) -> CallToolResult {
-        let Some(name) = arguments.get("tool").and_then(Value::as_str) else {
-            return tool_error(
-                "price_check needs `tool`: the name of the tool to price".to_owned(),
-            );
+        let shapes::PriceCheckArguments {
+            tool: name,
+            arguments: tool_args,
+        } = match shapes::arguments(arguments) {
+            Ok(arguments) => arguments,
+            Err(reason) => return tool_error(format!("price_check: {reason}")),
         };
+        let name = name.as_str();
         let Some(tool) = self.catalog.get(name) else {
             return tool_error(format!("price_check: there is no tool `{name}`"));
-        };
-        let tool_args = match arguments.get("arguments") {
-            None => Map::new(),
-            Some(Value::Object(map)) => map.clone(),
-            Some(_) => return tool_error("price_check: `arguments` must be an object".to_owned()),
         };
         let (request, _) = match Self::prepare(tool, tool_args) {
             Ok(prepared) => prepared,
@@ -320,35 +209,40 @@ impl Tollgate {
                     .map(|o| pay::judge(o, &rules))
                     .collect();
                 let best = pay::choose(&challenge, &rules).ok();
-                json!({
-                    "tool": name,
-                    "status": "payment_required",
-                    "max_price_usd": max,
-                    "offers": judged.iter().map(paid::judgement_json).collect::<Vec<_>>(),
-                    "unreadable": challenge.problems,
-                    "would_pay": best.map(|q| json!({
-                        "protocol": q.offer.protocol.name(),
-                        "network": q.offer.network,
-                        "amount_usd": q.usd.decimal(),
-                    })),
-                })
+                shapes::PriceCheck {
+                    tool: name.to_owned(),
+                    status: shapes::PriceStatus::PaymentRequired,
+                    max_price_usd: max,
+                    offers: judged.iter().map(shapes::OfferView::from).collect(),
+                    unreadable: challenge.problems,
+                    would_pay: best.map(|q| shapes::WouldPay {
+                        protocol: q.offer.protocol.name().to_owned(),
+                        network: q.offer.network.clone(),
+                        amount_usd: q.usd.decimal(),
+                    }),
+                }
             }
-            _ => json!({"tool": name, "status": "free", "max_price_usd": max, "offers": []}),
+            _ => shapes::PriceCheck {
+                tool: name.to_owned(),
+                status: shapes::PriceStatus::Free,
+                max_price_usd: max,
+                offers: Vec::new(),
+                unreadable: Vec::new(),
+                would_pay: None,
+            },
         };
-        let mut result = CallToolResult::success(vec![ContentBlock::text(value.to_string())]);
-        result.structured_content = Some(value);
-        result
+        structured(&value)
     }
 }
 
 fn budget_status(
     payments: &super::Payments,
     caller: Option<&crate::budget::credential::Credential>,
-) -> Result<Value, crate::ledger::LedgerError> {
+) -> Result<shapes::BudgetStatus, crate::ledger::LedgerError> {
     let caps = payments.caps(caller);
     let status = payments.ledger.status(&caps, crate::money::now_unix())?;
     let usd = |micros: u64| crate::money::UsdMicros(micros).decimal();
-    let caps: Vec<Value> = status
+    let caps: Vec<shapes::CapStatus> = status
         .iter()
         .map(|s| {
             let cap = match s.key.as_str() {
@@ -360,35 +254,36 @@ fn budget_status(
                     None => key.to_owned(),
                 },
             };
-            json!({
-                "cap": cap,
-                "window_seconds": s.window_secs,
-                "limit_usd": usd(s.limit_usd_micros),
-                "spent_usd": usd(s.spent_usd_micros),
-                "reserved_usd": usd(s.reserved_usd_micros),
-                "remaining_usd": usd(s.remaining_usd_micros),
-            })
+            shapes::CapStatus {
+                cap,
+                window_seconds: s.window_secs,
+                limit_usd: usd(s.limit_usd_micros),
+                spent_usd: usd(s.spent_usd_micros),
+                reserved_usd: usd(s.reserved_usd_micros),
+                remaining_usd: usd(s.remaining_usd_micros),
+            }
         })
         .collect();
-    Ok(json!({
-        "caller": caller.map_or_else(|| "no credential (the owner's policy alone)".to_owned(), |c| c.token.fingerprint()),
-        "per_call_usd": payments.policy.per_call.decimal(),
-        "max_per_call_usd": caller.and_then(|c| c.restrictions.max_per_call()).map(|u| u.decimal()),
-        "caps": caps,
-    }))
+    Ok(shapes::BudgetStatus {
+        caller: caller.map_or_else(
+            || "no credential (the owner's policy alone)".to_owned(),
+            |c| c.token.fingerprint(),
+        ),
+        per_call_usd: payments.policy.per_call.decimal(),
+        max_per_call_usd: caller
+            .and_then(|c| c.restrictions.max_per_call())
+            .map(|u| u.decimal()),
+        caps,
+    })
 }
 
 fn list_receipts(
     payments: &super::Payments,
     caller: Option<&crate::budget::credential::Credential>,
-    arguments: &Map<String, Value>,
-) -> Result<Value, crate::ledger::LedgerError> {
-    let since = arguments.get("since").and_then(Value::as_u64);
-    let limit = arguments
-        .get("limit")
-        .and_then(Value::as_u64)
-        .unwrap_or(50)
-        .clamp(1, 1000) as usize;
+    arguments: shapes::ListReceiptsArguments,
+) -> Result<shapes::Receipts, crate::ledger::LedgerError> {
+    let since = arguments.since;
+    let limit = arguments.limit.unwrap_or(50).clamp(1, 1000) as usize;
     let (rows, note) = match caller {
         None => (payments.ledger.all_receipts(since, limit)?, None),
         Some(c) => match c.budgets.last() {
@@ -404,15 +299,14 @@ fn list_receipts(
             ),
         },
     };
-    let receipts: Vec<Value> = rows
+    let receipts = rows
         .iter()
         .filter_map(|r| serde_json::from_str(&r.json).ok())
         .collect();
-    let mut value = json!({"receipts": receipts});
-    if let Some(note) = note {
-        value["note"] = json!(note);
-    }
-    Ok(value)
+    Ok(shapes::Receipts {
+        receipts,
+        note: note.map(str::to_owned),
+    })
 }
 
 /// Mints a child of the caller's credential. Every limit is a caveat appended to the caller's
@@ -422,8 +316,8 @@ fn delegate_budget(
     payments: &super::Payments,
     catalog: &crate::catalog::Catalog,
     caller: Option<&crate::budget::credential::Credential>,
-    arguments: &Map<String, Value>,
-) -> Result<Value, String> {
+    arguments: shapes::DelegateArguments,
+) -> Result<shapes::Delegated, String> {
     use crate::budget::caveat::{Caveat, is_label};
     use crate::budget::credential::Credential;
     use crate::money::{UsdMicros, now_unix, rfc3339};
@@ -436,31 +330,15 @@ fn delegate_budget(
     let Some(root) = payments.root.as_ref() else {
         return Err("this tollgate has no root key (`tollgate init`)".to_owned());
     };
-    let integer = |key: &str| -> Result<Option<u64>, String> {
-        match arguments.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .map(Some)
-                .ok_or_else(|| format!("`{key}` must be a non-negative integer")),
+    let list = |key: &str, items: Option<Vec<String>>| -> Result<Option<Vec<String>>, String> {
+        match items {
+            Some(items) if items.is_empty() || items.len() > 256 => {
+                Err(format!("`{key}` must be a list of 1 to 256 strings"))
+            }
+            items => Ok(items),
         }
     };
-    let list = |key: &str| -> Result<Option<Vec<String>>, String> {
-        match arguments.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::Array(items)) if !items.is_empty() && items.len() <= 256 => items
-                .iter()
-                .map(|i| {
-                    i.as_str()
-                        .map(str::to_owned)
-                        .ok_or_else(|| format!("`{key}` must be a list of strings"))
-                })
-                .collect::<Result<Vec<_>, _>>()
-                .map(Some),
-            Some(_) => Err(format!("`{key}` must be a non-empty list of strings")),
-        }
-    };
-    let requested = integer("budget_usd_micros")?
+    let requested = Some(arguments.budget_usd_micros)
         .filter(|b| *b > 0)
         .ok_or("`budget_usd_micros` is required: a positive integer (1 USD = 1000000)")?;
     let now = now_unix();
@@ -479,13 +357,13 @@ fn delegate_budget(
     // A random suffix makes this child's budget its own even when a sibling has the same label
     // and the same limits (a budget's key comes from the chain of caveats up to it).
     let suffix = hex::encode(rand::random::<[u8; 4]>());
-    let label = match arguments.get("label") {
-        None | Some(Value::Null) => format!("sub.{suffix}"),
-        Some(Value::String(l)) if is_label(l) && l.len() <= 55 => format!("{l}.{suffix}"),
+    let label = match &arguments.label {
+        None => format!("sub.{suffix}"),
+        Some(l) if is_label(l) && l.len() <= 55 => format!("{l}.{suffix}"),
         Some(_) => return Err("`label` must be 1-55 characters of [A-Za-z0-9_.-]".to_owned()),
     };
     let mut caveats = vec![format!("label = {label}")];
-    if let Some(tools) = list("tools")? {
+    if let Some(tools) = list("tools", arguments.tools)? {
         for tool in &tools {
             if catalog.get(tool).is_none() {
                 return Err(format!("there is no tool `{tool}`"));
@@ -496,16 +374,16 @@ fn delegate_budget(
         }
         caveats.push(format!("tools = {}", tools.join(",")));
     }
-    if let Some(hosts) = list("hosts")? {
+    if let Some(hosts) = list("hosts", arguments.hosts)? {
         caveats.push(format!("hosts = {}", hosts.join(",")));
     }
-    if let Some(cap) = integer("max_per_call_usd_micros")? {
+    if let Some(cap) = arguments.max_per_call_usd_micros {
         caveats.push(format!("max_per_call_usd_micros <= {cap}"));
     }
-    if let Some(cap) = integer("approve_above_usd_micros")? {
+    if let Some(cap) = arguments.approve_above_usd_micros {
         caveats.push(format!("approve_above_usd_micros <= {cap}"));
     }
-    if let Some(secs) = integer("lifetime_seconds")? {
+    if let Some(secs) = arguments.lifetime_seconds {
         if secs == 0 {
             return Err("`lifetime_seconds` must be at least 1".to_owned());
         }
@@ -527,38 +405,42 @@ fn delegate_budget(
     let r = &child.restrictions;
     let usd = |u: UsdMicros| u.decimal();
     tracing::info!(label = %label, budget = %UsdMicros(budget), "delegated a budget");
-    let mut value = json!({
-        "token": text,
-        "label": label,
-        "effective": {
-            "budget_usd": UsdMicros(budget).decimal(),
-            "budget_usd_micros": budget,
-            "expires_at": r.expires_before_unix_secs().map(rfc3339),
-            "tools": r.tools().map(|t| t.iter().cloned().collect::<Vec<_>>()),
-            "hosts": r.hosts().map(|h| h.iter().map(ToString::to_string).collect::<Vec<_>>()),
-            "max_per_call_usd": r.max_per_call().map(usd),
-            "approve_above_usd": r.approve_above().map(usd),
-        },
-        "your_remaining_usd": left.map(|l| UsdMicros(l).decimal()),
-    });
-    if budget < requested {
-        value["note"] = json!(format!(
+    let note = (budget < requested).then(|| {
+        format!(
             "you asked for {}, but only {} is left under your caps; the budget is {}",
             UsdMicros(requested),
             UsdMicros(budget),
             UsdMicros(budget)
-        ));
-    }
-    Ok(value)
+        )
+    });
+    Ok(shapes::Delegated {
+        token: text,
+        label,
+        effective: shapes::Effective {
+            budget_usd: UsdMicros(budget).decimal(),
+            budget_usd_micros: budget,
+            expires_at: r.expires_before_unix_secs().map(rfc3339),
+            tools: r.tools().map(|t| t.iter().cloned().collect()),
+            hosts: r
+                .hosts()
+                .map(|h| h.iter().map(ToString::to_string).collect()),
+            max_per_call_usd: r.max_per_call().map(usd),
+            approve_above_usd: r.approve_above().map(usd),
+        },
+        your_remaining_usd: left.map(|l| UsdMicros(l).decimal()),
+        note,
+    })
 }
 
 /// An approval's state, read-only (no tool can change it).
 fn payment_status(payments: &super::Payments, arguments: &Map<String, Value>) -> CallToolResult {
     use crate::ledger::ApprovalState;
     use crate::money::{UsdMicros, now_unix, rfc3339};
-    let Some(id) = arguments.get("approval_id").and_then(Value::as_str) else {
-        return tool_error("payment_status needs `approval_id`".to_owned());
+    let shapes::PaymentStatusArguments { approval_id: id } = match shapes::arguments(arguments) {
+        Ok(arguments) => arguments,
+        Err(reason) => return tool_error(format!("payment_status: {reason}")),
     };
+    let id = id.as_str();
     if !crate::approval::is_id(id) {
         return tool_error(format!(
             "payment_status: {:?} is not an approval id (ap_ followed by 32 hex digits)",
@@ -582,17 +464,14 @@ fn payment_status(payments: &super::Payments, arguments: &Map<String, Value>) ->
         ApprovalState::Expired => "expired; calling the tool again asks anew",
         ApprovalState::Used => "used: the payment was made; its receipt is in list_receipts",
     };
-    let value = json!({
-        "approval_id": approval.id,
-        "state": approval.state.as_str(),
-        "tool": approval.tool,
-        "amount_usd": UsdMicros(approval.amount_usd_micros).decimal(),
-        "expires_at": rfc3339(approval.expires_at),
-        "decided_by": approval.decided_by,
-        "facts": serde_json::from_str::<Value>(&approval.facts_json).unwrap_or(Value::Null),
-        "next": next,
-    });
-    let mut result = CallToolResult::success(vec![ContentBlock::text(value.to_string())]);
-    result.structured_content = Some(value);
-    result
+    structured(&shapes::PaymentStatus {
+        approval_id: approval.id.clone(),
+        state: approval.state.as_str().to_owned(),
+        tool: approval.tool.clone(),
+        amount_usd: UsdMicros(approval.amount_usd_micros).decimal(),
+        expires_at: rfc3339(approval.expires_at),
+        decided_by: approval.decided_by.clone(),
+        facts: serde_json::from_str::<Value>(&approval.facts_json).unwrap_or(Value::Null),
+        next: next.to_owned(),
+    })
 }

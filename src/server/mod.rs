@@ -14,6 +14,7 @@ mod approval;
 pub mod l402;
 mod meta;
 mod paid;
+mod shapes;
 mod tools;
 
 use std::sync::Arc;
@@ -248,14 +249,11 @@ fn success(tool: &HttpTool, answer: Answer, payment: Option<Value>) -> CallToolR
         Value::String(s) => s.clone(),
         other => other.to_string(),
     };
-    let mut structured = Map::new();
-    structured.insert("result".into(), result);
-    if let Some(payment) = payment {
+    if let Some(payment) = &payment {
         text.push_str(&format!("\n\n[payment receipt] {payment}"));
-        structured.insert("payment".into(), payment);
     }
     let mut out = CallToolResult::success(vec![ContentBlock::text(text)]);
-    out.structured_content = Some(Value::Object(structured));
+    out.structured_content = Some(shapes::to_structured(&shapes::Answered { result, payment }));
     out
 }
 
@@ -421,12 +419,4 @@ fn request_token(context: &RequestContext<RoleServer>) -> Option<String> {
         .get("tollgate/token")
         .and_then(Value::as_str)
         .map(str::to_owned)
-}
-
-/// The map inside a JSON object (empty for anything else).
-fn object(value: Value) -> Map<String, Value> {
-    match value {
-        Value::Object(map) => map,
-        _ => Map::new(),
-    }
 }

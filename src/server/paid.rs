@@ -598,6 +598,10 @@ impl Tollgate {
             }
             Ok(Reply { answer, headers }) => {
                 let settled = settlement(&quote, &headers);
+                let mut proof = proof;
+                if let (Protocol::Mpp, Some(wallet)) = (quote.offer.protocol, &payments.tempo) {
+                    pay::mpp::read_fee(&mut proof, &quote.offer, wallet).await;
+                }
                 let receipt = commit_receipt(
                     &*ledger,
                     reservation,
@@ -989,24 +993,6 @@ pub(super) fn describe(challenge: &Challenge) -> String {
     } else {
         format!("The seller asked for: {}", asked.join("; "))
     }
-}
-
-/// JSON view of an offer and its judgement (for `price_check`).
-pub(super) fn judgement_json(j: &Judgement) -> Value {
-    let o = &j.offer;
-    json!({
-        "protocol": o.protocol.name(),
-        "version": o.protocol.version(),
-        "scheme": o.scheme,
-        "network": o.network,
-        "asset": o.asset,
-        "asset_symbol": j.asset.as_ref().map(|a| a.symbol.clone()),
-        "amount_atomic": o.amount_atomic.to_string(),
-        "amount_usd": j.usd.map(|u| u.decimal()),
-        "payee": o.payee,
-        "payable": j.refusal.is_none(),
-        "reason": j.refusal.as_ref().map(ToString::to_string),
-    })
 }
 
 #[cfg(test)]

@@ -1,10 +1,11 @@
 //! Tool definitions → MCP `Tool`s, with an output schema that covers every success shape.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use rmcp::model::{Tool, ToolAnnotations};
 use serde_json::{Map, Value, json};
 
+use super::shapes;
 use crate::catalog::{APPROVAL_ID_ARGUMENT, HttpTool};
 
 /// The MCP view of an HTTP tool.
@@ -35,69 +36,73 @@ pub fn mcp_tool(tool: &HttpTool) -> Tool {
     out
 }
 
-/// `{result}`: `result` is the upstream answer (the tool's own output schema when it declares
-/// one, else any JSON or text).
+/// `{result[, payment]}` ([`shapes::Answered`]): `result` is the upstream answer (the tool's
+/// own output schema when it declares one). A tool that may pay can also answer
+/// [`shapes::ApprovalRequired`]. Both are derived from the types the results are built from.
 fn output_schema(tool: &HttpTool) -> Map<String, Value> {
-    let result = match &tool.output_schema {
-        Some(schema) => Value::Object(schema.clone()),
-        None => json!({ "description": "the upstream answer: JSON as sent, or text" }),
-    };
-    let mut properties = json!({ "result": result });
-    // Only a tool that may pay returns a receipt. The schema stays short: hundreds of tools
-    // repeat it in every tools/list.
-    if tool.max_price.is_some() {
-        properties["payment"] = json!({
-            "type": "object",
-            "description": "the receipt, when the call was paid: protocol, version, network, \
-                asset, asset_symbol, amount_atomic, amount_usd, amount_usd_micros, \
-                rate_usd_micros_per_unit, payee, payer, transaction, receipt_id, at",
-            "required": ["protocol", "amount_usd", "payee", "receipt_id"]
-        });
-        // A payment that waits for a person: the call returns this instead of a result.
-        for (key, schema) in [
-            ("status", json!({"const": "approval_required"})),
-            ("approval_id", json!({"type": "string"})),
-            ("approve_url", json!({"type": ["string", "null"]})),
-            ("expires_at", json!({"type": "string"})),
-            ("amount", json!({"type": "string"})),
-            ("amount_usd_micros", json!({"type": "integer"})),
-            ("amount_in_asset", json!({"type": "string"})),
-            ("payee", json!({"type": "string"})),
-            ("protocol", json!({"type": "string"})),
-            ("network", json!({"type": "string"})),
-            ("budget_left_after", json!({"type": ["string", "null"]})),
-            ("tool", json!({"type": "string"})),
-            ("reason", json!({"type": "string"})),
-        ] {
-            properties[key] = schema;
+    let base = base_schemas();
+    let mut answered = base.answered.clone();
+    if let Some(schema) = &tool.output_schema
+        && let Some(Value::Object(properties)) = answered.get_mut("properties")
+    {
+        properties.insert("result".to_owned(), Value::Object(schema.clone()));
+    }
+    if tool.max_price.is_none() {
+        // No payment, so no receipt: `result` alone.
+        if let Some(Value::Object(properties)) = answered.get_mut("properties") {
+            properties.remove("payment");
         }
-        let schema = json!({
-            "type": "object",
-            "description": "either {result[, payment]}, or, when a person must approve the \
-                payment first, {status: \"approval_required\", approval_id, approve_url, \
-                expires_at, amount, payee, tool, ...}: ask the person to run `tollgate approve \
-                <approval_id>` or open approve_url, then call again with the same arguments \
-                and approval_id",
-            "properties": properties,
-            "anyOf": [
-                {"required": ["result"]},
-                {"required": ["status", "approval_id", "expires_at", "amount", "payee", "tool"]}
-            ],
-        });
-        return match schema {
-            Value::Object(map) => map,
-            _ => Map::new(),
+        return answered;
+    }
+    let mut schema = Map::new();
+    schema.insert("type".into(), "object".into());
+    schema.insert(
+        "description".into(),
+        "either {result[, payment]}, or, when a person must approve the payment first, \
+         {status: \"approval_required\", approval_id, approve_url, expires_at, amount, payee, \
+         tool, ...}: ask the person to run `tollgate approve <approval_id>` or open approve_url, \
+         then call again with the same arguments and approval_id"
+            .into(),
+    );
+    schema.insert(
+        "anyOf".into(),
+        Value::Array(vec![
+            Value::Object(answered),
+            Value::Object(base.approval_required.clone()),
+        ]),
+    );
+    schema.insert("$defs".into(), Value::Object(base.defs.clone()));
+    schema
+}
+
+/// The schemas of a tool's two result shapes, without `$schema` and `$defs`, and their
+/// shared `$defs`.
+struct BaseSchemas {
+    answered: Map<String, Value>,
+    approval_required: Map<String, Value>,
+    defs: Map<String, Value>,
+}
+
+/// Derived once per process (hundreds of tools use them).
+fn base_schemas() -> &'static BaseSchemas {
+    static BASE: OnceLock<BaseSchemas> = OnceLock::new();
+    BASE.get_or_init(|| {
+        let mut defs = Map::new();
+        let mut strip = |mut schema: Map<String, Value>| {
+            schema.remove("$schema");
+            if let Some(Value::Object(more)) = schema.remove("$defs") {
+                defs.extend(more);
+            }
+            schema
         };
-    }
-    let schema = json!({
-        "type": "object",
-        "properties": properties,
-        "required": ["result"],
-    });
-    match schema {
-        Value::Object(map) => map,
-        _ => Map::new(),
-    }
+        let answered = strip(shapes::schema_of::<shapes::Answered>());
+        let approval_required = strip(shapes::schema_of::<shapes::ApprovalRequired>());
+        BaseSchemas {
+            answered,
+            approval_required,
+            defs,
+        }
+    })
 }
 
 /// A paid tool's input schema, plus the optional `approval_id` argument tollgate handles.

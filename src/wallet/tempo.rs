@@ -21,6 +21,11 @@ use mpp::client::tempo::signing::{KeychainVersion, TempoSigningMode};
 
 use super::{EvmWallet, WalletError};
 
+/// The longest JSON-RPC answer read from `wallet.tempo.rpc_url` (a receipt with its logs).
+const MAX_RPC_BYTES: usize = 1024 * 1024;
+/// How long one JSON-RPC call to `wallet.tempo.rpc_url` may take.
+const RPC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Environment variable holding a Tempo key (hex), when it differs from the EVM key.
 pub const TEMPO_KEY_ENV: &str = "TOLLGATE_TEMPO_KEY";
 
@@ -35,6 +40,22 @@ pub struct TempoConfig {
     /// Keychain mode: the Tempo account the key is an access key of (`0x…`). Omit to pay
     /// from the key's own address.
     pub account: Option<String>,
+    /// The most a charge's transaction fee may cost, in atomic units of the fee token (the
+    /// charged stablecoin, 6 decimals): held against the budgets with the amount, as
+    /// `lightning.max_fee_msat` is for L402. A transaction whose fee could exceed it is not
+    /// sent. Default [`DEFAULT_MAX_FEE_ATOMIC`] (0.05 USD).
+    #[serde(default = "default_max_fee_atomic")]
+    pub max_fee_atomic: u64,
+}
+
+/// The default `wallet.tempo.max_fee_atomic`: 0.05 of a 6-decimal stablecoin. The bound of a
+/// signed charge is `gas_limit × max_fee_per_gas`, and the mpp crate signs at 41 gwei with the
+/// node's gas estimate: anvil's Tempo mode estimates ≈ 789,000 gas for a TIP-20 transfer, a
+/// bound of 32,349 (0.032 USD), while the fee charged was 740.
+pub const DEFAULT_MAX_FEE_ATOMIC: u64 = 50_000;
+
+fn default_max_fee_atomic() -> u64 {
+    DEFAULT_MAX_FEE_ATOMIC
 }
 
 impl TempoConfig {
@@ -85,6 +106,10 @@ pub struct TempoWallet {
     payer: Address,
     chain_id: Option<u64>,
     keychain: bool,
+    max_fee_atomic: u64,
+    rpc_url: url::Url,
+    /// Built on first use: loading the system's roots costs ~30 ms that start-up need not pay.
+    http: std::sync::Arc<std::sync::OnceLock<reqwest::Client>>,
 }
 
 impl fmt::Debug for TempoWallet {
@@ -153,6 +178,9 @@ impl TempoWallet {
             payer: account.unwrap_or(own),
             chain_id: config.chain_id,
             keychain: account.is_some(),
+            max_fee_atomic: config.max_fee_atomic,
+            rpc_url: url,
+            http: Default::default(),
         })
     }
 
@@ -169,6 +197,56 @@ impl TempoWallet {
     /// Whether the key signs as an access key of another account.
     pub fn is_keychain(&self) -> bool {
         self.keychain
+    }
+
+    /// The most a charge's transaction fee may cost (`wallet.tempo.max_fee_atomic`).
+    pub fn max_fee_atomic(&self) -> u64 {
+        self.max_fee_atomic
+    }
+
+    /// The receipt of a mined transaction (`eth_getTransactionReceipt` on `wallet.tempo.rpc_url`):
+    /// `Ok(None)` while it is not mined. Errors name the failure, never the URL.
+    pub async fn transaction_receipt(
+        &self,
+        hash: alloy::primitives::B256,
+    ) -> Result<Option<serde_json::Value>, String> {
+        let body = serde_json::json!({"jsonrpc": "2.0", "id": 1,
+            "method": "eth_getTransactionReceipt", "params": [hash]});
+        let http = self.http.get_or_init(|| {
+            reqwest::Client::builder()
+                .timeout(RPC_TIMEOUT)
+                .build()
+                .unwrap_or_default()
+        });
+        let mut response = http
+            .post(self.rpc_url.clone())
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .map_err(|e| format!("the Tempo RPC could not be reached ({})", e.without_url()))?;
+        let mut bytes = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| format!("reading the Tempo RPC's answer: {}", e.without_url()))?
+        {
+            if bytes.len() + chunk.len() > MAX_RPC_BYTES {
+                return Err(format!(
+                    "the Tempo RPC's answer is over {MAX_RPC_BYTES} bytes"
+                ));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        let answer: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|_| "the Tempo RPC's answer is not JSON".to_owned())?;
+        if let Some(error) = answer.get("error") {
+            let text: String = error.to_string().chars().take(200).collect();
+            return Err(format!(
+                "the Tempo RPC refused eth_getTransactionReceipt: {text}"
+            ));
+        }
+        Ok(answer.get("result").filter(|r| !r.is_null()).cloned())
     }
 
     /// The mpp provider that builds and signs credentials (for `pay::mpp`).
@@ -188,6 +266,7 @@ mod tests {
             rpc_url: "http://127.0.0.1:8545".to_owned(),
             chain_id: Some(31337),
             account: account.map(str::to_owned),
+            max_fee_atomic: DEFAULT_MAX_FEE_ATOMIC,
         }
     }
 

@@ -21,6 +21,8 @@
 //   bait        the invoice is for BAIT_SATS, far above any sane cap
 //   reject      never accepts a token, paid or not (a seller that lost its root key)
 //   version     the challenges carry version="0" and token= instead of macaroon=
+//   garbled     the macaroon is base64 that is not a macaroon (it cannot be bound to the invoice)
+//   foreignid   a valid macaroon whose identifier is not aperture's (no payment hash in it)
 // Admin: POST /admin/rotate (new root key: every token issued so far is refused),
 //        GET /admin/stats ({challenges, served, refused}).
 import http from "node:http";
@@ -122,7 +124,13 @@ async function challenge(res, mode, service) {
   else if (mode === "expired") inv = await lnbitsInvoice(PRICE_SATS, 1);
   else inv = await lnbitsInvoice(mode === "bait" ? BAIT_SATS : PRICE_SATS);
   const idHash = mode === "wronghash" ? crypto.randomBytes(32).toString("hex") : inv.paymentHash;
-  const mac = mint(idHash, service);
+  let mac = mint(idHash, service);
+  if (mode === "garbled") mac = crypto.randomBytes(48).toString("base64");
+  if (mode === "foreignid") {
+    const m = macaroon.newMacaroon({ identifier: crypto.randomBytes(40), location: "lsat", rootKey, version: 2 });
+    m.addFirstPartyCaveat(`services=${service}:0`);
+    mac = Buffer.from(m.exportBinary()).toString("base64");
+  }
   if (mode === "expired") await new Promise((r) => setTimeout(r, 2100));
   const params =
     mode === "version"
