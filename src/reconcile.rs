@@ -65,8 +65,14 @@ pub struct Report {
 /// What the chain says about one payment whose outcome is unknown.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
-    /// It was paid (in this transaction, when the node can tell).
-    Paid(Option<String>),
+    /// Money moved: in `transaction` when the node can tell; costing `charged_usd_micros` when
+    /// the chain says (an MPP charge's fee, read from its transaction receipt), else the
+    /// amount held. `reverted`: the charge failed on chain, but its fee was still paid.
+    Paid {
+        transaction: Option<String>,
+        charged_usd_micros: Option<u64>,
+        reverted: bool,
+    },
     /// It can never be paid (reverted, or unused and expired): release it.
     Unpaid,
     /// Not decided yet (valid and unused): it stays unknown.
@@ -95,15 +101,29 @@ pub async fn verdict(
     let expired = payment.valid_before.is_some_and(|v| v <= now);
     if payment.protocol.starts_with("x402") {
         return Ok(match x402(client, rpc, payment).await? {
-            Some(transaction) => Verdict::Paid(transaction),
+            Some(transaction) => Verdict::Paid {
+                transaction,
+                charged_usd_micros: None,
+                reverted: false,
+            },
             None if expired => Verdict::Unpaid,
             None => Verdict::Open,
         });
     }
     if payment.protocol == "MPP" {
         return Ok(match mpp(client, rpc, payment).await? {
-            Mined::Success(transaction) => Verdict::Paid(Some(transaction)),
-            Mined::Reverted => Verdict::Unpaid,
+            Mined::Success(transaction, charged_usd_micros) => Verdict::Paid {
+                transaction: Some(transaction),
+                charged_usd_micros,
+                reverted: false,
+            },
+            // Reverted: the charge did not move, but the buyer paid the fee.
+            Mined::Reverted(transaction, Some(fee)) if fee > 0 => Verdict::Paid {
+                transaction: Some(transaction),
+                charged_usd_micros: Some(fee),
+                reverted: true,
+            },
+            Mined::Reverted(..) => Verdict::Unpaid,
             Mined::No if expired => Verdict::Unpaid,
             Mined::No => Verdict::Open,
         });
@@ -124,9 +144,14 @@ pub fn settle(
     now: u64,
 ) -> Result<Option<NewReceipt>, LedgerError> {
     match verdict {
-        Verdict::Paid(transaction) => {
-            let receipt = receipt(payment, transaction.clone(), now);
-            ledger.commit(payment.id, payment.amount_usd_micros, receipt.clone(), now)?;
+        Verdict::Paid {
+            transaction,
+            charged_usd_micros,
+            reverted,
+        } => {
+            let charged = charged_usd_micros.unwrap_or(payment.amount_usd_micros);
+            let receipt = receipt(payment, transaction.clone(), charged, *reverted, now);
+            ledger.commit(payment.id, charged, receipt.clone(), now)?;
             Ok(Some(receipt))
         }
         Verdict::Unpaid => ledger.release(payment.id, now).map(|()| None),
@@ -177,7 +202,7 @@ pub async fn reconcile(
             Ok(verdict) => {
                 tokio::task::block_in_place(|| settle(ledger, owner, &payment, &verdict, now))?;
                 match verdict {
-                    Verdict::Paid(_) => report.settled += 1,
+                    Verdict::Paid { .. } => report.settled += 1,
                     Verdict::Unpaid => report.released += 1,
                     Verdict::Open => report.pending += 1,
                 }
@@ -242,10 +267,12 @@ async fn x402(
     ))
 }
 
-/// Where an MPP payment's transaction is.
+/// Where an MPP payment's transaction is: mined (with what it cost in micro-USD, amount and
+/// fee, when the receipt and the recorded rate tell), reverted (with the fee it still cost),
+/// or not mined.
 enum Mined {
-    Success(String),
-    Reverted,
+    Success(String, Option<u64>),
+    Reverted(String, Option<u64>),
     No,
 }
 
@@ -270,10 +297,25 @@ async fn mpp(
         .ok_or("its proof is unreadable")?;
     let hash = crate::pay::mpp::transaction_hash(&proof)?;
     let answer = call(client, url, "eth_getTransactionReceipt", json!([hash])).await?;
-    Ok(match answer.get("status").and_then(Value::as_str) {
-        None => Mined::No,
-        Some("0x1") => Mined::Success(format!("{hash}")),
-        Some(_) => Mined::Reverted,
+    let status = answer.get("status").and_then(Value::as_str);
+    if status.is_none() {
+        return Ok(Mined::No);
+    }
+    // The fee the buyer paid, in the charged asset, from the receipt.
+    let signed = crate::pay::mpp::fee_bound(&proof)
+        .ok()
+        .and_then(|b| b.fee_token);
+    let asset = meta["asset"].as_str().unwrap_or_default();
+    let fee = crate::pay::mpp::receipt_fee(&answer, &proof.payer, signed.as_deref())
+        .ok()
+        .filter(|f| f.atomic == 0 || crate::pay::mpp::fee_in_asset(f.fee_token.as_deref(), asset))
+        .map(|f| f.atomic);
+    let amount: Option<u128> = meta["amount_atomic"].as_str().and_then(|a| a.parse().ok());
+    Ok(if status == Some("0x1") {
+        let charged = fee.zip(amount).and_then(|(f, a)| value(&meta, a.saturating_add(f)));
+        Mined::Success(format!("{hash}"), charged)
+    } else {
+        Mined::Reverted(format!("{hash}"), fee.and_then(|f| value(&meta, f)))
     })
 }
 
@@ -365,8 +407,28 @@ async fn call(
         .ok_or_else(|| format!("the node's answer to {method} has no result"))
 }
 
-/// A receipt for a payment found on chain after the fact.
-fn receipt(payment: &PendingPayment, transaction: Option<String>, now: u64) -> NewReceipt {
+/// `atomic` units of a payment's asset in micro-USD, at the rate and decimals recorded when it
+/// was reserved; `None` when they were not recorded.
+fn value(meta: &Value, atomic: u128) -> Option<u64> {
+    let asset = crate::pay::assets::Asset {
+        chain_id: 0,
+        address: String::new(),
+        symbol: String::new(),
+        decimals: u8::try_from(meta["decimals"].as_u64()?).ok()?,
+        usd_micros_per_unit: meta["rate_usd_micros_per_unit"].as_u64()?,
+    };
+    asset.to_usd_micros(atomic).map(|u| u.0)
+}
+
+/// A receipt for a payment found on chain after the fact: the price as recorded, and what it
+/// cost (`charged_usd_micros`, with a fee) when that differs.
+fn receipt(
+    payment: &PendingPayment,
+    transaction: Option<String>,
+    charged: u64,
+    reverted: bool,
+    now: u64,
+) -> NewReceipt {
     let meta: Value = serde_json::from_str(&payment.meta_json).unwrap_or(Value::Null);
     let payer = authorization(payment)
         .map(|(from, _)| from.to_string())
@@ -377,8 +439,13 @@ fn receipt(payment: &PendingPayment, transaction: Option<String>, now: u64) -> N
         None => (payment.protocol.to_ascii_lowercase(), 0),
     };
     let receipt_id = hex::encode(rand::random::<[u8; 12]>());
-    let usd = UsdMicros(payment.amount_usd_micros);
-    let json = json!({
+    let price = meta["amount_atomic"]
+        .as_str()
+        .and_then(|a| a.parse::<u128>().ok())
+        .and_then(|a| value(&meta, a))
+        .unwrap_or(payment.amount_usd_micros);
+    let usd = UsdMicros(if reverted { 0 } else { price });
+    let mut json = json!({
         "protocol": protocol,
         "version": version,
         "network": meta["network"],
@@ -394,6 +461,13 @@ fn receipt(payment: &PendingPayment, transaction: Option<String>, now: u64) -> N
         "tool": payment.tool,
         "reconciled": true,
     });
+    if charged != usd.0 {
+        json["charged_usd_micros"] = charged.into();
+    }
+    if reverted {
+        json["reverted"] = true.into();
+        json["note"] = "the charge reverted on chain; its transaction fee was still paid".into();
+    }
     NewReceipt {
         receipt_id,
         at: now,

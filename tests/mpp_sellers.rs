@@ -335,9 +335,10 @@ async fn payment_expired_gets_one_fresh_challenge_and_is_paid_once() {
 async fn an_unknown_outcome_is_settled_by_reconcile_from_the_transaction_on_chain() {
     let Some(peers) = peers().await else { return };
     let setup = Setup::new(&peers, &["tempo:31337"], &["pathUSD"]);
-    let (key, _) = peers.buyer(5);
+    let (key, payer) = peers.buyer(5);
     let recipient = peers.str("/mppx/recipient");
     let before = peers.path_usd(&recipient).await;
+    let payer_before = peers.path_usd(&payer).await;
 
     // The seller settles on chain but answers after tollgate has given up: outcome unknown.
     let result = call(&setup, &key, "hang_after_pay").await;
@@ -376,6 +377,13 @@ async fn an_unknown_outcome_is_settled_by_reconcile_from_the_transaction_on_chai
     let transaction = receipt["transaction"].as_str().unwrap();
     assert_eq!(peers.tx_status(transaction).await, "success");
     assert_eq!(peers.path_usd(&recipient).await, before + AMOUNT);
+    // Charged what the wallet lost: the amount and the transaction's fee, read from chain.
+    let lost = payer_before - peers.path_usd(&payer).await;
+    assert!(lost > AMOUNT, "the buyer paid a fee: {lost}");
+    assert_eq!(
+        receipts[0].amount_usd_micros as u128, lost,
+        "the ledger counts what the wallet lost: {receipt}"
+    );
     // The seller's own receipt names the same transaction.
     let log = peers.seller_log("mppx").await;
     let paid = log

@@ -441,6 +441,7 @@ impl Tollgate {
                     meta_json: json!({"network": quote.offer.network, "asset": quote.offer.asset,
                                       "amount_atomic": quote.offer.amount_atomic.to_string(),
                                       "rate_usd_micros_per_unit": quote.asset.usd_micros_per_unit,
+                                      "decimals": quote.asset.decimals,
                                       "arguments": arguments})
                     .to_string(),
                     lease: Some(lease),
@@ -698,7 +699,7 @@ impl Tollgate {
         let ledger = &payments.ledger;
         let written = blocking(|| reconcile::settle(&**ledger, &owner, payment, &verdict, now));
         match (&verdict, written) {
-            (Verdict::Paid(transaction), Ok(receipt)) => {
+            (Verdict::Paid { transaction, .. }, Ok(receipt)) => {
                 held.settled();
                 let receipt_id = receipt.map(|r| r.receipt_id).unwrap_or_default();
                 tracing::warn!(tool = %tool.name, receipt = %receipt_id,
