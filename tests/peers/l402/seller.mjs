@@ -157,7 +157,7 @@ const server = http.createServer(async (req, res) => {
       return res.end(JSON.stringify(stats));
     }
     const [mode, service] = parts;
-    const modes = ["normal", "expired", "amountless", "wronghash", "bait", "reject", "version"];
+    const modes = ["normal", "expired", "amountless", "wronghash", "bait", "reject", "version", "garbled", "foreignid"];
     if (!modes.includes(mode) || !service) {
       res.writeHead(404, { "Content-Type": "application/json" });
       return res.end(JSON.stringify({ error: `no such path; modes: ${modes.join(", ")}` }));
