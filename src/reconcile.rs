@@ -312,7 +312,9 @@ async fn mpp(
         .map(|f| f.atomic);
     let amount: Option<u128> = meta["amount_atomic"].as_str().and_then(|a| a.parse().ok());
     Ok(if status == Some("0x1") {
-        let charged = fee.zip(amount).and_then(|(f, a)| value(&meta, a.saturating_add(f)));
+        let charged = fee
+            .zip(amount)
+            .and_then(|(f, a)| value(&meta, a.saturating_add(f)));
         Mined::Success(format!("{hash}"), charged)
     } else {
         Mined::Reverted(format!("{hash}"), fee.and_then(|f| value(&meta, f)))
