@@ -453,11 +453,21 @@ impl Tollgate {
                         limit_usd_micros,
                         spent_usd_micros,
                         reserved_usd_micros,
+                        requested_usd_micros,
                         ..
                     }) => {
+                        // A fee bound (Lightning routing, Tempo gas) is held with the price.
+                        let with_fee = if requested_usd_micros > quote.usd.0 {
+                            format!(
+                                " (held with the most its fee may cost: {})",
+                                UsdMicros(requested_usd_micros)
+                            )
+                        } else {
+                            String::new()
+                        };
                         return tool_error(format!(
-                            "`{}` costs {}, which does not fit in {} (limit {}, spent {}, held for \
-                             calls in flight {}); nothing was paid",
+                            "`{}` costs {}{with_fee}, which does not fit in {} (limit {}, spent \
+                             {}, held for calls in flight {}); nothing was paid",
                             tool.name,
                             quote.usd,
                             describe_cap(&key),
