@@ -97,11 +97,23 @@ pub fn root_key() -> &'static RootKey {
     })
 }
 
-/// A scratch directory for this process (targets that can only read from a file).
+/// A scratch directory for this process (targets that can only read from a file):
+/// `$TOLLGATE_FUZZ_SCRATCH` (scripts/fuzz sets it and removes it after the run), else one under
+/// `/dev/shm` (a file written to disk here costs 2 ms, in memory 40 µs), else the temp dir.
 pub fn scratch_dir() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("tollgate-fuzz-{}", std::process::id()));
+        let dir = std::env::var_os("TOLLGATE_FUZZ_SCRATCH")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                let shm = PathBuf::from("/dev/shm");
+                let base = if shm.is_dir() {
+                    shm
+                } else {
+                    std::env::temp_dir()
+                };
+                base.join(format!("tollgate-fuzz-{}", std::process::id()))
+            });
         std::fs::create_dir_all(&dir).expect("create the scratch directory");
         dir
     })
