@@ -482,12 +482,15 @@ pub fn parse_www_authenticate(text: &str) -> Vec<(String, Vec<(String, String)>)
             *i += 1;
         }
     };
+    // Tokens are ASCII; they are cut from the bytes, never from `text`, because the skips
+    // below move by bytes and may stop inside a multi-byte character.
+    let ascii = |from: usize, to: usize| String::from_utf8_lossy(&bytes[from..to]).into_owned();
     let token = |i: &mut usize| -> String {
         let start = *i;
         while *i < bytes.len() && is_tchar(bytes[*i]) {
             *i += 1;
         }
-        text[start..*i].to_owned()
+        ascii(start, *i)
     };
     while i < bytes.len() {
         while i < bytes.len() && (bytes[i] == b',' || bytes[i] == b' ' || bytes[i] == b'\t') {
@@ -554,7 +557,7 @@ pub fn parse_www_authenticate(text: &str) -> Vec<(String, Vec<(String, String)>)
                 {
                     i += 1;
                 }
-                text[start..i].to_owned()
+                ascii(start, i)
             };
             params.push((name.to_ascii_lowercase(), value));
         }
@@ -855,6 +858,17 @@ mod tests {
         assert!(value.is_sensitive());
         let value = authorization("lsat", "AgEE", &preimage).unwrap();
         assert!(value.to_str().unwrap().starts_with("LSAT "));
+    }
+
+    #[test]
+    fn skips_non_ascii_text_between_challenges() {
+        // Found by the `l402` fuzz target: skipping a byte of a multi-byte character, then
+        // cutting a token at it, panicked.
+        assert!(parse_www_authenticate("\u{499}\u{b}").is_empty());
+        let parsed = parse_www_authenticate("é L402 macaroon=\"m\", invoice=lnbc1");
+        assert_eq!(parsed.len(), 1);
+        assert_eq!(parsed[0].0, "L402");
+        assert_eq!(parsed[0].1[1], ("invoice".to_owned(), "lnbc1".to_owned()));
     }
 
     #[test]
