@@ -121,6 +121,19 @@ enum Command {
         #[command(subcommand)]
         command: WalletCommand,
     },
+    /// See tollgate at work in a few seconds, offline, with SANDBOX money: an in-process
+    /// chain running Circle's USDC contract, a paid x402 API, and a scripted agent driving
+    /// `tollgate serve` over MCP.
+    Demo {
+        /// Serve the sandbox's tools over MCP on stdio instead (for Claude Desktop and other
+        /// hosts): the same sandbox, and `tollgate serve` on this process's stdin/stdout.
+        #[arg(long)]
+        serve: bool,
+        /// Keep the sandbox's config, ledger and logs in this directory [default: a fresh
+        /// temporary directory, removed after a successful run without --serve].
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -185,6 +198,24 @@ enum WalletCommand {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// Make a new EVM key in an encrypted keystore, set [wallet] evm_keystore in the config,
+    /// and print the address to fund (never the key).
+    New {
+        /// Read the password from the first line of this file instead of a prompt (it is
+        /// also written to [wallet] evm_keystore_password_file).
+        #[arg(long, value_name = "FILE")]
+        password_file: Option<PathBuf>,
+        /// Config file to set [wallet] evm_keystore in, created if missing [default:
+        /// ./tollgate.toml].
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// What the wallet holds of each configured asset, read on chain through [rpc].
+    Balance {
+        /// Config file [default: ./tollgate.toml if present, else built-in defaults].
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -196,6 +227,18 @@ fn main() -> ExitCode {
         Command::Wallet {
             command: WalletCommand::Address { config },
         } => wallet_address(config),
+        Command::Wallet {
+            command:
+                WalletCommand::New {
+                    password_file,
+                    config,
+                },
+        } => wallet_new(config, password_file),
+        Command::Wallet {
+            command: WalletCommand::Balance { config },
+        } => wallet_balance(config),
+        Command::Demo { serve: true, dir } => demo_serve(dir),
+        Command::Demo { serve: false, dir } => demo(dir),
         Command::Init { config } => init(config),
         Command::Token { command } => token(command),
         Command::Receipts {
@@ -938,4 +981,212 @@ fn print_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) {
     for row in rows {
         line(row.each_ref().map(String::as_str));
     }
+}
+
+/// `tollgate demo`: the sandbox and the narrated agent, in a directory of its own.
+fn demo(dir: Option<PathBuf>) -> anyhow::Result<()> {
+    let (dir, temporary) = demo_dir(dir)?;
+    let tollgate = std::env::current_exe().context("cannot find the tollgate binary to run")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let outcome = runtime.block_on(tollgate::demo::agent::run(&dir, &tollgate));
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    match outcome {
+        Ok(_) if temporary => {
+            // The sandbox's chain lived in this process: its ledger means nothing now.
+            let _ = std::fs::remove_dir_all(&dir);
+            Ok(())
+        }
+        Ok(_) => {
+            println!(
+                "(the sandbox's config, ledger and logs stay in {})",
+                dir.display()
+            );
+            Ok(())
+        }
+        Err(e) => Err(anyhow::anyhow!(
+            "{e}\n(the sandbox's config, ledger and logs are in {})",
+            dir.display()
+        )),
+    }
+}
+
+/// `tollgate demo --serve`: the sandbox on a thread of its own, and `tollgate serve` on this
+/// process's stdio (stdout carries MCP frames only; the notes go to stderr).
+fn demo_serve(dir: Option<PathBuf>) -> anyhow::Result<()> {
+    let (dir, _) = demo_dir(dir)?;
+    let key = tollgate::demo::new_buyer_key();
+    // SAFETY: only this thread exists (logging spawns none); the sandbox's thread and
+    // serve's runtime are started after this. `serve` reads the key from the environment,
+    // as it does for every host.
+    unsafe { std::env::set_var(tollgate::wallet::EVM_KEY_ENV, &key) };
+    let sandbox = tollgate::demo::start_in_background(&dir, key).map_err(|e| anyhow::anyhow!(e))?;
+    eprintln!(
+        "tollgate demo --serve: SANDBOX money only. A paid x402 API at http://{} settled on an \
+         in-process chain (USDC {}); the wallet {} holds 10 sandbox USDC. Config and ledger in {}.",
+        sandbox.api,
+        sandbox.token,
+        sandbox.buyer,
+        dir.display()
+    );
+    serve(Some(sandbox.config))
+}
+
+/// The directory of a demo run: the one given (created if needed), else a fresh temporary
+/// one (`true`).
+fn demo_dir(dir: Option<PathBuf>) -> anyhow::Result<(PathBuf, bool)> {
+    match dir {
+        Some(dir) => {
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            if dir.join("state").exists() {
+                anyhow::bail!(
+                    "{} holds an earlier demo's state; give an empty directory (the sandbox \
+                     chain starts fresh every time)",
+                    dir.display()
+                );
+            }
+            Ok((dir, false))
+        }
+        None => Ok((
+            tollgate::demo::temp_dir().map_err(|e| anyhow::anyhow!(e))?,
+            true,
+        )),
+    }
+}
+
+/// `tollgate wallet new`: a new key in an encrypted keystore; prints only the address.
+fn wallet_new(config: Option<PathBuf>, password_file: Option<PathBuf>) -> anyhow::Result<()> {
+    use tollgate::wallet::create;
+    let path = config.unwrap_or_else(|| PathBuf::from(tollgate::config::DEFAULT_CONFIG_FILE));
+    let password = match &password_file {
+        Some(file) => create::read_password_file(file)?,
+        None => {
+            let first = rpassword::prompt_password("Password for the new keystore: ")
+                .context("cannot read a password from the terminal (use --password-file)")?;
+            let again = rpassword::prompt_password("The same password again: ")
+                .context("cannot read a password from the terminal (use --password-file)")?;
+            if first != again {
+                anyhow::bail!("the two passwords differ; nothing was written");
+            }
+            first
+        }
+    };
+    let made = create::create(&path, &password, password_file.as_deref())?;
+    println!(
+        "created {} (encrypted; Web3 Secret Storage)",
+        made.keystore.display()
+    );
+    println!(
+        "{} {}: [wallet] evm_keystore",
+        if made.config_created {
+            "wrote"
+        } else {
+            "updated"
+        },
+        made.config.display()
+    );
+    println!("address to fund: {}", made.address);
+    match Config::load(Some(&made.config)) {
+        Ok(config) => match config.load_policy() {
+            Ok(policy) => print_fundable(&config, &policy),
+            Err(problems) => {
+                for p in problems {
+                    println!("warning: {p}");
+                }
+            }
+        },
+        Err(e) => println!("warning: {e}"),
+    }
+    if password_file.is_none() {
+        println!(
+            "tollgate serve needs the password: set {} in the MCP host's env, or \
+             [wallet] evm_keystore_password_file",
+            tollgate::wallet::KEYSTORE_PASSWORD_ENV
+        );
+    }
+    Ok(())
+}
+
+/// Which assets on which networks the policy lets tollgate pay with.
+fn print_fundable(config: &Config, policy: &Policy) {
+    use tollgate::budget::policy::Allow;
+    let allowed = |allow: &Allow, item: &str| match allow {
+        Allow::Any => true,
+        Allow::Only(items) => items.iter().any(|i| i.eq_ignore_ascii_case(item)),
+    };
+    println!("the policy ({}) pays with:", policy.source);
+    let mut any = false;
+    for asset in &config.assets {
+        let network = format!("eip155:{}", asset.chain_id);
+        if asset.chain_id != 0
+            && allowed(&policy.networks, &network)
+            && allowed(&policy.assets, &asset.symbol)
+        {
+            any = true;
+            println!(
+                "  {} on {network} ({}){}",
+                asset.symbol,
+                asset.address,
+                if asset.sandbox { ", sandbox" } else { "" }
+            );
+        }
+    }
+    if !any {
+        println!(
+            "  nothing yet: allow a network and an asset in the policy ([allow] networks, assets)"
+        );
+    }
+}
+
+/// `tollgate wallet balance`: each configured asset's balance, read on chain.
+fn wallet_balance(config: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = Config::load(config.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let wallet = EvmWallet::open(&config.wallet)?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "no wallet configured: run `tollgate wallet new`, or set {} ",
+            tollgate::wallet::EVM_KEY_ENV
+        )
+    })?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let (held, unchecked) = runtime.block_on(tollgate::wallet::balance::balances(
+        wallet.address(),
+        &config.assets,
+        &config.rpc,
+    ));
+    println!("address: {}", wallet.address());
+    let rows: Vec<[String; 4]> = held
+        .iter()
+        .map(|h| {
+            [
+                h.network.clone(),
+                format!("{}{}", h.symbol, if h.sandbox { " (sandbox)" } else { "" }),
+                h.shown(),
+                h.asset.clone(),
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        println!("no asset checked: add a JSON-RPC endpoint per network under [rpc] in the config");
+    } else {
+        print_table(["NETWORK", "ASSET", "BALANCE", "CONTRACT"], &rows);
+    }
+    if !unchecked.is_empty() {
+        let mut networks: Vec<String> = unchecked
+            .iter()
+            .map(|a| format!("eip155:{}", a.chain_id))
+            .collect();
+        networks.dedup();
+        println!("not checked (no [rpc] endpoint): {}", networks.join(", "));
+    }
+    if held.iter().any(|h| h.balance.is_err()) {
+        anyhow::bail!("some balances could not be read (see above)");
+    }
+    Ok(())
 }

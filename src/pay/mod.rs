@@ -507,6 +507,11 @@ pub struct Receipt {
 
 impl Receipt {
     pub fn new(quote: &Quote, proof: &Proof, transaction: Option<String>, now: u64) -> Receipt {
+        let mut details = serde_json::Map::new();
+        // A test asset's receipt says so wherever it is shown (`[[assets]] sandbox = true`).
+        if quote.asset.sandbox {
+            details.insert("sandbox".into(), Value::Bool(true));
+        }
         Receipt {
             protocol: quote.offer.protocol.name(),
             version: quote.offer.protocol.version(),
@@ -523,7 +528,7 @@ impl Receipt {
             receipt_id: hex::encode(rand::random::<[u8; 12]>()),
             at: crate::money::rfc3339(now),
             approval: None,
-            details: serde_json::Map::new(),
+            details,
         }
     }
 }
