@@ -500,6 +500,10 @@ pub struct Receipt {
     /// through which channel.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub approval: Option<crate::approval::ApprovalRecord>,
+    /// Paid in a test asset (`[[assets]] sandbox = true`): no real money moved. Shown only
+    /// when true.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub sandbox: bool,
     /// What only this protocol has (an L402 payment hash, an MPP reference, ...).
     #[serde(flatten)]
     pub details: serde_json::Map<String, Value>,
@@ -507,11 +511,6 @@ pub struct Receipt {
 
 impl Receipt {
     pub fn new(quote: &Quote, proof: &Proof, transaction: Option<String>, now: u64) -> Receipt {
-        let mut details = serde_json::Map::new();
-        // A test asset's receipt says so wherever it is shown (`[[assets]] sandbox = true`).
-        if quote.asset.sandbox {
-            details.insert("sandbox".into(), Value::Bool(true));
-        }
         Receipt {
             protocol: quote.offer.protocol.name(),
             version: quote.offer.protocol.version(),
@@ -528,7 +527,8 @@ impl Receipt {
             receipt_id: hex::encode(rand::random::<[u8; 12]>()),
             at: crate::money::rfc3339(now),
             approval: None,
-            details,
+            sandbox: quote.asset.sandbox,
+            details: serde_json::Map::new(),
         }
     }
 }

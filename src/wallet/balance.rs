@@ -72,6 +72,9 @@ pub async fn balances(
     assets: &[Asset],
     rpc: &BTreeMap<u64, String>,
 ) -> (Vec<Holding>, Vec<Asset>) {
+    // reqwest is built without a default TLS provider (as everywhere in tollgate): install
+    // ring's, or building the client panics.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = match reqwest::Client::builder()
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(CALL_TIMEOUT)
