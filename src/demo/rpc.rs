@@ -244,3 +244,57 @@ fn respond(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `[rpc]` pointed at the sandbox reads the token as at any node: `wallet balance` sees
+    /// the buyer's funds, and the chain id and logs are served.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn wallet_balance_and_logs_read_the_sandbox_through_its_rpc() {
+        let dir = std::env::temp_dir().join(format!(
+            "tollgate-rpc-test-{}",
+            hex::encode(rand::random::<[u8; 6]>())
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let sandbox = crate::demo::sandbox::Sandbox::start(&dir, None)
+            .await
+            .unwrap();
+        let config = crate::config::Config::load(Some(&sandbox.config)).unwrap();
+        let (held, _) =
+            crate::wallet::balance::balances(sandbox.buyer, &config.assets, &config.rpc).await;
+        let sandbox_usdc = held.iter().find(|h| h.sandbox).expect("the sandbox asset");
+        assert_eq!(sandbox_usdc.shown(), "10.000000");
+
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest::Client::new();
+        let ask = |method: &'static str, params: Value| {
+            let client = client.clone();
+            let url = format!("http://{}/", sandbox.rpc);
+            async move {
+                let body = json!({"jsonrpc": "2.0", "id": 7, "method": method, "params": params});
+                let answer: Value = client
+                    .post(url)
+                    .body(body.to_string())
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                answer["result"].clone()
+            }
+        };
+        assert_eq!(ask("eth_chainId", json!([])).await, "0x7a69");
+        let logs = ask(
+            "eth_getLogs",
+            json!([{"address": format!("{:#x}", sandbox.chain.token()), "fromBlock": "0x0",
+                    "topics": [format!("{:#x}", crate::demo::chain::transfer_topic())]}]),
+        )
+        .await;
+        // The mint to the buyer is a Transfer from the zero address.
+        assert_eq!(logs.as_array().map(Vec::len), Some(1), "{logs}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
