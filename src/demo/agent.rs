@@ -371,7 +371,19 @@ async fn paid_call(
         }
     ));
     if let Some(approval) = receipt.get("approval") {
-        say(&format!("     approved by: {approval}"));
+        let who = match approval["approved_by"].as_str() {
+            Some("person") => format!(
+                "a person ({}, {})",
+                approval["channel"].as_str().unwrap_or("?"),
+                approval["approval_id"].as_str().unwrap_or("?")
+            ),
+            Some(other) => format!("the {other}"),
+            None => "?".to_owned(),
+        };
+        say(&format!(
+            "     approved by: {who}: {}",
+            approval["reason"].as_str().unwrap_or_default()
+        ));
     }
     say(&format!(
         "   money: wallet {} -> {} USDC, seller {} -> {} USDC (sandbox; read from the token contract)",
