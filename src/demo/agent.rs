@@ -33,18 +33,25 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 /// Why the demo stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum DemoError {
+    /// The sandbox did not start.
     #[error(transparent)]
     Sandbox(#[from] super::sandbox::SandboxError),
+    /// `tollgate serve` could not be started.
     #[error("cannot start `tollgate serve` ({0})")]
     Spawn(String),
+    /// An MCP request failed or timed out.
     #[error("the MCP session with tollgate failed during {step}: {reason}")]
     Mcp { step: String, reason: String },
+    /// A `tollgate` subcommand failed.
     #[error("`tollgate {command}` failed: {reason}")]
     Command { command: String, reason: String },
+    /// A balance could not be read.
     #[error("cannot read a balance from the token contract: {0}")]
     Chain(#[from] super::chain::ChainError),
+    /// Something did not happen as scripted (a payment not refused, books not balanced).
     #[error("the demo did not go as scripted: {0}")]
     Unexpected(String),
+    /// The demo directory could not be used.
     #[error("cannot use the demo directory {path}: {reason}")]
     Dir { path: PathBuf, reason: String },
 }

@@ -62,12 +62,16 @@ pub const FACILITATOR: Address = Address::repeat_byte(0xfa);
 /// Why something on the sandbox chain failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ChainError {
+    /// The bytecode files in `contracts/` are damaged.
     #[error("the shipped {0} bytecode is not valid hex")]
     Bytecode(&'static str),
+    /// revm refused to run the transaction at all.
     #[error("the EVM refused the transaction: {0}")]
     Evm(String),
+    /// A set-up transaction or a read-only call reverted.
     #[error("{what} reverted: {reason}")]
     Reverted { what: String, reason: String },
+    /// A call's answer did not decode as its ABI says.
     #[error("{0} returned something that is not what its ABI says")]
     Decode(String),
 }
@@ -77,14 +81,21 @@ pub enum ChainError {
 pub struct Executed {
     /// The sandbox's transaction hash (a hash of sender, nonce and input: unique per chain).
     pub hash: B256,
+    /// The block it was mined in (one transaction per block).
     pub block: u64,
+    /// `false` when it reverted or halted (nothing it did was kept).
     pub success: bool,
     /// Return data, or revert data.
     pub output: Bytes,
+    /// Events it emitted (empty when it failed).
     pub logs: Vec<Log>,
+    /// The contract it created, for a deployment.
     pub created: Option<Address>,
+    /// Gas it used (gas is free on the sandbox chain: the price is 0).
     pub gas_used: u64,
+    /// The sender.
     pub from: Address,
+    /// The contract called, `None` for a deployment.
     pub to: Option<Address>,
 }
 

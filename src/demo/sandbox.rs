@@ -24,20 +24,25 @@ pub const BUYER_FUNDS: u128 = 10_000_000;
 /// Why the sandbox did not start.
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
+    /// The chain or the token did not start.
     #[error("the sandbox chain did not start: {0}")]
     Chain(#[from] ChainError),
+    /// No loopback port could be bound.
     #[error("cannot listen on loopback for the sandbox {what}: {source}")]
     Listen {
         what: &'static str,
         source: std::io::Error,
     },
+    /// The config directory could not be written.
     #[error("cannot write the sandbox config in {path}: {source}")]
     Write {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// The buyer's key is unusable.
     #[error("the sandbox buyer's key: {0}")]
     Key(String),
+    /// The root key could not be created.
     #[error("cannot create the root key in {0}: {1}")]
     RootKey(PathBuf, String),
 }

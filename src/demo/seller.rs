@@ -42,7 +42,9 @@ pub struct Endpoint {
     pub tool: &'static str,
     /// The path on the sandbox API.
     pub path: &'static str,
+    /// The tool's title.
     pub title: &'static str,
+    /// The tool's description (says it costs SANDBOX money).
     pub description: &'static str,
     /// Price in atomic units of the sandbox USDC (6 decimals: 1000 = 0.001 USD); 0 = free.
     pub price_atomic: u128,

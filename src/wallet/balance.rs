@@ -30,12 +30,15 @@ const MAX_ANSWER_BYTES: usize = 64 * 1024;
 /// One asset's balance, or why it could not be read.
 #[derive(Debug, Clone)]
 pub struct Holding {
+    /// `eip155:<chain id>`.
     pub network: String,
+    /// The asset's symbol (`USDC`).
     pub symbol: String,
     /// The token contract.
     pub asset: String,
     /// Atomic units, or the reason it is unknown.
     pub balance: Result<U256, String>,
+    /// Decimals of the asset's atomic unit.
     pub decimals: u8,
     /// A test asset (`[[assets]] sandbox = true`).
     pub sandbox: bool,

@@ -18,21 +18,28 @@ pub const KEYSTORE_FILE: &str = "tollgate-evm.json";
 /// Why no wallet was made. Never contains the key or the password.
 #[derive(Debug, thiserror::Error)]
 pub enum CreateError {
+    /// The config already names a keystore.
     #[error(
         "{config} already names a keystore ({existing}); tollgate does not replace a wallet. \
          Remove [wallet] evm_keystore first if you really mean to stop using it"
     )]
     AlreadyConfigured { config: PathBuf, existing: String },
+    /// A key file is already where the new one would go.
     #[error("{0} already exists; tollgate never overwrites a key file")]
     Exists(PathBuf),
+    /// The password is empty.
     #[error("the password is empty; choose one (it encrypts the key)")]
     EmptyPassword,
+    /// A file could not be read.
     #[error("cannot read {path}: {reason}")]
     Read { path: PathBuf, reason: String },
+    /// The config file is not valid TOML.
     #[error("{path} is not valid TOML: {reason}")]
     Toml { path: PathBuf, reason: String },
+    /// A file could not be written.
     #[error("cannot write {path}: {reason}")]
     Write { path: PathBuf, reason: String },
+    /// The keystore could not be encrypted.
     #[error("cannot encrypt the keystore: {0}")]
     Encrypt(String),
 }
@@ -40,6 +47,7 @@ pub enum CreateError {
 /// A wallet just made.
 #[derive(Debug, Clone)]
 pub struct Created {
+    /// The new key's address (the one to fund).
     pub address: Address,
     /// The keystore file.
     pub keystore: PathBuf,
