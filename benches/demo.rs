@@ -30,7 +30,7 @@ fn summary(label: &str, mut v: Vec<Duration>) {
     v.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     println!(
-        "{label:<44} min {:>8.1} ms   median {:>8.1} ms   max {:>8.1} ms   (n = {})",
+        "{label:<52} min {:>8.1} ms   median {:>8.1} ms   max {:>8.1} ms   (n = {})",
         ms(v[0]),
         ms(v[v.len() / 2]),
         ms(v[v.len() - 1]),
