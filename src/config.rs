@@ -87,6 +87,9 @@ pub struct AssetConfig {
     pub address: String,
     pub symbol: String,
     pub decimals: u8,
+    /// A test asset (no real value): receipts paid in it carry `"sandbox": true`.
+    #[serde(default)]
+    pub sandbox: bool,
 }
 
 fn default_tools_dir() -> PathBuf {
@@ -172,6 +175,7 @@ impl Config {
                 decimals: a.decimals,
                 // Unknown until the policy gives a rate for the symbol.
                 usd_micros_per_unit: 0,
+                sandbox: a.sandbox,
             })
         }));
         Config {

@@ -15,6 +15,8 @@
 //!   bound to, sealed request state, the local approval page.
 //! * [`server`]: the MCP server (rmcp), the only module that knows MCP.
 //! * [`money`]: integer money (micro-USD); never a float.
+//! * [`demo`]: `tollgate demo`: a sandbox (in-process EVM with USDC, a paid x402 API) and a
+//!   scripted agent; not on the payment path.
 //!
 //! `ARCHITECTURE.md` at the repository root has the bird's-eye view and the invariants.
 
@@ -24,6 +26,7 @@ pub mod canonical;
 pub mod catalog;
 pub mod checkout;
 pub mod config;
+pub mod demo;
 pub mod ledger;
 pub mod lightning;
 pub mod money;

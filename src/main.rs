@@ -113,6 +113,19 @@ enum Command {
         #[command(subcommand)]
         command: WalletCommand,
     },
+    /// See tollgate at work in a few seconds, offline, with SANDBOX money: an in-process
+    /// chain running Circle's USDC contract, a paid x402 API, and a scripted agent driving
+    /// `tollgate serve` over MCP.
+    Demo {
+        /// Serve the sandbox's tools over MCP on stdio instead (for Claude Desktop and other
+        /// hosts): the same sandbox, and `tollgate serve` on this process's stdin/stdout.
+        #[arg(long)]
+        serve: bool,
+        /// Keep the sandbox's config, ledger and logs in this directory [default: a fresh
+        /// temporary directory, removed after a successful run without --serve].
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -124,6 +137,18 @@ fn main() -> ExitCode {
         Command::Wallet {
             command: WalletCommand::Address { config },
         } => cli::wallet::wallet_address(config),
+        Command::Wallet {
+            command:
+                WalletCommand::New {
+                    password_file,
+                    config,
+                },
+        } => cli::wallet::wallet_new(config, password_file),
+        Command::Wallet {
+            command: WalletCommand::Balance { config },
+        } => cli::wallet::wallet_balance(config),
+        Command::Demo { serve: true, dir } => cli::demo::demo_serve(dir),
+        Command::Demo { serve: false, dir } => cli::demo::demo(dir),
         Command::Init { config } => cli::init::init(config),
         Command::Token { command } => cli::token::token(command),
         Command::Receipts {

@@ -418,6 +418,7 @@ fn value(meta: &Value, atomic: u128) -> Option<u64> {
         symbol: String::new(),
         decimals: u8::try_from(meta["decimals"].as_u64()?).ok()?,
         usd_micros_per_unit: meta["rate_usd_micros_per_unit"].as_u64()?,
+        sandbox: false,
     };
     asset.to_usd_micros(atomic).map(|u| u.0)
 }

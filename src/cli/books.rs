@@ -35,10 +35,18 @@ pub fn receipts(
         .iter()
         .filter_map(|r| serde_json::from_str(&r.json).ok())
         .collect();
-    let field = |r: &serde_json::Value, k: &str| match &r[k] {
-        serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Null => String::new(),
-        other => other.to_string(),
+    let field = |r: &serde_json::Value, k: &str| {
+        let text = match &r[k] {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Null => String::new(),
+            other => other.to_string(),
+        };
+        // Test money is labelled wherever it is shown (`[[assets]] sandbox = true`).
+        if k == "asset_symbol" && r["sandbox"] == serde_json::Value::Bool(true) {
+            format!("{text} (sandbox)")
+        } else {
+            text
+        }
     };
     let columns = [
         "at",

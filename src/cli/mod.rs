@@ -5,6 +5,7 @@
 pub mod approvals;
 pub mod books;
 pub mod check;
+pub mod demo;
 pub mod init;
 pub mod reconcile;
 pub mod serve;

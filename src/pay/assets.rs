@@ -14,6 +14,8 @@ pub struct Asset {
     pub decimals: u8,
     /// Micro-USD per whole unit (1 USDC = 1 000 000 micro-USD).
     pub usd_micros_per_unit: u64,
+    /// A test asset (`[[assets]] sandbox = true`): receipts paid in it say `"sandbox": true`.
+    pub sandbox: bool,
 }
 
 impl Asset {
@@ -55,6 +57,7 @@ pub fn builtin() -> Vec<Asset> {
         symbol: symbol.to_owned(),
         decimals: 6,
         usd_micros_per_unit: 1_000_000,
+        sandbox: false,
     };
     USDC.iter()
         .map(|(chain_id, address)| stable(*chain_id, address, "USDC"))

@@ -214,6 +214,7 @@ pub fn asset() -> Asset {
         decimals: 3,
         // Unknown until the policy gives a rate for a sat.
         usd_micros_per_unit: 0,
+        sandbox: false,
     }
 }
 

@@ -500,6 +500,10 @@ pub struct Receipt {
     /// through which channel.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub approval: Option<crate::approval::ApprovalRecord>,
+    /// Paid in a test asset (`[[assets]] sandbox = true`): no real money moved. Shown only
+    /// when true.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub sandbox: bool,
     /// What only this protocol has (an L402 payment hash, an MPP reference, ...).
     #[serde(flatten)]
     pub details: serde_json::Map<String, Value>,
@@ -523,6 +527,7 @@ impl Receipt {
             receipt_id: hex::encode(rand::random::<[u8; 12]>()),
             at: crate::money::rfc3339(now),
             approval: None,
+            sandbox: quote.asset.sandbox,
             details: serde_json::Map::new(),
         }
     }

@@ -441,6 +441,7 @@ fn settle_paid(
         payer: proof.payer.clone(),
         transaction: None,
         approval: None,
+        sandbox: false,
         receipt_id: hex::encode(rand::random::<[u8; 12]>()),
         at: crate::money::rfc3339(now),
         details,

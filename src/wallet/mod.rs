@@ -4,6 +4,8 @@
 //! keystore (password from the environment or a file). A key is never printed: not by `Debug`,
 //! not in errors (which name the source, never the value), not in logs.
 
+pub mod balance;
+pub mod create;
 pub mod tempo;
 
 use std::fmt;
