@@ -170,6 +170,9 @@ fn trim(bytes: &[u8]) -> &[u8] {
 
 #[cfg(test)]
 mod tests {
+    // The instrumented build's coverage hooks live in libFuzzer's runtime (scripts/fuzz test).
+    use libfuzzer_sys as _;
+
     use super::*;
 
     #[test]
