@@ -502,7 +502,7 @@ pub struct Receipt {
     pub approval: Option<crate::approval::ApprovalRecord>,
     /// Paid in a test asset (`[[assets]] sandbox = true`): no real money moved. Shown only
     /// when true.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub sandbox: bool,
     /// What only this protocol has (an L402 payment hash, an MPP reference, ...).
     #[serde(flatten)]
