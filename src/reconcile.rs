@@ -18,7 +18,6 @@
 //! call and reconciliation never act on one payment at once.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use alloy::primitives::{Address, B256};
 use alloy::sol;
@@ -34,8 +33,6 @@ use crate::pay::assets;
 
 /// How long an unowned `reserved` row from a tollgate that predates leases is left alone.
 pub use crate::ledger::UNOWNED_RESERVED_SECS as STALE_RESERVED_SECS;
-/// Longest JSON-RPC answer read.
-const MAX_RPC_BYTES: usize = 1024 * 1024;
 /// Blocks searched back for the `AuthorizationUsed` log.
 const LOG_LOOKBACK_BLOCKS: u64 = 100_000;
 
@@ -80,15 +77,7 @@ pub enum Verdict {
 }
 
 /// The HTTP client reconciliation asks nodes with.
-pub fn rpc_client() -> Result<reqwest::Client, String> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(10))
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(|e| format!("cannot build an HTTP client: {e}"))
-}
+pub use crate::rpc::client as rpc_client;
 
 /// Asks the chain about one payment with a recorded proof (x402 or MPP). `Err` says why it
 /// cannot be told (no `[rpc]` for its network, an unreadable proof, a node error).
@@ -245,7 +234,7 @@ async fn x402(
         nonce,
     }
     .abi_encode();
-    let answer = call(
+    let answer = crate::rpc::call(
         client,
         url,
         "eth_call",
@@ -296,7 +285,7 @@ async fn mpp(
         .and_then(Proof::from_json)
         .ok_or("its proof is unreadable")?;
     let hash = crate::pay::mpp::transaction_hash(&proof)?;
-    let answer = call(client, url, "eth_getTransactionReceipt", json!([hash])).await?;
+    let answer = crate::rpc::call(client, url, "eth_getTransactionReceipt", json!([hash])).await?;
     let status = answer.get("status").and_then(Value::as_str);
     if status.is_none() {
         return Ok(Mined::No);
@@ -329,10 +318,12 @@ async fn find_transaction(
     from: Address,
     nonce: B256,
 ) -> Option<String> {
-    let head = call(client, url, "eth_blockNumber", json!([])).await.ok()?;
+    let head = crate::rpc::call(client, url, "eth_blockNumber", json!([]))
+        .await
+        .ok()?;
     let head = u64::from_str_radix(head.as_str()?.trim_start_matches("0x"), 16).ok()?;
     let from_block = head.saturating_sub(LOG_LOOKBACK_BLOCKS);
-    let logs = call(
+    let logs = crate::rpc::call(
         client,
         url,
         "eth_getLogs",
@@ -365,48 +356,6 @@ fn authorization(payment: &PendingPayment) -> Option<(Address, B256)> {
         auth["from"].as_str()?.parse().ok()?,
         auth["nonce"].as_str()?.parse().ok()?,
     ))
-}
-
-async fn call(
-    client: &reqwest::Client,
-    url: &str,
-    method: &str,
-    params: Value,
-) -> Result<Value, String> {
-    let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
-    let mut response = client
-        .post(url)
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .body(body.to_string())
-        .send()
-        .await
-        .map_err(|e| format!("the node at {url} did not answer {method} ({e})"))?;
-    let mut bytes = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| format!("reading the node's answer to {method}: {e}"))?
-    {
-        if bytes.len() + chunk.len() > MAX_RPC_BYTES {
-            return Err(format!(
-                "the node's answer to {method} is over {MAX_RPC_BYTES} bytes"
-            ));
-        }
-        bytes.extend_from_slice(&chunk);
-    }
-    let answer: Value = serde_json::from_slice(&bytes)
-        .map_err(|_| format!("the node's answer to {method} is not JSON"))?;
-    if let Some(error) = answer.get("error") {
-        let message = error["message"].as_str().unwrap_or("no message");
-        return Err(format!(
-            "the node refused {method}: {}",
-            message.chars().take(200).collect::<String>()
-        ));
-    }
-    answer
-        .get("result")
-        .cloned()
-        .ok_or_else(|| format!("the node's answer to {method} has no result"))
 }
 
 /// `atomic` units of a payment's asset in micro-USD, at the rate and decimals recorded when it

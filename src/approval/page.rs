@@ -9,7 +9,6 @@
 //! id under the state directory's secret), come with a loopback `Host` (no DNS rebinding) and
 //! an `Origin` of the page itself. The page never shows a secret beyond that token.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -56,33 +55,14 @@ pub async fn serve(listener: TcpListener, ledger: Arc<Ledger>, secret: Secret) {
         return;
     };
     let shared = Arc::new((ledger, secret, addr));
-    loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                tracing::warn!(error = %e, "approval page: accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+    crate::loopback::serve(listener, "approval page", move |request| {
         let shared = shared.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
-                let shared = shared.clone();
-                async move {
-                    let (ledger, secret, addr) = &*shared;
-                    Ok::<_, Infallible>(handle(request, ledger, secret, *addr).await)
-                }
-            });
-            let io = hyper_util::rt::TokioIo::new(stream);
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, service)
-                .await
-            {
-                tracing::debug!(error = %e, "approval page: connection ended with an error");
-            }
-        });
-    }
+        async move {
+            let (ledger, secret, addr) = &*shared;
+            handle(request, ledger, secret, *addr).await
+        }
+    })
+    .await;
 }
 
 async fn handle(

@@ -7,7 +7,6 @@
 //!
 //! Does not: accept transactions (`eth_sendRawTransaction`): only the sandbox moves money.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
 use alloy::primitives::{Address, B256};
@@ -25,30 +24,11 @@ const MAX_REQUEST_BYTES: usize = 256 * 1024;
 
 /// Serves JSON-RPC on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, chain: Arc<Chain>) {
-    loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                tracing::warn!(error = %e, "sandbox RPC: accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+    crate::loopback::serve(listener, "sandbox RPC", move |request| {
         let chain = chain.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
-                let chain = chain.clone();
-                async move { Ok::<_, Infallible>(handle(request, &chain).await) }
-            });
-            let io = hyper_util::rt::TokioIo::new(stream);
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, service)
-                .await
-            {
-                tracing::debug!(error = %e, "sandbox RPC: connection ended with an error");
-            }
-        });
-    }
+        async move { handle(request, &chain).await }
+    })
+    .await;
 }
 
 async fn handle(request: Request<Incoming>, chain: &Chain) -> Response<Full<Bytes>> {

@@ -12,7 +12,6 @@
 //! Does not: know tollgate. It is a seller like any other; tollgate pays it through the same
 //! code that pays every x402 seller.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
 use alloy::primitives::{Address, B256, Bytes as EvmBytes, U256};
@@ -119,33 +118,14 @@ pub async fn serve(listener: TcpListener, chain: Arc<Chain>) {
         }
     };
     let shared = Arc::new((chain, origin));
-    loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                tracing::warn!(error = %e, "sandbox API: accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+    crate::loopback::serve(listener, "sandbox API", move |request| {
         let shared = shared.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
-                let shared = shared.clone();
-                async move {
-                    let (chain, origin) = &*shared;
-                    Ok::<_, Infallible>(handle(request, chain, origin).await)
-                }
-            });
-            let io = hyper_util::rt::TokioIo::new(stream);
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, service)
-                .await
-            {
-                tracing::debug!(error = %e, "sandbox API: connection ended with an error");
-            }
-        });
-    }
+        async move {
+            let (chain, origin) = &*shared;
+            handle(request, chain, origin).await
+        }
+    })
+    .await;
 }
 
 async fn handle(request: Request<Incoming>, chain: &Chain, origin: &str) -> Response<Full<Bytes>> {

@@ -7,25 +7,17 @@
 //! value anything in USD.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use alloy::primitives::{Address, U256};
 use alloy::sol;
 use alloy::sol_types::SolCall;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::pay::assets::Asset;
 
 sol! {
     function balanceOf(address account) returns (uint256);
 }
-
-/// Time to connect to a node.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Time for one whole JSON-RPC call.
-const CALL_TIMEOUT: Duration = Duration::from_secs(10);
-/// Largest JSON-RPC answer read.
-const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
 /// One asset's balance, or why it could not be read.
 #[derive(Debug, Clone)]
@@ -75,18 +67,9 @@ pub async fn balances(
     assets: &[Asset],
     rpc: &BTreeMap<u64, String>,
 ) -> (Vec<Holding>, Vec<Asset>) {
-    // reqwest is built without a default TLS provider (as everywhere in tollgate): install
-    // ring's, or building the client panics.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = match reqwest::Client::builder()
-        .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(CALL_TIMEOUT)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-    {
+    let client = match crate::rpc::client() {
         Ok(client) => client,
-        Err(e) => {
-            let reason = format!("cannot build an HTTP client: {e}");
+        Err(reason) => {
             let held = assets
                 .iter()
                 .filter(|a| rpc.contains_key(&a.chain_id))
@@ -126,48 +109,14 @@ async fn balance_of(
     owner: Address,
 ) -> Result<U256, String> {
     let data = balanceOfCall { account: owner }.abi_encode();
-    let body = json!({
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "eth_call",
-        "params": [{"to": token, "data": format!("0x{}", hex::encode(data))}, "latest"],
-    });
-    let mut response = client
-        .post(url)
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .body(body.to_string())
-        .send()
-        .await
-        // Without the URL: an endpoint URL may carry an API key.
-        .map_err(|e| format!("the node did not answer ({})", e.without_url()))?;
-    if !response.status().is_success() {
-        return Err(format!("the node answered HTTP {}", response.status()));
-    }
-    let mut bytes = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| format!("reading the node's answer: {}", e.without_url()))?
-    {
-        if bytes.len() + chunk.len() > MAX_ANSWER_BYTES {
-            return Err(format!(
-                "the node's answer is over {MAX_ANSWER_BYTES} bytes"
-            ));
-        }
-        bytes.extend_from_slice(&chunk);
-    }
-    let answer: Value =
-        serde_json::from_slice(&bytes).map_err(|_| "the node's answer is not JSON".to_owned())?;
-    if let Some(error) = answer.get("error") {
-        let message: String = error["message"]
-            .as_str()
-            .unwrap_or("no message")
-            .chars()
-            .take(200)
-            .collect();
-        return Err(format!("the node refused eth_call: {message}"));
-    }
-    let raw = answer["result"]
+    let result = crate::rpc::call(
+        client,
+        url,
+        "eth_call",
+        json!([{"to": token, "data": format!("0x{}", hex::encode(data))}, "latest"]),
+    )
+    .await?;
+    let raw = result
         .as_str()
         .and_then(|h| hex::decode(h.trim_start_matches("0x")).ok())
         .ok_or("the node's answer has no hex result")?;

@@ -21,11 +21,6 @@ use mpp::client::tempo::signing::{KeychainVersion, TempoSigningMode};
 
 use super::{EvmWallet, WalletError};
 
-/// The longest JSON-RPC answer read from `wallet.tempo.rpc_url` (a receipt with its logs).
-const MAX_RPC_BYTES: usize = 1024 * 1024;
-/// How long one JSON-RPC call to `wallet.tempo.rpc_url` may take.
-const RPC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-
 /// Environment variable holding a Tempo key (hex), when it differs from the EVM key.
 pub const TEMPO_KEY_ENV: &str = "TOLLGATE_TEMPO_KEY";
 
@@ -210,43 +205,18 @@ impl TempoWallet {
         &self,
         hash: alloy::primitives::B256,
     ) -> Result<Option<serde_json::Value>, String> {
-        let body = serde_json::json!({"jsonrpc": "2.0", "id": 1,
-            "method": "eth_getTransactionReceipt", "params": [hash]});
-        let http = self.http.get_or_init(|| {
-            reqwest::Client::builder()
-                .timeout(RPC_TIMEOUT)
-                .build()
-                .unwrap_or_default()
-        });
-        let mut response = http
-            .post(self.rpc_url.clone())
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body.to_string())
-            .send()
-            .await
-            .map_err(|e| format!("the Tempo RPC could not be reached ({})", e.without_url()))?;
-        let mut bytes = Vec::new();
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|e| format!("reading the Tempo RPC's answer: {}", e.without_url()))?
-        {
-            if bytes.len() + chunk.len() > MAX_RPC_BYTES {
-                return Err(format!(
-                    "the Tempo RPC's answer is over {MAX_RPC_BYTES} bytes"
-                ));
-            }
-            bytes.extend_from_slice(&chunk);
-        }
-        let answer: serde_json::Value = serde_json::from_slice(&bytes)
-            .map_err(|_| "the Tempo RPC's answer is not JSON".to_owned())?;
-        if let Some(error) = answer.get("error") {
-            let text: String = error.to_string().chars().take(200).collect();
-            return Err(format!(
-                "the Tempo RPC refused eth_getTransactionReceipt: {text}"
-            ));
-        }
-        Ok(answer.get("result").filter(|r| !r.is_null()).cloned())
+        let http = self
+            .http
+            .get_or_init(|| crate::rpc::client().unwrap_or_default());
+        let result = crate::rpc::call(
+            http,
+            self.rpc_url.as_str(),
+            "eth_getTransactionReceipt",
+            serde_json::json!([hash]),
+        )
+        .await
+        .map_err(|e| format!("the Tempo RPC: {e}"))?;
+        Ok(Some(result).filter(|r| !r.is_null()))
     }
 
     /// The mpp provider that builds and signs credentials (for `pay::mpp`).
