@@ -133,17 +133,33 @@ impl Leases {
     /// kill): their outcome becomes unknown, for a retry or reconciliation to settle. Payments
     /// of live processes, here or elsewhere, are left alone. Returns how many were given up.
     pub fn disown_dead_owners(ledger: &Ledger) -> Result<usize, LedgerError> {
-        let mut count = 0;
-        for p in ledger.pending()? {
-            if let Some(owner) = &p.owner
-                && owner_is_dead_here(owner)
-            {
-                ledger.disown(p.id, owner)?;
-                count += 1;
-            }
-        }
-        Ok(count)
+        let owned = ledger
+            .pending()?
+            .into_iter()
+            .filter_map(|p| Some((p.id, p.owner?)));
+        disown_dead(ledger, owned)
     }
+
+    /// [`Leases::disown_dead_owners`] for the open payments of one call (its fingerprint): a
+    /// retry of a call whose process died need not wait for the lease to lapse.
+    pub fn disown_dead_owners_of(ledger: &Ledger, fingerprint: &str) -> Result<usize, LedgerError> {
+        disown_dead(ledger, ledger.owners_of(fingerprint)?)
+    }
+}
+
+/// Gives up each of `owned` (payment, owner) whose owner is a dead process on this host.
+fn disown_dead(
+    ledger: &Ledger,
+    owned: impl IntoIterator<Item = (ReservationId, String)>,
+) -> Result<usize, LedgerError> {
+    let mut count = 0;
+    for (id, owner) in owned {
+        if owner_is_dead_here(&owner) {
+            ledger.disown(id, &owner)?;
+            count += 1;
+        }
+    }
+    Ok(count)
 }
 
 /// Renews the leases of live payments until the `Leases` is gone.

@@ -453,7 +453,7 @@ pub trait Reservations {
 
 /// Who owns an open payment (a live call, under a lease it renews), and claiming one whose
 /// outcome is unknown. Nobody acts on a payment a live call owns.
-pub trait Owners {
+pub trait Owners: Reservations {
     /// Extends the lease of each of `ids` still owned by `owner` to `until`; one transaction.
     /// Returns how many were renewed (a payment settled meanwhile is not).
     fn renew_leases(
@@ -496,7 +496,13 @@ pub trait Owners {
 
     /// Every open payment no live call owns at `now`, oldest first: what reconciliation may
     /// act on (after claiming each).
-    fn unknown(&self, now: u64) -> Result<Vec<PendingPayment>, LedgerError>;
+    fn unknown(&self, now: u64) -> Result<Vec<PendingPayment>, LedgerError> {
+        Ok(self
+            .pending()?
+            .into_iter()
+            .filter(|p| !p.is_owned(now))
+            .collect())
+    }
 }
 
 /// Revoked credentials.

@@ -399,13 +399,7 @@ impl Tollgate {
         let claimed = match blocking(|| {
             // The same call made earlier by a process on this host that has died since: its
             // payment is unknown now, not in flight (its lease has not lapsed yet).
-            for (id, owner) in ledger.owners_of(&key)? {
-                if owner != payments.leases.owner()
-                    && crate::checkout::lease::owner_is_dead_here(&owner)
-                {
-                    ledger.disown(id, &owner)?;
-                }
-            }
+            crate::checkout::lease::Leases::disown_dead_owners_of(&*ledger, &key)?;
             ledger.claim_unknown(&key, &lease, now)
         }) {
             Ok(claimed) => claimed,

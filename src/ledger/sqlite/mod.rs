@@ -669,16 +669,6 @@ impl Owners for SqliteLedger {
             load_pending(tx, id).map(Some)
         })
     }
-
-    /// Every open payment no live call owns at `now`, oldest first: what reconciliation may
-    /// act on (after claiming each).
-    fn unknown(&self, now: u64) -> Result<Vec<PendingPayment>, LedgerError> {
-        Ok(self
-            .pending()?
-            .into_iter()
-            .filter(|p| !p.is_owned(now))
-            .collect())
-    }
 }
 
 impl Revocations for SqliteLedger {
