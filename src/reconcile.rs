@@ -24,10 +24,11 @@ use alloy::sol;
 use alloy::sol_types::{SolCall, SolEvent};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use crate::ledger::{Ledger, LedgerError, NewReceipt, PendingPayment, ReservationState};
-use crate::money::{UsdMicros, rfc3339};
+use crate::checkout::receipt::{self, Charge, Settlement};
+use crate::money::UsdMicros;
 use crate::pay::Proof;
 use crate::pay::assets;
 
@@ -216,18 +217,17 @@ async fn x402(
     rpc: &BTreeMap<u64, String>,
     payment: &PendingPayment,
 ) -> Result<Option<Option<String>>, String> {
-    let meta: Value = serde_json::from_str(&payment.meta_json)
-        .map_err(|_| "its ledger entry is unreadable".to_owned())?;
-    let network = meta["network"].as_str().unwrap_or_default();
+    let charge = Charge::of_row(payment);
+    let network = charge.network.as_str();
     let chain = assets::chain_id(network)
         .ok_or_else(|| format!("network {network:?} is not an EVM network"))?;
     let url = rpc
         .get(&chain)
         .ok_or_else(|| format!("no [rpc] endpoint for {network} in tollgate.toml"))?;
-    let token: Address = meta["asset"]
-        .as_str()
-        .and_then(|a| a.parse().ok())
-        .ok_or_else(|| "its asset is not an address".to_owned())?;
+    let token: Address = charge
+        .asset
+        .parse()
+        .map_err(|_| "its asset is not an address".to_owned())?;
     let (from, nonce) = authorization(payment).ok_or("its proof is unreadable")?;
     let data = authorizationStateCall {
         authorizer: from,
@@ -271,9 +271,8 @@ async fn mpp(
     rpc: &BTreeMap<u64, String>,
     payment: &PendingPayment,
 ) -> Result<Mined, String> {
-    let meta: Value = serde_json::from_str(&payment.meta_json)
-        .map_err(|_| "its ledger entry is unreadable".to_owned())?;
-    let network = meta["network"].as_str().unwrap_or_default();
+    let charge = Charge::of_row(payment);
+    let network = charge.network.as_str();
     let chain = assets::chain_id(network)
         .ok_or_else(|| format!("network {network:?} is not a chain tollgate knows"))?;
     let url = rpc
@@ -294,19 +293,23 @@ async fn mpp(
     let signed = crate::pay::mpp::fee_bound(&proof)
         .ok()
         .and_then(|b| b.fee_token);
-    let asset = meta["asset"].as_str().unwrap_or_default();
+    let asset = charge.asset.as_str();
     let fee = crate::pay::mpp::receipt_fee(&answer, &proof.payer, signed.as_deref())
         .ok()
         .filter(|f| f.atomic == 0 || crate::pay::mpp::fee_in_asset(f.fee_token.as_deref(), asset))
         .map(|f| f.atomic);
-    let amount: Option<u128> = meta["amount_atomic"].as_str().and_then(|a| a.parse().ok());
+    let amount = charge.atomic();
     Ok(if status == Some("0x1") {
         let charged = fee
             .zip(amount)
-            .and_then(|(f, a)| value(&meta, a.saturating_add(f)));
+            .and_then(|(f, a)| charge.value(a.saturating_add(f)))
+            .map(|u| u.0);
         Mined::Success(format!("{hash}"), charged)
     } else {
-        Mined::Reverted(format!("{hash}"), fee.and_then(|f| value(&meta, f)))
+        Mined::Reverted(
+            format!("{hash}"),
+            fee.and_then(|f| charge.value(f)).map(|u| u.0),
+        )
     })
 }
 
@@ -358,20 +361,6 @@ fn authorization(payment: &PendingPayment) -> Option<(Address, B256)> {
     ))
 }
 
-/// `atomic` units of a payment's asset in micro-USD, at the rate and decimals recorded when it
-/// was reserved; `None` when they were not recorded.
-fn value(meta: &Value, atomic: u128) -> Option<u64> {
-    let asset = crate::pay::assets::Asset {
-        chain_id: 0,
-        address: String::new(),
-        symbol: String::new(),
-        decimals: u8::try_from(meta["decimals"].as_u64()?).ok()?,
-        usd_micros_per_unit: meta["rate_usd_micros_per_unit"].as_u64()?,
-        sandbox: false,
-    };
-    asset.to_usd_micros(atomic).map(|u| u.0)
-}
-
 /// A receipt for a payment found on chain after the fact: the price as recorded, and what it
 /// cost (`charged_usd_micros`, with a fee) when that differs.
 fn receipt(
@@ -381,48 +370,36 @@ fn receipt(
     reverted: bool,
     now: u64,
 ) -> NewReceipt {
-    let meta: Value = serde_json::from_str(&payment.meta_json).unwrap_or(Value::Null);
+    let charge = Charge::of_row(payment);
     let payer = authorization(payment)
         .map(|(from, _)| from.to_string())
-        .or_else(|| Some(Proof::from_json(payment.proof_json.as_deref()?)?.payer));
-    // `x402 v2` → ("x402", 2); `MPP` → ("mpp", 0).
-    let (protocol, version) = match payment.protocol.split_once(" v") {
-        Some((name, v)) => (name.to_owned(), v.parse::<u8>().unwrap_or(0)),
-        None => (payment.protocol.to_ascii_lowercase(), 0),
-    };
-    let receipt_id = hex::encode(rand::random::<[u8; 12]>());
-    let price = meta["amount_atomic"]
-        .as_str()
-        .and_then(|a| a.parse::<u128>().ok())
-        .and_then(|a| value(&meta, a))
-        .unwrap_or(payment.amount_usd_micros);
-    let usd = UsdMicros(if reverted { 0 } else { price });
-    let mut json = json!({
-        "protocol": protocol,
-        "version": version,
-        "network": meta["network"],
-        "asset": meta["asset"],
-        "amount_atomic": meta["amount_atomic"],
-        "amount_usd": usd.decimal(),
-        "amount_usd_micros": usd.0,
-        "payee": payment.payee,
-        "payer": payer,
-        "transaction": transaction,
-        "receipt_id": receipt_id,
-        "at": rfc3339(now),
-        "tool": payment.tool,
-        "reconciled": true,
-    });
-    if charged != usd.0 {
-        json["charged_usd_micros"] = charged.into();
-    }
+        .or_else(|| Some(Proof::from_json(payment.proof_json.as_deref()?)?.payer))
+        .unwrap_or_default();
+    let price = charge
+        .price()
+        .unwrap_or(UsdMicros(payment.amount_usd_micros));
+    let mut details = Map::new();
+    details.insert("tool".into(), payment.tool.clone().into());
     if reverted {
-        json["reverted"] = true.into();
-        json["note"] = "the charge reverted on chain; its transaction fee was still paid".into();
+        details.insert("reverted".into(), true.into());
+        details.insert(
+            "note".into(),
+            "the charge reverted on chain; its transaction fee was still paid".into(),
+        );
     }
-    NewReceipt {
-        receipt_id,
-        at: now,
-        json: json.to_string(),
-    }
+    let receipt = receipt::receipt(
+        &charge,
+        &payment.payee,
+        if reverted { UsdMicros(0) } else { price },
+        Settlement {
+            payer,
+            transaction,
+            details,
+            approval: None,
+            charged: UsdMicros(charged),
+            reconciled: true,
+        },
+        now,
+    );
+    receipt::row(&receipt, now)
 }

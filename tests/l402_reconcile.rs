@@ -112,13 +112,13 @@ async fn pending_lightning_payments_are_settled_or_released_at_start() {
     };
     // While their owner's lease runs they belong to a live call: not touched.
     let now = tollgate::money::now_unix();
-    let report = tollgate::server::l402::reconcile(&*ledger, &lightning, "restart", now).await;
+    let report = tollgate::checkout::l402::reconcile(&*ledger, &lightning, "restart", now).await;
     assert!(report.is_empty(), "{report:?}");
     assert_eq!(total(&*ledger), (0, 50_000));
 
     // As at a start after the owner's lease lapsed: asked, and settled.
     let later = now + LEASE + 1;
-    let report = tollgate::server::l402::reconcile(&*ledger, &lightning, "restart", later).await;
+    let report = tollgate::checkout::l402::reconcile(&*ledger, &lightning, "restart", later).await;
     assert_eq!(report.len(), 2, "{report:?}");
 
     // The paid one is committed at its actual cost (21 sats, no fee: 0.021 USD), the unpaid

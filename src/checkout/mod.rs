@@ -1,9 +1,169 @@
-//! The transport-free parts of one paid call's saga that decide who may act on a payment.
+//! The checkout engine: one paid call's saga, free of any transport.
+//!
+//! A transport (today the MCP server over stdio) hands [`Checkout::call`] a tool, its checked
+//! arguments and the request they make, and the caller it identified
+//! ([`Checkout::identify`]); it gets back a typed [`Outcome`]. In between, the engine runs
+//! the saga: send → 402 → read every offer → choose one under the rules → approve (through
+//! the transport's [`Port`], which is how a person is asked) → reserve against every cap →
+//! prove → send once more → read the settlement → commit the receipt. What a transport does
+//! is translate: requests in, outcomes out, progress, cancellation, and its own way to ask a
+//! person.
 //!
 //! * [`lease`]: which live call owns an open payment (a lease it renews), giving a payment up
 //!   when its call ends without an answer, and telling a dead owner from a live one.
-//!
-//! The rest of the saga (identify, offers, choose, approve, reserve, prove, send, settle,
-//! receipt) still lives in `server::paid`; it moves here, away from MCP, step by step.
+//! * [`engine`]: the saga.
+//! * [`approve`]: the approval step's decisions (when a person must decide, what they decide
+//!   on, using an approval once), without saying how a person is asked.
+//! * [`receipt`]: what a reservation records about its charge, and the one receipt builder.
+//! * [`l402`]: the Lightning parts (paying the invoice, kept tokens, one flight per service).
 
+pub mod approve;
+mod caller;
+mod engine;
+pub mod l402;
 pub mod lease;
+pub mod receipt;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+pub use approve::{Ask, Gate, Redemption};
+pub use receipt::{Charge, Payment};
+
+use crate::budget::credential::{Credential, RootKey};
+use crate::budget::policy::Policy;
+use crate::catalog::{HttpTool, UpstreamRequest};
+use crate::ledger::Ledger;
+use crate::lightning::Lightning;
+use crate::pay::assets::Asset;
+use crate::upstream::{Answer, Upstream};
+use crate::wallet::EvmWallet;
+use crate::wallet::tempo::TempoWallet;
+
+/// Everything paying needs: the owner's policy, the assets tollgate can value, the wallets,
+/// the ledger, what tells who is calling (the root key, the process's own token), and the
+/// upstream HTTP client. One per process, shared by every call.
+pub struct Checkout {
+    pub policy: Policy,
+    pub assets: Vec<Asset>,
+    pub evm: Option<EvmWallet>,
+    /// The Tempo wallet (MPP), if `[wallet.tempo]` is configured.
+    pub tempo: Option<TempoWallet>,
+    /// The root key credentials are verified under (absent until `tollgate init`).
+    pub root: Option<RootKey>,
+    /// `TOLLGATE_TOKEN` of the process: the caller when a request carries no token.
+    pub env_token: Option<String>,
+    /// The credential of the policy's default profile: the caller when there is no token at
+    /// all (see [`Checkout::use_default_profile`]).
+    pub profile_token: Option<String>,
+    /// How a person is asked to approve a payment above the threshold.
+    pub approval: crate::approval::Settings,
+    /// Budgets, reservations, pending payments, receipts, revocations.
+    pub ledger: Arc<Ledger>,
+    /// The payments this process's live calls own (leases renewed while they run).
+    pub leases: Arc<lease::Leases>,
+    /// JSON-RPC nodes by chain id (`[rpc]`): where an unknown outcome is asked.
+    pub rpc: BTreeMap<u64, String>,
+    /// The Lightning backend that pays L402 invoices, if one is configured.
+    pub lightning: Option<Lightning>,
+    /// Every upstream request of a call goes through it (`[upstream]` limits).
+    pub upstream: Upstream,
+    /// One L402 payment per service at a time (see [`l402::Flights`]).
+    flights: l402::Flights,
+    /// Credentials whose budgets this process has recorded in the tree of budgets.
+    registered: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+impl Checkout {
+    pub fn new(
+        policy: Policy,
+        assets: Vec<Asset>,
+        evm: Option<EvmWallet>,
+        ledger: Arc<Ledger>,
+        upstream: Upstream,
+    ) -> Checkout {
+        Checkout {
+            policy,
+            assets,
+            evm,
+            tempo: None,
+            root: None,
+            env_token: None,
+            profile_token: None,
+            approval: crate::approval::Settings::default(),
+            leases: lease::Leases::new(ledger.clone()),
+            rpc: Default::default(),
+            ledger,
+            lightning: None,
+            upstream,
+            flights: Default::default(),
+            registered: Default::default(),
+        }
+    }
+}
+
+/// One call of a tool, as the transport checked it.
+pub struct Call<'a> {
+    pub tool: &'a HttpTool,
+    /// The arguments, validated against the tool's input schema.
+    pub arguments: &'a Map<String, Value>,
+    /// The request the arguments make (unpaid).
+    pub request: UpstreamRequest,
+    /// Who is calling ([`Checkout::identify`]); `None`: the policy alone applies.
+    pub caller: Option<&'a Credential>,
+}
+
+/// How a call ended.
+// An answer is large (serde_json's `preserve_order` maps); an outcome is made once per call.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum Outcome<H> {
+    /// The upstream answered: its answer, what was paid for it (a receipt, or the kept L402
+    /// token it was served on; nothing when it was free), and the rail's settlement metadata
+    /// for the result's `_meta` (x402's decoded payment response, MPP's receipt).
+    Answered {
+        answer: Answer,
+        payment: Option<Payment>,
+        meta: Map<String, Value>,
+    },
+    /// The call ended without the upstream's answer. The message says why and what happened
+    /// to any money (nothing paid, paid with which receipt, or pending), in words a model can
+    /// act on; secrets in the tool's headers are already redacted from it.
+    Failed(String),
+    /// The caller cancelled the call; anything already signed and sent stays pending.
+    Cancelled,
+    /// The transport stopped the call itself while asking a person (an `approval_required`
+    /// result, an input request): its own answer. Nothing was reserved or signed.
+    Halted(H),
+}
+
+impl<H> Outcome<H> {
+    fn failed(message: impl Into<String>) -> Outcome<H> {
+        Outcome::Failed(message.into())
+    }
+}
+
+/// What the engine needs from the transport a call came in on.
+pub trait Port: Sync {
+    /// The transport's own answer when it stops a call while asking a person.
+    type Halt: Send;
+
+    /// Tells the caller how the call is going (one short line; may be dropped).
+    fn progress(&self, message: String);
+
+    /// Resolves when the caller cancels the call.
+    fn cancelled(&self) -> impl Future<Output = ()> + Send;
+
+    /// A person must decide whether `ask` may be paid (the engine has checked the thresholds
+    /// and that an approval secret exists). Ask in the transport's own way, or use the
+    /// approval the call brought back ([`Checkout::redeem`]).
+    fn approve(&self, ask: &Ask) -> impl Future<Output = Gate<Self::Halt>> + Send;
+}
+
+/// Runs a (short, blocking) ledger operation without stalling the async workers.
+pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}

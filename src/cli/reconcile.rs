@@ -55,7 +55,7 @@ pub fn reconcile(config: Option<PathBuf>) -> anyhow::Result<()> {
     if let Some(c) = &config.lightning {
         match tollgate::lightning::Lightning::open(c) {
             Ok(lightning) => {
-                let lines = runtime.block_on(tollgate::server::l402::reconcile(
+                let lines = runtime.block_on(tollgate::checkout::l402::reconcile(
                     &*ledger,
                     &lightning,
                     &owner,

@@ -8,7 +8,8 @@ use rmcp::ServiceExt as _;
 
 use tollgate::budget::credential::{CredentialError, RootKey};
 use tollgate::ledger::Ledger;
-use tollgate::server::{Payments, Tollgate};
+use tollgate::checkout::Checkout;
+use tollgate::server::Tollgate;
 use tollgate::upstream::Upstream;
 use tollgate::wallet::EvmWallet;
 
@@ -59,7 +60,7 @@ pub fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
                 let owner = tollgate::checkout::lease::this_process();
                 tokio::spawn(async move {
                     let now = tollgate::money::now_unix();
-                    for line in tollgate::server::l402::reconcile(&*ledger, &backend, &owner, now).await {
+                    for line in tollgate::checkout::l402::reconcile(&*ledger, &backend, &owner, now).await {
                         tracing::warn!("pending Lightning payment: {line}");
                     }
                 });
@@ -99,7 +100,7 @@ pub fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
         if let Some(wallet) = &tempo {
             tracing::info!(?wallet, "Tempo wallet ready (MPP)");
         }
-        let mut payments = Payments::new(policy, config.assets.clone(), evm, ledger);
+        let mut payments = Checkout::new(policy, config.assets.clone(), evm, ledger, upstream);
         payments.rpc = config.rpc.clone();
         payments.lightning = lightning;
         payments.tempo = tempo;
@@ -139,7 +140,7 @@ pub fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
             ));
         }
         payments.approval.secret = secret;
-        let server = Tollgate::new(catalog, upstream, payments);
+        let server = Tollgate::new(catalog, payments);
         let running = server
             .serve(rmcp::transport::stdio_pipes())
             .await

@@ -477,7 +477,7 @@ pub fn choose(challenge: &Challenge, rules: &Rules) -> Result<Quote, Vec<Judgeme
 /// What a paid call leaves behind, shown to the model and kept by the owner.
 #[derive(Debug, Clone, Serialize, PartialEq, schemars::JsonSchema)]
 pub struct Receipt {
-    pub protocol: &'static str,
+    pub protocol: String,
     pub version: u8,
     pub network: String,
     pub asset: String,
@@ -509,26 +509,3 @@ pub struct Receipt {
     pub details: serde_json::Map<String, Value>,
 }
 
-impl Receipt {
-    pub fn new(quote: &Quote, proof: &Proof, transaction: Option<String>, now: u64) -> Receipt {
-        Receipt {
-            protocol: quote.offer.protocol.name(),
-            version: quote.offer.protocol.version(),
-            network: quote.offer.network.clone(),
-            asset: quote.offer.asset.clone(),
-            asset_symbol: quote.asset.symbol.clone(),
-            amount_atomic: quote.offer.amount_atomic.to_string(),
-            amount_usd: quote.usd.decimal(),
-            amount_usd_micros: quote.usd.0,
-            rate_usd_micros_per_unit: quote.asset.usd_micros_per_unit,
-            payee: quote.offer.payee.clone(),
-            payer: proof.payer.clone(),
-            transaction,
-            receipt_id: hex::encode(rand::random::<[u8; 12]>()),
-            at: crate::money::rfc3339(now),
-            approval: None,
-            sandbox: quote.asset.sandbox,
-            details: serde_json::Map::new(),
-        }
-    }
-}

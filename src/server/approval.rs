@@ -14,7 +14,8 @@
 //!   approve|deny <id>` or on the local page, and the agent retries with `approval_id`.
 //!
 //! The agent never decides: `approval_id` only *uses* an approval a person gave, once, for the
-//! same tool, arguments and offer at no higher price. Every decision is in the ledger.
+//! same tool, arguments and offer at no higher price (`checkout::approve` decides that). Every
+//! decision is in the ledger.
 
 use rmcp::RoleServer;
 use rmcp::model::{
@@ -24,16 +25,13 @@ use rmcp::model::{
 };
 use rmcp::service::RequestContext;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
-use super::paid::blocking;
-use super::{Progress, Tollgate, tool_error};
-use crate::approval::{self, ApprovalRecord, Facts, Mismatch, Secret};
-use crate::budget::credential::Credential;
-use crate::catalog::HttpTool;
-use crate::ledger::{Approval, ApprovalState, Decided, NewApproval, Redeemed};
+use super::{Progress, Tollgate};
+use crate::approval::{self, Facts, Mismatch, Secret};
+use crate::checkout::{Redemption, blocking};
+use crate::ledger::Decided;
 use crate::money::{UsdMicros, now_unix, rfc3339};
-use crate::pay::Quote;
 
 /// What a retried call brings back: an approval id (out of band), or the host's answer to an
 /// elicitation with the sealed state (protocol 2026-07-28).
@@ -44,13 +42,8 @@ pub(super) struct Continuation {
     pub input_responses: Option<InputResponses>,
 }
 
-/// The outcome of the approval step.
-pub(super) enum Gate {
-    /// Go on and pay; the receipt records how it was approved.
-    Pay(ApprovalRecord),
-    /// Stop here: nothing is signed or paid.
-    Stop(Box<CallToolResponse>),
-}
+/// The approval step's outcome: pay, refuse, or this result now (a person is asked).
+type Gate = crate::checkout::Gate<Box<CallToolResponse>>;
 
 /// The key of the one input request tollgate sends.
 const INPUT_KEY: &str = "approve_payment";
@@ -75,45 +68,20 @@ fn offer_digest(f: &Facts) -> String {
     )
 }
 
-fn stop(result: CallToolResult) -> Gate {
-    Gate::Stop(Box::new(result.into()))
-}
 
 impl Tollgate {
-    /// The approval step: decides whether `quote` may be paid now, asking a person if needed.
-    #[allow(clippy::too_many_arguments)]
+    /// Asks a person whether the payment `facts` describes may be made (the engine found
+    /// one must decide), in the way the host supports, or uses the approval the call brought.
     pub(super) async fn approval_gate(
         &self,
-        tool: &HttpTool,
-        arguments: &Map<String, Value>,
-        quote: &Quote,
-        caller: Option<&Credential>,
+        facts: &Facts,
         continuation: &Continuation,
         progress: &Progress,
         context: &RequestContext<RoleServer>,
     ) -> Gate {
         let now = now_unix();
-        let payments = &self.payments;
-        let Some(reason) = approval::required(
-            quote.usd,
-            payments.policy.approve_above,
-            caller.and_then(|c| c.restrictions.approve_above()),
-            &tool.name,
-            tool.approval_always,
-        ) else {
-            return Gate::Pay(ApprovalRecord::by_policy(quote.usd, now));
-        };
-        let Some(secret) = payments.approval.secret.clone() else {
-            return stop(tool_error(format!(
-                "`{}`: {reason}, so a person must approve it, but this tollgate has no approval \
-                 secret (it could not write its state directory); nothing was paid",
-                tool.name
-            )));
-        };
-        let facts = self.facts(tool, arguments, quote, caller, reason, now);
-
         if let Some(id) = &continuation.approval_id {
-            return self.redeem(tool, id, &facts, now);
+            return self.redeem(id, facts, now);
         }
         let capabilities = context.client_capabilities();
         let form = capabilities
@@ -123,123 +91,41 @@ impl Tollgate {
         let stateless = context
             .protocol_version()
             .is_some_and(|v| v >= ProtocolVersion::V_2026_07_28);
-        match (form, stateless) {
-            (true, true) => self.input_required(tool, &facts, &secret, continuation, now),
-            (true, false) => self.elicit(tool, &facts, progress, context, now).await,
-            (false, _) => {
+        match (form, stateless, &self.checkout.approval.secret) {
+            (true, true, Some(secret)) => self.input_required(facts, secret, continuation, now),
+            (true, false, _) => self.elicit(facts, progress, context, now).await,
+            _ => {
                 if continuation.request_state.is_some() {
-                    return stop(tool_error(format!(
+                    return Gate::Refuse(format!(
                         "`{}`: the call carries a requestState, but the request does not declare \
                          elicitation; nothing was paid",
-                        tool.name
-                    )));
+                        facts.tool
+                    ));
                 }
-                self.ask_out_of_band(tool, &facts, now, None)
+                self.ask_out_of_band(facts, now, None)
             }
-        }
-    }
-
-    /// The facts a person sees, and an approval is bound to, with the budget left after paying.
-    fn facts(
-        &self,
-        tool: &HttpTool,
-        arguments: &Map<String, Value>,
-        quote: &Quote,
-        caller: Option<&Credential>,
-        reason: String,
-        now: u64,
-    ) -> Facts {
-        let payments = &self.payments;
-        let caps = payments.caps(caller);
-        let ledger = payments.ledger.clone();
-        let left = if caps.is_empty() {
-            None
-        } else {
-            match blocking(|| ledger.status(&caps, now)) {
-                Ok(status) => status
-                    .iter()
-                    .map(|s| s.remaining_usd_micros.saturating_sub(quote.usd.0))
-                    .min(),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read the caps for an approval request");
-                    None
-                }
-            }
-        };
-        Facts {
-            budget_left_usd_micros: left,
-            ..offer_facts(tool, arguments, quote, reason)
-        }
-    }
-
-    /// Records a new pending approval for `facts`; its id, or the result to return.
-    fn record_ask(
-        &self,
-        tool: &HttpTool,
-        facts: &Facts,
-        expires_at: u64,
-        now: u64,
-    ) -> Result<String, Gate> {
-        self.try_record_ask(tool, facts, expires_at, now)
-            .map_err(|e| stop(tool_error(e)))
-    }
-
-    fn try_record_ask(
-        &self,
-        tool: &HttpTool,
-        facts: &Facts,
-        expires_at: u64,
-        now: u64,
-    ) -> Result<String, String> {
-        let id = approval::new_id();
-        let new = NewApproval {
-            id: id.clone(),
-            tool: tool.name.clone(),
-            amount_usd_micros: facts.amount_usd_micros,
-            facts_json: serde_json::to_string(facts).unwrap_or_default(),
-            expires_at,
-        };
-        let ledger = self.payments.ledger.clone();
-        match blocking(|| ledger.create_approval(new, now)) {
-            Ok(()) => {
-                tracing::info!(approval = %id, tool = %tool.name, usd = %UsdMicros(facts.amount_usd_micros), "asking a person to approve a payment");
-                Ok(id)
-            }
-            Err(e) => Err(format!(
-                "`{}`: the ledger could not record the approval request ({e}); nothing was paid",
-                tool.name
-            )),
         }
     }
 
     /// The out-of-band ask: a new pending approval and the `approval_required` result.
-    fn ask_out_of_band(
-        &self,
-        tool: &HttpTool,
-        facts: &Facts,
-        now: u64,
-        note: Option<String>,
-    ) -> Gate {
-        let expires_at = now + self.payments.approval.expires_after_secs;
-        match self.record_ask(tool, facts, expires_at, now) {
-            Ok(id) => Gate::Stop(Box::new(
-                self.approval_required(tool, &id, facts, expires_at, note),
-            )),
-            Err(gate) => gate,
+    fn ask_out_of_band(&self, facts: &Facts, now: u64, note: Option<String>) -> Gate {
+        let expires_at = now + self.checkout.approval.expires_after_secs;
+        match self.checkout.ask_person(facts, expires_at, now) {
+            Ok(id) => Gate::Halt(Box::new(self.approval_required(&id, facts, expires_at, note))),
+            Err(message) => Gate::Refuse(message),
         }
     }
 
     /// The structured result that tells the agent a person must approve out of band.
     fn approval_required(
         &self,
-        tool: &HttpTool,
         id: &str,
         facts: &Facts,
         expires_at: u64,
         note: Option<String>,
     ) -> CallToolResponse {
         let url = self
-            .payments
+            .checkout
             .approval
             .page
             .map(|addr| approval::page::url(addr, id));
@@ -257,7 +143,7 @@ impl Tollgate {
             budget_left_after: facts
                 .budget_left_usd_micros
                 .map(|l| UsdMicros(l).to_string()),
-            tool: tool.name.clone(),
+            tool: facts.tool.clone(),
             reason: facts.reason.clone(),
         });
         let page = match &url {
@@ -272,7 +158,7 @@ impl Tollgate {
             note.map(|n| format!("{n} ")).unwrap_or_default(),
             facts.summary(),
             rfc3339(expires_at),
-            tool.name
+            facts.tool
         );
         let mut result = CallToolResult::success(vec![ContentBlock::text(text)]);
         result.structured_content = Some(structured);
@@ -280,91 +166,36 @@ impl Tollgate {
     }
 
     /// A retried call with `approval_id`: uses the approval if a person approved exactly this.
-    fn redeem(&self, tool: &HttpTool, id: &str, facts: &Facts, now: u64) -> Gate {
-        if !approval::is_id(id) {
-            return stop(tool_error(format!(
-                "`{}`: approval_id {id:?} is not an approval id (ap_ followed by 32 hex digits); \
-                 nothing was paid",
-                tool.name
-            )));
-        }
-        let ledger = self.payments.ledger.clone();
-        let covers = |a: &Approval| -> Result<(), Mismatch> {
-            let approved: Facts = serde_json::from_str(&a.facts_json)
-                .map_err(|_| Mismatch::Different("unreadable facts".to_owned()))?;
-            approved.covers(facts)
-        };
-        let outcome =
-            blocking(|| ledger.redeem_approval(id, now, &|a| covers(a).map_err(|m| m.to_string())));
-        let refuse = |why: String| {
-            stop(tool_error(format!(
-                "`{}`: approval {id} {why}; nothing was paid",
-                tool.name
-            )))
-        };
-        match outcome {
-            Err(e) => refuse(format!("cannot be read from the ledger ({e})")),
-            Ok(Redeemed::NotFound) => refuse("does not exist".to_owned()),
-            Ok(Redeemed::Used(a)) => Gate::Pay(person(&a, now)),
-            Ok(Redeemed::Refused(a, _)) => match covers(&a) {
-                Err(Mismatch::Higher { approved, asked }) => self.ask_out_of_band(
-                    tool,
-                    facts,
-                    now,
-                    Some(format!(
-                        "Approval {id} covers at most {approved}, and the seller now asks for \
-                         {asked}; it was not used, and a person is asked again."
-                    )),
-                ),
-                Err(m) => refuse(format!("cannot be used here: {m}")),
-                Ok(()) => refuse("cannot be used here".to_owned()),
-            },
-            Ok(Redeemed::Not(a)) => match a.state {
-                ApprovalState::Pending => match covers(&a) {
-                    Ok(()) => Gate::Stop(Box::new(self.approval_required(
-                        tool,
-                        id,
-                        facts,
-                        a.expires_at,
-                        Some("No person has decided yet.".to_owned()),
-                    ))),
-                    Err(m) => refuse(format!("cannot be used here: {m}")),
-                },
-                ApprovalState::Denied => refuse(format!(
-                    "was denied by a person{}",
-                    a.decided_by
-                        .as_deref()
-                        .map(|c| format!(" (through {c})"))
-                        .unwrap_or_default()
-                )),
-                ApprovalState::Expired => refuse(
-                    "has expired; call again without approval_id to ask a person again".to_owned(),
-                ),
-                ApprovalState::Used => {
-                    refuse("was already used for a payment (an approval pays once)".to_owned())
-                }
-                ApprovalState::Approved => refuse("cannot be used".to_owned()),
-            },
+    fn redeem(&self, id: &str, facts: &Facts, now: u64) -> Gate {
+        match self.checkout.redeem(id, facts, now) {
+            Redemption::Use(approval) => Gate::Pay(approval),
+            Redemption::AskAgain(note) => self.ask_out_of_band(facts, now, Some(note)),
+            Redemption::Undecided { expires_at } => Gate::Halt(Box::new(self.approval_required(
+                id,
+                facts,
+                expires_at,
+                Some("No person has decided yet.".to_owned()),
+            ))),
+            Redemption::Refused(message) => Gate::Refuse(message),
         }
     }
 
     /// Protocol 2026-07-28: ask with `InputRequiredResult`, or read the host's answer.
     fn input_required(
         &self,
-        tool: &HttpTool,
         facts: &Facts,
         secret: &Secret,
         continuation: &Continuation,
         now: u64,
     ) -> Gate {
         let Some(sealed) = &continuation.request_state else {
-            return self.ask_input_required(tool, facts, secret, now, None);
+            return self.ask_input_required(facts, secret, now, None);
         };
         let refuse = |why: &str| {
-            stop(tool_error(format!(
+            Gate::Refuse(format!(
                 "`{}`: {why}; nothing was paid. Call again without requestState to be asked again.",
-                tool.name
-            )))
+                facts.tool
+            ))
         };
         let state: SealedState = match secret
             .open(STATE_DOMAIN, sealed)
@@ -377,7 +208,7 @@ impl Tollgate {
         if state.tool != facts.tool || state.arguments_hash != facts.arguments_hash {
             return refuse("the requestState was issued for another tool or other arguments");
         }
-        let ledger = self.payments.ledger.clone();
+        let ledger = self.checkout.ledger.clone();
         if now >= state.expires_at {
             // Marks the approval expired in the ledger.
             let _ = blocking(|| ledger.approval(&state.approval_id, now));
@@ -399,11 +230,11 @@ impl Tollgate {
             Ok(Decided::Final(a)) => {
                 refuse(&format!("the approval request is already {}", a.state))
             }
-            Ok(Decided::Done(_)) if !yes => stop(tool_error(format!(
+            Ok(Decided::Done(_)) if !yes => Gate::Refuse(format!(
                 "`{}`: the person declined the payment of {}; nothing was paid",
-                tool.name,
+                facts.tool,
                 UsdMicros(facts.amount_usd_micros)
-            ))),
+            )),
             Ok(Decided::Done(a)) => {
                 // The fresh 402 asks for more than was approved: ask again, pay nothing.
                 let higher = serde_json::from_str::<Facts>(&a.facts_json).is_ok_and(|approved| {
@@ -411,30 +242,28 @@ impl Tollgate {
                 });
                 if higher {
                     return self.ask_input_required(
-                        tool,
                         facts,
                         secret,
                         now,
                         Some("The seller now asks for more than you approved."),
                     );
                 }
-                self.redeem(tool, id, facts, now)
+                self.redeem(id, facts, now)
             }
         }
     }
 
     fn ask_input_required(
         &self,
-        tool: &HttpTool,
         facts: &Facts,
         secret: &Secret,
         now: u64,
         note: Option<&str>,
     ) -> Gate {
-        let expires_at = now + self.payments.approval.elicitation_timeout_secs;
-        let id = match self.record_ask(tool, facts, expires_at, now) {
+        let expires_at = now + self.checkout.approval.elicitation_timeout_secs;
+        let id = match self.checkout.ask_person(facts, expires_at, now) {
             Ok(id) => id,
-            Err(gate) => return gate,
+            Err(message) => return Gate::Refuse(message),
         };
         let state = SealedState {
             approval_id: id,
@@ -449,14 +278,14 @@ impl Tollgate {
         );
         let params = match form(facts, note) {
             Ok(params) => params,
-            Err(e) => return stop(tool_error(e)),
+            Err(e) => return Gate::Refuse(e),
         };
         let mut requests = std::collections::BTreeMap::new();
         requests.insert(
             INPUT_KEY.to_owned(),
             InputRequest::Elicitation(ElicitRequest::new(params)),
         );
-        Gate::Stop(Box::new(
+        Gate::Halt(Box::new(
             InputRequiredResult::new(Some(requests), Some(sealed)).into(),
         ))
     }
@@ -464,23 +293,22 @@ impl Tollgate {
     /// Protocol 2025-11-25: `elicitation/create` from inside the call.
     async fn elicit(
         &self,
-        tool: &HttpTool,
         facts: &Facts,
         progress: &Progress,
         context: &RequestContext<RoleServer>,
         now: u64,
     ) -> Gate {
         // Expires like an out-of-band approval: no answer in time falls back to that flow.
-        let expires_at = now + self.payments.approval.expires_after_secs;
-        let id = match self.record_ask(tool, facts, expires_at, now) {
+        let expires_at = now + self.checkout.approval.expires_after_secs;
+        let id = match self.checkout.ask_person(facts, expires_at, now) {
             Ok(id) => id,
-            Err(gate) => return gate,
+            Err(message) => return Gate::Refuse(message),
         };
         let params = match form(facts, None) {
             Ok(params) => params,
-            Err(e) => return stop(tool_error(e)),
+            Err(e) => return Gate::Refuse(e),
         };
-        let timeout = self.payments.approval.elicitation_timeout_secs;
+        let timeout = self.checkout.approval.elicitation_timeout_secs;
         progress.send(format!(
             "waiting up to {timeout} s for a person to approve {}",
             UsdMicros(facts.amount_usd_micros)
@@ -491,15 +319,14 @@ impl Tollgate {
         let answer = tokio::select! {
             answer = asked => answer,
             () = context.ct.cancelled() => {
-                return stop(tool_error(format!("the call to `{}` was cancelled; nothing was paid", tool.name)));
+                return Gate::Refuse(format!("the call to `{}` was cancelled; nothing was paid", facts.tool));
             }
         };
         let answer = match answer {
             Ok(answer) => answer,
             Err(e) => {
                 tracing::info!(approval = %id, error = %e, "no answer to the elicitation; falling back to out-of-band approval");
-                return Gate::Stop(Box::new(self.approval_required(
-                    tool,
+                return Gate::Halt(Box::new(self.approval_required(
                     &id,
                     facts,
                     expires_at,
@@ -510,23 +337,23 @@ impl Tollgate {
             }
         };
         let yes = approves(&answer);
-        let ledger = self.payments.ledger.clone();
+        let ledger = self.checkout.ledger.clone();
         let now = now_unix();
         match blocking(|| ledger.decide_approval(&id, yes, "elicitation", now)) {
-            Ok(Decided::Done(_)) if yes => self.redeem(tool, &id, facts, now),
-            Ok(Decided::Done(_)) => stop(tool_error(format!(
+            Ok(Decided::Done(_)) if yes => self.redeem(&id, facts, now),
+            Ok(Decided::Done(_)) => Gate::Refuse(format!(
                 "`{}`: the person declined the payment of {}; nothing was paid",
-                tool.name,
+                facts.tool,
                 UsdMicros(facts.amount_usd_micros)
-            ))),
-            Ok(other) => stop(tool_error(format!(
+            )),
+            Ok(other) => Gate::Refuse(format!(
                 "`{}`: the approval could not be recorded ({other:?}); nothing was paid",
-                tool.name
-            ))),
-            Err(e) => stop(tool_error(format!(
+                facts.tool
+            )),
+            Err(e) => Gate::Refuse(format!(
                 "`{}`: the ledger could not record the decision ({e}); nothing was paid",
-                tool.name
-            ))),
+                facts.tool
+            )),
         }
     }
 }
@@ -569,44 +396,4 @@ fn form(facts: &Facts, note: Option<&str>) -> Result<ElicitRequestParams, String
         message,
         requested_schema: schema,
     })
-}
-
-/// The receipt's record of a person's approval.
-fn person(a: &Approval, now: u64) -> ApprovalRecord {
-    let facts: Option<Facts> = serde_json::from_str(&a.facts_json).ok();
-    ApprovalRecord {
-        approved_by: "person".to_owned(),
-        channel: a.decided_by.clone().unwrap_or_else(|| "unknown".to_owned()),
-        approval_id: Some(a.id.clone()),
-        decided_at: rfc3339(a.decided_at.unwrap_or(now)),
-        reason: facts.map(|f| f.reason).unwrap_or_default(),
-    }
-}
-
-/// The facts of paying `quote` for this call, without the budget (what an approval binds).
-pub(super) fn offer_facts(
-    tool: &HttpTool,
-    arguments: &Map<String, Value>,
-    quote: &Quote,
-    reason: String,
-) -> Facts {
-    Facts {
-        tool: tool.name.clone(),
-        arguments_hash: approval::arguments_hash(arguments),
-        arguments: arguments.clone(),
-        protocol: quote.offer.protocol.to_string(),
-        network: quote.offer.network.clone(),
-        asset: quote.offer.asset.clone(),
-        asset_symbol: quote.asset.symbol.clone(),
-        amount_atomic: quote.offer.amount_atomic.to_string(),
-        amount_usd_micros: quote.usd.0,
-        amount_in_asset: approval::amount_in_asset(
-            quote.offer.amount_atomic,
-            quote.asset.decimals,
-            &quote.asset.symbol,
-        ),
-        payee: quote.offer.payee.clone(),
-        budget_left_usd_micros: None,
-        reason,
-    }
 }

@@ -113,10 +113,10 @@ impl Tollgate {
     ) -> Option<CallToolResult> {
         match name {
             PRICE_CHECK => Some(self.price_check(arguments, context).await),
-            PAYMENT_STATUS => Some(payment_status(&self.payments, arguments)),
+            PAYMENT_STATUS => Some(payment_status(&self.checkout, arguments)),
             BUDGET_STATUS | LIST_RECEIPTS | DELEGATE_BUDGET => {
                 let caller = match self
-                    .payments
+                    .checkout
                     .identify(super::request_token(context).as_deref())
                 {
                     Ok(caller) => caller,
@@ -124,7 +124,7 @@ impl Tollgate {
                         return Some(tool_error(format!("your credential is refused: {reason}")));
                     }
                 };
-                let payments = &self.payments;
+                let payments = &self.checkout;
                 if name == DELEGATE_BUDGET {
                     let delegated = shapes::arguments(arguments).and_then(|arguments| {
                         tokio::task::block_in_place(|| {
@@ -187,13 +187,19 @@ impl Tollgate {
             Err(result) => return result,
         };
         let token = super::request_token(context);
-        let progress = Progress::new(context);
-        let reply = match self.send(tool, request, &progress, context).await {
-            Ok(Ok(reply)) => reply,
-            Ok(Err(e)) => return tool_error(tool.redact(&format!("price_check `{name}`: {e}"))),
-            Err(cancelled) => return cancelled,
+        let port = super::McpPort {
+            server: self,
+            progress: Progress::new(context),
+            continuation: Default::default(),
+            context,
         };
-        progress.finish().await;
+        let reply = self.checkout.send(tool, request, &port).await;
+        port.progress.finish().await;
+        let reply = match reply {
+            Some(Ok(reply)) => reply,
+            Some(Err(e)) => return tool_error(tool.redact(&format!("price_check `{name}`: {e}"))),
+            None => return tool_error(format!("the call to `{name}` was cancelled")),
+        };
         let max = tool.max_price.map(|p| p.decimal());
         let value = match reply {
             Reply {
@@ -201,8 +207,8 @@ impl Tollgate {
                 headers,
             } => {
                 let challenge = pay::read_challenge(&headers, &body);
-                let caller = self.payments.identify(token.as_deref()).ok().flatten();
-                let rules = self.payments.rules(tool, caller.as_ref());
+                let caller = self.checkout.identify(token.as_deref()).ok().flatten();
+                let rules = self.checkout.rules(tool, caller.as_ref());
                 let judged: Vec<_> = challenge
                     .offers
                     .iter()
@@ -236,7 +242,7 @@ impl Tollgate {
 }
 
 fn budget_status(
-    payments: &super::Payments,
+    payments: &crate::checkout::Checkout,
     caller: Option<&crate::budget::credential::Credential>,
 ) -> Result<shapes::BudgetStatus, crate::ledger::LedgerError> {
     let caps = payments.caps(caller);
@@ -278,7 +284,7 @@ fn budget_status(
 }
 
 fn list_receipts(
-    payments: &super::Payments,
+    payments: &crate::checkout::Checkout,
     caller: Option<&crate::budget::credential::Credential>,
     arguments: shapes::ListReceiptsArguments,
 ) -> Result<shapes::Receipts, crate::ledger::LedgerError> {
@@ -313,7 +319,7 @@ fn list_receipts(
 /// own, so the child can only be narrower; the budget is also capped at what the caller has
 /// left now, so the answer never promises more than the parent can spend.
 fn delegate_budget(
-    payments: &super::Payments,
+    payments: &crate::checkout::Checkout,
     catalog: &crate::catalog::Catalog,
     caller: Option<&crate::budget::credential::Credential>,
     arguments: shapes::DelegateArguments,
@@ -433,7 +439,7 @@ fn delegate_budget(
 }
 
 /// An approval's state, read-only (no tool can change it).
-fn payment_status(payments: &super::Payments, arguments: &Map<String, Value>) -> CallToolResult {
+fn payment_status(payments: &crate::checkout::Checkout, arguments: &Map<String, Value>) -> CallToolResult {
     use crate::ledger::ApprovalState;
     use crate::money::{UsdMicros, now_unix, rfc3339};
     let shapes::PaymentStatusArguments { approval_id: id } = match shapes::arguments(arguments) {

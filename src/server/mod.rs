@@ -3,17 +3,17 @@
 //! [`Tollgate`] implements rmcp's `ServerHandler` by hand, because tools are loaded from files
 //! at run time. It serves both protocol revisions a host may speak (2025-11-25 with
 //! `initialize`, 2026-07-28 stateless); rmcp negotiates, this module answers `tools/list` and
-//! `tools/call`. A tool call validates the arguments against the tool's input schema (rmcp does
-//! not, for hand-written handlers), builds the request, calls upstream under the tool's limits,
-//! pays when the upstream answers 402 and the rules allow it (`paid.rs`), and turns the outcome
-//! into a result. Everything a model can fix or should know is an `isError` result with a
+//! `tools/call`. A tool call identifies the caller, validates the arguments against the tool's
+//! input schema (rmcp does not, for hand-written handlers), builds the request, hands the call
+//! to the checkout engine ([`crate::checkout`]: the upstream request, and the payment when it
+//! answers 402), and translates the engine's outcome into a result. This module is the
+//! engine's [`Port`]: progress notifications, cancellation, and asking a person in MCP terms
+//! (`approval.rs`). Everything a model can fix or should know is an `isError` result with a
 //! message that says what to change; JSON-RPC errors are kept for protocol mistakes (an
 //! unknown tool name).
 
 mod approval;
-pub mod l402;
 mod meta;
-mod paid;
 mod shapes;
 mod tools;
 
@@ -28,33 +28,27 @@ use rmcp::service::RequestContext;
 use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
 use serde_json::{Map, Value};
 
-pub use paid::Payments;
-
 use crate::catalog::{Catalog, HttpTool, UpstreamRequest};
-use crate::upstream::{Answer, Limits, Reply, Stage, Upstream, UpstreamError};
+use crate::checkout::{Call, Checkout, Outcome, Payment, Port};
+use crate::upstream::Answer;
 
 /// The tollgate MCP server.
 #[derive(Clone)]
 pub struct Tollgate {
     catalog: Arc<Catalog>,
-    upstream: Upstream,
-    payments: Arc<Payments>,
+    checkout: Arc<Checkout>,
     /// `tools/list`, built once: the catalog does not change while serving.
     tools: Arc<Vec<Tool>>,
-    /// One L402 payment per service at a time (see [`l402::Flights`]).
-    l402_flights: Arc<l402::Flights>,
 }
 
 impl Tollgate {
-    pub fn new(catalog: Arc<Catalog>, upstream: Upstream, payments: Payments) -> Tollgate {
+    pub fn new(catalog: Arc<Catalog>, checkout: Checkout) -> Tollgate {
         let mut list: Vec<Tool> = catalog.iter().map(|t| tools::mcp_tool(t)).collect();
         list.extend(meta::tools());
         Tollgate {
             catalog,
-            upstream,
-            payments: Arc::new(payments),
+            checkout: Arc::new(checkout),
             tools: Arc::new(list),
-            l402_flights: Arc::default(),
         }
     }
 
@@ -86,40 +80,8 @@ impl Tollgate {
         }
     }
 
-    /// Sends one request under the tool's limits, with progress and cancellation.
-    async fn send(
-        &self,
-        tool: &HttpTool,
-        request: UpstreamRequest,
-        progress: &Progress,
-        context: &RequestContext<RoleServer>,
-    ) -> Result<Result<Reply, UpstreamError>, CallToolResult> {
-        let mut request = request;
-        // MPP sellers (mpp 0.17+) offer only the methods the client says it can pay.
-        if self.payments.tempo.is_some() {
-            request.headers.insert(
-                "accept-payment",
-                reqwest::header::HeaderValue::from_static(crate::pay::mpp::ACCEPT_PAYMENT),
-            );
-        }
-        let limits = Limits {
-            timeout: tool.timeout,
-            max_response_bytes: tool.max_response_bytes,
-        };
-        let host = tool.host();
-        let call = self
-            .upstream
-            .call(request, limits, |stage| progress.stage(stage, &host));
-        tokio::select! {
-            reply = call => Ok(reply),
-            () = context.ct.cancelled() => {
-                tracing::info!(tool = %tool.name, "call cancelled by the client; upstream request dropped");
-                Err(tool_error(format!("the call to `{}` was cancelled", tool.name)))
-            }
-        }
-    }
-
-    /// Runs one call of an HTTP tool.
+    /// Runs one call of an HTTP tool: who is calling, the arguments, then the checkout
+    /// engine; its outcome as an MCP result.
     async fn call_http_tool(
         &self,
         tool: &HttpTool,
@@ -127,7 +89,7 @@ impl Tollgate {
         continuation: approval::Continuation,
         context: &RequestContext<RoleServer>,
     ) -> CallToolResponse {
-        let caller = match self.payments.identify(request_token(context).as_deref()) {
+        let caller = match self.checkout.identify(request_token(context).as_deref()) {
             Ok(caller) => caller,
             Err(reason) => {
                 return tool_error(format!(
@@ -137,97 +99,84 @@ impl Tollgate {
                 .into();
             }
         };
-        if let Some(c) = &caller {
-            if !c.restrictions.allows_tool(&tool.name) {
-                return tool_error(format!(
-                    "your credential does not allow the tool `{}`; nothing was sent",
-                    tool.name
-                ))
-                .into();
-            }
-            if !c.restrictions.allows_host(&tool.host(), tool.port()) {
-                return tool_error(format!(
-                    "your credential does not allow the host {}; nothing was sent",
-                    tool.host()
-                ))
-                .into();
-            }
+        if let Err(refused) = self.checkout.admits(tool, caller.as_ref()) {
+            return tool_error(refused).into();
         }
         let (request, arguments) = match Self::prepare(tool, arguments) {
             Ok(prepared) => prepared,
             Err(result) => return result.into(),
         };
-        let progress = Progress::new(context);
-        // An L402 token paid earlier for this origin and service is sent on the first request.
-        let mut token = self.cached_token(tool);
-        // Held until this call has paid (or given up) once it meets an L402 challenge without
-        // a token: a parallel call to the same service waits for it, then sends the token this
-        // one paid for (`l402::Flights`).
-        let mut flight = None;
-        let result = loop {
-            let attempt = match &token {
-                Some(token) => l402::with_token(request.clone(), token),
-                None => request.clone(),
-            };
-            let reply = match self.send(tool, attempt, &progress, context).await {
-                Ok(reply) => reply,
-                Err(cancelled) => return cancelled.into(),
-            };
-            match reply {
-                Ok(Reply {
-                    answer: Answer::PaymentRequired { body },
-                    headers,
-                }) => {
-                    // A refused token is forgotten; the 402 that refused it is paid once, afresh.
-                    if let Some(token) = &token {
-                        self.forget_token(token);
-                    } else if flight.is_none()
-                        && self.payments.lightning.is_some()
-                        && l402::challenged(&headers)
-                    {
-                        flight = tokio::select! {
-                            guard = self.l402_flights.enter(tool) => Some(guard),
-                            () = context.ct.cancelled() => {
-                                break tool_error(format!("the call to `{}` was cancelled", tool.name)).into();
-                            }
-                        };
-                        token = self.cached_token(tool);
-                        if let Some(paid) = &token {
-                            tracing::info!(tool = %tool.name, payment_hash = %paid.payment_hash,
-                                "a parallel call paid this service meanwhile; sending its token");
-                            continue;
-                        }
-                    }
-                    break self
-                        .pay(
-                            tool,
-                            &arguments,
-                            request,
-                            &headers,
-                            &body,
-                            caller.as_ref(),
-                            &continuation,
-                            &progress,
-                            context,
-                        )
-                        .await;
-                }
-                Ok(Reply { answer, .. }) => {
-                    break success(tool, answer, token.as_ref().map(l402::reused_payment)).into();
-                }
-                Err(e) => {
-                    break tool_error(tool.redact(&format!("`{}` failed: {e}", tool.name))).into();
-                }
-            }
+        let port = McpPort {
+            server: self,
+            progress: Progress::new(context),
+            continuation,
+            context,
         };
-        drop(flight);
-        progress.finish().await;
-        result
+        let call = Call {
+            tool,
+            arguments: &arguments,
+            request,
+            caller: caller.as_ref(),
+        };
+        let outcome = self.checkout.call(call, &port).await;
+        port.progress.finish().await;
+        match outcome {
+            Outcome::Answered {
+                answer,
+                payment,
+                meta,
+            } => {
+                let mut result = success(tool, answer, payment);
+                if !meta.is_empty() {
+                    result.meta = Some(rmcp::model::MetaObject(meta));
+                }
+                result.into()
+            }
+            Outcome::Failed(message) => tool_error(message).into(),
+            Outcome::Cancelled => {
+                tool_error(format!("the call to `{}` was cancelled", tool.name)).into()
+            }
+            Outcome::Halted(response) => *response,
+        }
+    }
+}
+
+/// The checkout engine's view of one MCP call: progress notifications, the client's
+/// cancellation, and asking a person (`approval.rs`).
+struct McpPort<'a> {
+    server: &'a Tollgate,
+    progress: Progress,
+    /// What a retried call brought back for its approval.
+    continuation: approval::Continuation,
+    context: &'a RequestContext<RoleServer>,
+}
+
+impl Port for McpPort<'_> {
+    type Halt = Box<CallToolResponse>;
+
+    fn progress(&self, message: String) {
+        self.progress.send(message);
+    }
+
+    fn cancelled(&self) -> impl std::future::Future<Output = ()> + Send {
+        self.context.ct.cancelled()
+    }
+
+    fn approve(
+        &self,
+        ask: &crate::checkout::Ask,
+    ) -> impl std::future::Future<Output = crate::checkout::Gate<Self::Halt>> + Send {
+        self.server.approval_gate(
+            &ask.facts,
+            &self.continuation,
+            &self.progress,
+            self.context,
+        )
     }
 }
 
 /// A successful answer: `structuredContent = {result[, payment]}`, plus the same as text.
-fn success(tool: &HttpTool, answer: Answer, payment: Option<Value>) -> CallToolResult {
+fn success(tool: &HttpTool, answer: Answer, payment: Option<Payment>) -> CallToolResult {
     let result = match answer {
         Answer::Json(value) => value,
         Answer::Text(text) => Value::String(text),
@@ -250,7 +199,8 @@ fn success(tool: &HttpTool, answer: Answer, payment: Option<Value>) -> CallToolR
         other => other.to_string(),
     };
     if let Some(payment) = &payment {
-        text.push_str(&format!("\n\n[payment receipt] {payment}"));
+        let json = serde_json::to_string(payment).unwrap_or_default();
+        text.push_str(&format!("\n\n[payment receipt] {json}"));
     }
     let mut out = CallToolResult::success(vec![ContentBlock::text(text)]);
     out.structured_content = Some(shapes::to_structured(&shapes::Answered { result, payment }));
@@ -309,13 +259,6 @@ impl Progress {
         let param =
             ProgressNotificationParam::new(token.clone(), f64::from(step)).with_message(message);
         let _ = queue.send(param);
-    }
-
-    fn stage(&self, stage: Stage, host: &str) {
-        match stage {
-            Stage::Sending => self.send(format!("request sent to {host}")),
-            Stage::ReadingBody => self.send(format!("{host} answered; reading the response")),
-        }
     }
 
     /// Sends "done" and waits until every notification has been handed to the transport.

@@ -16,7 +16,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::pay::{Judgement, Receipt};
+use crate::checkout::Payment;
+use crate::pay::Judgement;
 
 /// The JSON Schema of `T`, as an MCP tool schema (an object schema; draft 2020-12).
 pub fn schema_of<T: JsonSchema>() -> Map<String, Value> {
@@ -294,31 +295,5 @@ pub struct Answered {
     /// The upstream answer: JSON as sent, or text.
     pub result: Value,
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "Option<Payment>")]
-    pub payment: Option<Value>,
-}
-
-/// What `payment` holds: the receipt of this call's payment, or the token it was served on.
-#[derive(Debug, Serialize, JsonSchema)]
-#[serde(untagged)]
-#[allow(dead_code)] // For the schema: `Answered` carries the serialized value.
-pub enum Payment {
-    Receipt(Box<Receipt>),
-    Reused(ReusedToken),
-}
-
-/// The `payment` of a result served on an L402 token paid earlier: nothing was paid for it.
-#[derive(Debug, Serialize, JsonSchema)]
-pub struct ReusedToken {
-    pub protocol: String,
-    pub reused: bool,
-    pub amount_usd: String,
-    pub amount_usd_micros: u64,
-    pub amount_msat: String,
-    /// The origin the token was bought for.
-    pub payee: String,
-    pub payment_hash: String,
-    pub receipt_id: String,
-    pub note: String,
-    pub at: String,
+    pub payment: Option<Payment>,
 }

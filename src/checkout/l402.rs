@@ -13,14 +13,14 @@ use std::sync::Arc;
 use reqwest::header::AUTHORIZATION;
 use serde_json::{Map, Value, json};
 
-use super::Tollgate;
-use super::paid::Payments;
+use super::receipt::{self, Charge, Payment, ReusedToken, Settlement};
+use super::{Checkout, blocking};
 use crate::catalog::{HttpTool, UpstreamRequest};
-use crate::ledger::{Ledger, NewReceipt, PaidToken, ReservationId};
+use crate::ledger::{Ledger, PaidToken, ReservationId};
 use crate::lightning::{BackendError, Lightning, PaymentStatus};
 use crate::money::{UsdMicros, now_unix};
 use crate::pay::l402::{self, L402Challenge, hash_from_hex, preimage_matches};
-use crate::pay::{PayError, Proof, Quote, Receipt};
+use crate::pay::{PayError, Proof, Quote};
 
 /// A token whose caveats name no expiry is sent again for at most this long.
 const TOKEN_DEFAULT_LIFETIME_SECS: u64 = 30 * 86_400;
@@ -34,11 +34,11 @@ fn origin(tool: &HttpTool) -> String {
 /// challenge while another call was paying it wait, then send the token that call paid for
 /// instead of paying a second invoice (parallel tool calls are common in agents).
 #[derive(Default)]
-pub(super) struct Flights(std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
+pub struct Flights(std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
 
 impl Flights {
     /// Waits for, then holds, the right to pay `tool`'s service.
-    pub(super) async fn enter(&self, tool: &HttpTool) -> tokio::sync::OwnedMutexGuard<()> {
+    pub async fn enter(&self, tool: &HttpTool) -> tokio::sync::OwnedMutexGuard<()> {
         let key = format!("{} {}", origin(tool), tool.name);
         let lock = {
             let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
@@ -49,22 +49,22 @@ impl Flights {
 }
 
 /// Whether a 402 carries an L402 (or LSAT) challenge.
-pub(super) fn challenged(headers: &reqwest::header::HeaderMap) -> bool {
+pub fn challenged(headers: &reqwest::header::HeaderMap) -> bool {
     !l402::read_challenges(headers, &mut Vec::new()).is_empty()
 }
 
 /// What to hold against the budgets for a quote: its price, plus the most its fee may add
 /// (charged to the budget like the amount): for L402 the routing fee (`max_fee_msat`), for MPP
 /// the Tempo transaction fee paid in the charged stablecoin (`wallet.tempo.max_fee_atomic`).
-pub(super) fn hold_usd(quote: &Quote, payments: &Payments) -> UsdMicros {
-    if let (Some(tempo), crate::pay::Protocol::Mpp) = (&payments.tempo, quote.offer.protocol) {
+pub fn hold_usd(checkout: &Checkout, quote: &Quote) -> UsdMicros {
+    if let (Some(tempo), crate::pay::Protocol::Mpp) = (&checkout.tempo, quote.offer.protocol) {
         let most = quote
             .offer
             .amount_atomic
             .saturating_add(u128::from(tempo.max_fee_atomic()));
         return quote.asset.to_usd_micros(most).unwrap_or(quote.usd);
     }
-    match (&payments.lightning, quote.offer.protocol) {
+    match (&checkout.lightning, quote.offer.protocol) {
         (Some(lightning), crate::pay::Protocol::L402) => quote
             .asset
             .to_usd_micros(
@@ -79,7 +79,7 @@ pub(super) fn hold_usd(quote: &Quote, payments: &Payments) -> UsdMicros {
 }
 
 /// What a payment actually cost: the amount plus the fee the proof reports.
-pub(super) fn actual_usd(quote: &Quote, proof: &Proof) -> UsdMicros {
+pub fn actual_usd(quote: &Quote, proof: &Proof) -> UsdMicros {
     if proof.fee_atomic == 0 {
         return quote.usd;
     }
@@ -101,7 +101,7 @@ fn sats(msat: u64) -> String {
     }
 }
 
-impl Tollgate {
+impl Checkout {
     /// Pays the quote's invoice: records the payment as pending (with its payment hash)
     /// BEFORE the backend is asked to pay, pays, checks the preimage against the hash, keeps
     /// the token for later calls, and returns the `Authorization` proof.
@@ -112,8 +112,7 @@ impl Tollgate {
         reservation: ReservationId,
         now: u64,
     ) -> Result<Proof, PayError> {
-        let payments = &self.payments;
-        let lightning = payments
+        let lightning = self
             .lightning
             .as_ref()
             .ok_or_else(|| PayError::Unpayable("no Lightning backend is configured".to_owned()))?;
@@ -145,8 +144,8 @@ impl Tollgate {
                 d
             },
         };
-        let ledger = payments.ledger.clone();
-        tokio::task::block_in_place(|| {
+        let ledger = self.ledger.clone();
+        blocking(|| {
             ledger.mark_pending(reservation, &pending.to_json(), invoice.expires_at)
         })
         .map_err(|e| {
@@ -216,7 +215,7 @@ impl Tollgate {
         };
         // Paid: from here on a failure to write is logged, never "nothing was paid". The
         // token is kept at once, so a call after a lost answer sends it instead of paying.
-        tokio::task::block_in_place(|| {
+        blocking(|| {
             if let Err(e) = ledger.replace_proof(reservation, &proof.to_json(), token_expires) {
                 tracing::error!(error = %e, "paid, but the proof could not be recorded");
             }
@@ -229,10 +228,10 @@ impl Tollgate {
 
     /// The paid token to send on this call, if one is kept for the tool's origin and service.
     pub(super) fn cached_token(&self, tool: &HttpTool) -> Option<PaidToken> {
-        self.payments.lightning.as_ref()?;
+        self.lightning.as_ref()?;
         tool.max_price?;
-        let ledger = &self.payments.ledger;
-        match tokio::task::block_in_place(|| ledger.token(&origin(tool), &tool.name, now_unix())) {
+        let ledger = &self.ledger;
+        match blocking(|| ledger.token(&origin(tool), &tool.name, now_unix())) {
             Ok(token) => token,
             Err(e) => {
                 tracing::warn!(error = %e, "the ledger could not be read for a paid L402 token");
@@ -246,9 +245,9 @@ impl Tollgate {
         let Some(hash) = proof.details.get("payment_hash").and_then(Value::as_str) else {
             return;
         };
-        let ledger = &self.payments.ledger;
+        let ledger = &self.ledger;
         if let Err(e) =
-            tokio::task::block_in_place(|| ledger.forget_token(&origin(tool), &tool.name, hash))
+            blocking(|| ledger.forget_token(&origin(tool), &tool.name, hash))
         {
             tracing::error!(error = %e, "could not forget a refused L402 token");
         }
@@ -260,8 +259,8 @@ impl Tollgate {
             origin = %token.origin, service = %token.service, payment_hash = %token.payment_hash,
             "the seller refused a kept L402 token; paying afresh once"
         );
-        let ledger = &self.payments.ledger;
-        if let Err(e) = tokio::task::block_in_place(|| {
+        let ledger = &self.ledger;
+        if let Err(e) = blocking(|| {
             ledger.forget_token(&token.origin, &token.service, &token.payment_hash)
         }) {
             tracing::error!(error = %e, "could not forget a refused L402 token");
@@ -280,12 +279,12 @@ pub(super) fn with_token(mut request: UpstreamRequest, token: &PaidToken) -> Ups
 }
 
 /// The `payment` of a result served on a kept token: nothing was paid for this call.
-pub(super) fn reused_payment(token: &PaidToken) -> Value {
+pub(super) fn reused_payment(token: &PaidToken) -> Payment {
     let short = token
         .payment_hash
         .get(..16)
         .unwrap_or(token.payment_hash.as_str());
-    super::shapes::to_structured(&super::shapes::ReusedToken {
+    Payment::Reused(ReusedToken {
         protocol: "l402".to_owned(),
         reused: true,
         amount_usd: "0".to_owned(),
@@ -314,11 +313,11 @@ pub async fn reconcile(
 ) -> Vec<String> {
     let mut report = Vec::new();
     if let Err(e) =
-        tokio::task::block_in_place(|| crate::checkout::lease::Leases::disown_dead_owners(ledger))
+        blocking(|| crate::checkout::lease::Leases::disown_dead_owners(ledger))
     {
         return vec![format!("cannot read pending payments: {e}")];
     }
-    let pending = match tokio::task::block_in_place(|| ledger.unknown(now)) {
+    let pending = match blocking(|| ledger.unknown(now)) {
         Ok(p) => p,
         Err(e) => return vec![format!("cannot read pending payments: {e}")],
     };
@@ -330,7 +329,7 @@ pub async fn reconcile(
         p.protocol == crate::pay::Protocol::L402.to_string()
             && p.state == crate::ledger::ReservationState::Pending
     }) {
-        let p = match tokio::task::block_in_place(|| ledger.claim(p.id, &lease, now)) {
+        let p = match blocking(|| ledger.claim(p.id, &lease, now)) {
             Ok(Some(p)) => p,
             Ok(None) => continue,
             Err(e) => {
@@ -341,7 +340,7 @@ pub async fn reconcile(
         let line = settle_claimed(ledger, lightning, &p, now).await;
         report.push(format!("reservation {}: {line}", p.id));
         // Whatever was not settled or released goes back to unknown.
-        let _ = tokio::task::block_in_place(|| ledger.disown(p.id, owner));
+        let _ = blocking(|| ledger.disown(p.id, owner));
     }
     report
 }
@@ -374,7 +373,7 @@ async fn settle_claimed(
             format!("({hash_hex}): the backend's preimage does not match; left pending")
         }
         Ok(PaymentStatus::Failed(reason)) => {
-            match tokio::task::block_in_place(|| ledger.release(p.id, now)) {
+            match blocking(|| ledger.release(p.id, now)) {
                 Ok(()) => format!("({hash_hex}): not paid ({reason}); released"),
                 Err(e) => format!("({hash_hex}): cannot release: {e}"),
             }
@@ -393,28 +392,20 @@ fn settle_paid(
     paid: &crate::lightning::Paid,
     now: u64,
 ) -> String {
-    let meta: Value = serde_json::from_str(&p.meta_json).unwrap_or(Value::Null);
     let text = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
     let d = Value::Object(proof.details.clone());
     let amount_msat: u64 = text(&d, "amount_msat").parse().unwrap_or(0);
-    // The amount held covered the amount and the most fee; the actual cost is in the same
-    // proportion as at reservation: value it with the rate recorded then.
-    let rate = meta
-        .get("rate_usd_micros_per_unit")
-        .and_then(Value::as_u64)
-        .unwrap_or(0);
-    let mut asset = l402::asset();
-    asset.usd_micros_per_unit = rate;
-    let actual = if rate == 0 {
-        UsdMicros(p.amount_usd_micros)
-    } else {
-        asset
-            .to_usd_micros(u128::from(amount_msat.saturating_add(paid.fee_msat)))
-            .unwrap_or(UsdMicros(p.amount_usd_micros))
-    };
-    let price = asset
-        .to_usd_micros(u128::from(amount_msat))
-        .unwrap_or(actual);
+    // The amount held covered the amount and the most fee: the actual cost is valued at the
+    // rate recorded at reservation.
+    let mut charge = Charge::of_row(p);
+    if charge.decimals.is_none() {
+        charge.decimals = Some(l402::asset().decimals);
+    }
+    let held = UsdMicros(p.amount_usd_micros);
+    let actual = charge
+        .value(u128::from(amount_msat.saturating_add(paid.fee_msat)))
+        .unwrap_or(held);
+    let price = charge.value(u128::from(amount_msat)).unwrap_or(actual);
     let mut details = proof.details.clone();
     for internal in [
         "macaroon",
@@ -426,34 +417,22 @@ fn settle_paid(
         details.remove(internal);
     }
     details.insert("fee_msat".into(), paid.fee_msat.to_string().into());
-    details.insert("reconciled".into(), true.into());
-    let receipt = Receipt {
-        protocol: "l402",
-        version: 0,
-        network: text(&meta, "network"),
-        asset: "BTC".to_owned(),
-        asset_symbol: "sat".to_owned(),
-        amount_atomic: amount_msat.to_string(),
-        amount_usd: price.decimal(),
-        amount_usd_micros: price.0,
-        rate_usd_micros_per_unit: rate,
-        payee: p.payee.clone(),
-        payer: proof.payer.clone(),
-        transaction: None,
-        approval: None,
-        sandbox: false,
-        receipt_id: hex::encode(rand::random::<[u8; 12]>()),
-        at: crate::money::rfc3339(now),
-        details,
-    };
-    let row = NewReceipt {
-        receipt_id: receipt.receipt_id.clone(),
-        at: now,
-        json: serde_json::to_value(&receipt)
-            .unwrap_or(Value::Null)
-            .to_string(),
-    };
-    if let Err(e) = tokio::task::block_in_place(|| ledger.commit(p.id, actual.0, row, now)) {
+    let receipt = receipt::receipt(
+        &charge,
+        &p.payee,
+        price,
+        Settlement {
+            payer: proof.payer.clone(),
+            transaction: None,
+            details,
+            approval: None,
+            charged: actual,
+            reconciled: true,
+        },
+        now,
+    );
+    let row = receipt::row(&receipt, now);
+    if let Err(e) = blocking(|| ledger.commit(p.id, actual.0, row, now)) {
         return format!("paid, but the receipt could not be committed: {e}");
     }
     let d = &proof.details;
@@ -473,7 +452,7 @@ fn settle_paid(
     };
     if !token.origin.is_empty()
         && !token.macaroon.is_empty()
-        && let Err(e) = tokio::task::block_in_place(|| ledger.store_token(&token))
+        && let Err(e) = blocking(|| ledger.store_token(&token))
     {
         return format!("paid and committed ({actual}), but the token could not be kept: {e}");
     }

@@ -1,0 +1,912 @@
+//! The saga of one call: send; on a 402 read every offer, choose one under the rules, have it
+//! approved, reserve it against every cap, prove it (or re-send the proof of this very call
+//! whose outcome is unknown), retry exactly once, read the settlement, commit the receipt.
+//!
+//! Never pays twice for one call: a second 402 after a signed payment is an error, not a new
+//! payment; a paid retry whose outcome is unknown (timeout, connection lost) leaves its proof
+//! pending and gives it up, and calling again with the same tool, arguments and offer claims
+//! that proof and re-sends it (the same EIP-3009 nonce, which can settle at most once). A
+//! payment in flight in a live call is never taken: a parallel identical call pays its own.
+
+use reqwest::header::HeaderMap;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use super::approve::Ask;
+use super::l402;
+use super::lease::{Held, Leases};
+use super::receipt::{self, Charge, Payment, Settlement};
+use super::{Call, Checkout, Gate, Outcome, Port, blocking};
+use crate::approval::ApprovalRecord;
+use crate::catalog::{HttpTool, UpstreamRequest};
+use crate::ledger::{LedgerError, NewReservation, PendingPayment, ReservationId};
+use crate::money::{UsdMicros, now_unix};
+use crate::pay::{self, Challenge, Judgement, PayError, Proof, Protocol, Quote, Receipt, Refusal};
+use crate::upstream::{Answer, Limits, Reply, Stage, UpstreamError};
+
+/// Which attempt at paying one call this is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Attempt {
+    First,
+    /// On a fresh challenge, after the first went stale; never followed by another.
+    Fresh,
+}
+
+impl Checkout {
+    /// Runs one call of `call.tool`: the request, and the payment when the upstream asks for
+    /// one and the rules allow it.
+    pub async fn call<P: Port>(&self, call: Call<'_>, port: &P) -> Outcome<P::Halt> {
+        let tool = call.tool;
+        // An L402 token paid earlier for this origin and service is sent on the first request.
+        let mut token = self.cached_token(tool);
+        // Held until this call has paid (or given up) once it meets an L402 challenge without
+        // a token: a parallel call to the same service waits for it, then sends the token this
+        // one paid for (`l402::Flights`).
+        let mut flight = None;
+        loop {
+            let attempt = match &token {
+                Some(token) => l402::with_token(call.request.clone(), token),
+                None => call.request.clone(),
+            };
+            let Some(reply) = self.send(tool, attempt, port).await else {
+                return Outcome::Cancelled;
+            };
+            match reply {
+                Ok(Reply {
+                    answer: Answer::PaymentRequired { body },
+                    headers,
+                }) => {
+                    // A refused token is forgotten; the 402 that refused it is paid once, afresh.
+                    if let Some(token) = &token {
+                        self.forget_token(token);
+                    } else if flight.is_none()
+                        && self.lightning.is_some()
+                        && l402::challenged(&headers)
+                    {
+                        flight = tokio::select! {
+                            guard = self.flights.enter(tool) => Some(guard),
+                            () = port.cancelled() => return Outcome::Cancelled,
+                        };
+                        token = self.cached_token(tool);
+                        if let Some(paid) = &token {
+                            tracing::info!(tool = %tool.name, payment_hash = %paid.payment_hash,
+                                "a parallel call paid this service meanwhile; sending its token");
+                            continue;
+                        }
+                    }
+                    let outcome = self.pay(&call, &headers, &body, port).await;
+                    drop(flight);
+                    return outcome;
+                }
+                Ok(Reply { answer, .. }) => {
+                    return Outcome::Answered {
+                        answer,
+                        payment: token.as_ref().map(l402::reused_payment),
+                        meta: Map::new(),
+                    };
+                }
+                Err(e) => {
+                    return Outcome::failed(tool.redact(&format!("`{}` failed: {e}", tool.name)));
+                }
+            }
+        }
+    }
+
+    /// Sends one request under the tool's limits, with progress; `None` when the caller
+    /// cancelled meanwhile (the request is dropped). Pays nothing (`price_check` uses it).
+    pub async fn send<P: Port>(
+        &self,
+        tool: &HttpTool,
+        mut request: UpstreamRequest,
+        port: &P,
+    ) -> Option<Result<Reply, UpstreamError>> {
+        // MPP sellers (mpp 0.17+) offer only the methods the client says it can pay.
+        if self.tempo.is_some() {
+            request.headers.insert(
+                "accept-payment",
+                reqwest::header::HeaderValue::from_static(pay::mpp::ACCEPT_PAYMENT),
+            );
+        }
+        let limits = Limits {
+            timeout: tool.timeout,
+            max_response_bytes: tool.max_response_bytes,
+        };
+        let host = tool.host();
+        let call = self.upstream.call(request, limits, |stage| match stage {
+            Stage::Sending => port.progress(format!("request sent to {host}")),
+            Stage::ReadingBody => port.progress(format!("{host} answered; reading the response")),
+        });
+        tokio::select! {
+            reply = call => Some(reply),
+            () = port.cancelled() => {
+                tracing::info!(tool = %tool.name, "call cancelled by the client; upstream request dropped");
+                None
+            }
+        }
+    }
+
+    /// The 402 path of one call: the offers, the choice, the approval, then paying.
+    async fn pay<P: Port>(
+        &self,
+        call: &Call<'_>,
+        headers: &HeaderMap,
+        body: &[u8],
+        port: &P,
+    ) -> Outcome<P::Halt> {
+        let tool = call.tool;
+        let challenge = pay::read_challenge(headers, body);
+        if tool.max_price.is_none() {
+            return Outcome::failed(tool.redact(&format!(
+                "`{}` answered 402 Payment Required, but this tool has no max_price, so tollgate \
+                 never pays for it; nothing was paid. {}",
+                tool.name,
+                describe(&challenge)
+            )));
+        }
+        if !self.policy.tools.permits(&tool.name) || !self.policy.hosts.permits(&tool.host()) {
+            return Outcome::failed(format!(
+                "the policy ({}) does not allow paying for `{}` (host {}); nothing was paid",
+                self.policy.source,
+                tool.name,
+                tool.host()
+            ));
+        }
+        let quote = match pay::choose(&challenge, &self.rules(tool, call.caller)) {
+            Ok(quote) => quote,
+            Err(judged) => {
+                return Outcome::failed(tool.redact(&refusal_message(tool, &challenge, &judged)));
+            }
+        };
+        // Above the threshold a person decides, before anything is signed (signatures expire
+        // within seconds to a minute).
+        let approval = match self.approve(call, &quote, port).await {
+            Ok(approval) => approval,
+            Err(stopped) => return stopped,
+        };
+        self.pay_quote(call, quote, approval, port, Attempt::First)
+            .await
+    }
+
+    /// The approval step: by the policy below every threshold, else by a person, asked
+    /// through the transport.
+    async fn approve<P: Port>(
+        &self,
+        call: &Call<'_>,
+        quote: &Quote,
+        port: &P,
+    ) -> Result<ApprovalRecord, Outcome<P::Halt>> {
+        let now = now_unix();
+        let Some(reason) = self.approval_reason(call.tool, quote, call.caller) else {
+            return Ok(ApprovalRecord::by_policy(quote.usd, now));
+        };
+        if self.approval.secret.is_none() {
+            return Err(Outcome::failed(format!(
+                "`{}`: {reason}, so a person must approve it, but this tollgate has no approval \
+                 secret (it could not write its state directory); nothing was paid",
+                call.tool.name
+            )));
+        }
+        let facts = self.facts(call.tool, call.arguments, quote, call.caller, reason, now);
+        match port.approve(&Ask { facts }).await {
+            Gate::Pay(approval) => Ok(approval),
+            Gate::Refuse(message) => Err(Outcome::Failed(message)),
+            Gate::Halt(halt) => Err(Outcome::Halted(halt)),
+        }
+    }
+
+    /// Pays the chosen, approved offer: reserve, prove, record pending, send, commit.
+    async fn pay_quote<P: Port>(
+        &self,
+        call: &Call<'_>,
+        quote: Quote,
+        approval: ApprovalRecord,
+        port: &P,
+        attempt: Attempt,
+    ) -> Outcome<P::Halt> {
+        let tool = call.tool;
+        // After approval and before the reservation: an MPP challenge too close to its expiry
+        // (a signed Tempo transaction lives about 25 s) is not signed; a fresh one is fetched.
+        if quote.offer.protocol == Protocol::Mpp && pay::mpp::stale(&quote.offer, now_unix()) {
+            let why = format!(
+                "the seller's MPP challenge expired ({}) before it could be signed",
+                quote.offer.raw["expires"].as_str().unwrap_or("?")
+            );
+            return self
+                .pay_fresh(call, &quote, approval, port, attempt, &why)
+                .await;
+        }
+        let now = now_unix();
+        let ledger = &self.ledger;
+        let in_ledger = |what: &str, e: LedgerError| {
+            Outcome::failed(format!(
+                "`{}`: the ledger could not {what} ({e}); nothing was paid",
+                tool.name
+            ))
+        };
+        let (held, proof, resent) = match self.claim_or_reserve(call, &quote, now) {
+            Err(refused) => return Outcome::Failed(refused),
+            Ok(Start::Resend(resend)) => {
+                let (held, proof, payment) = *resend;
+                (held, proof, Some(payment))
+            }
+            Ok(Start::Reserved(mut held)) => {
+                let id = held.id();
+                let proof = match self.prove(tool, &quote, id, now).await {
+                    Ok(proof) => proof,
+                    // Sent, outcome unknown: it stays pending (and reserved), never released.
+                    Err(PayError::OutcomeUnknown(reason)) => {
+                        held.proof_recorded();
+                        held.disown();
+                        return Outcome::failed(format!("`{}`: {reason}", tool.name));
+                    }
+                    Err(e) => {
+                        drop(held);
+                        return Outcome::failed(format!("`{}`: {e}; nothing was paid", tool.name));
+                    }
+                };
+                // Recorded before the proof leaves the process (a crash after this line leaves
+                // a pending payment that a retry re-sends, never a second one). L402 recorded
+                // its payment as pending before paying the invoice.
+                if quote.offer.protocol != Protocol::L402
+                    && let Err(e) =
+                        blocking(|| ledger.mark_pending(id, &proof.to_json(), proof.valid_before))
+                {
+                    drop(held);
+                    return in_ledger("record the pending payment", e);
+                }
+                held.proof_recorded();
+                (held, proof, None)
+            }
+        };
+        let reused = resent.is_some();
+        port.progress(format!(
+            "{} {} {}: paying {} to {} ({})",
+            if reused {
+                "re-sending the signed payment"
+            } else if quote.offer.protocol == Protocol::L402 {
+                "paid the invoice; sending the token"
+            } else {
+                "signed"
+            },
+            quote.offer.protocol,
+            quote.offer.network,
+            quote.usd,
+            quote.offer.payee,
+            quote.asset.symbol
+        ));
+        tracing::info!(
+            tool = %tool.name, protocol = %quote.offer.protocol, network = %quote.offer.network,
+            amount_atomic = %quote.offer.amount_atomic, usd = %quote.usd, payee = %quote.offer.payee,
+            reused, "paying"
+        );
+
+        let mut paid_request = call.request.clone();
+        for (name, value) in &proof.headers {
+            paid_request.headers.insert(name.clone(), value.clone());
+        }
+        // Cancelled after the proof left: `held` gives the payment up (unknown) as it drops.
+        let Some(reply) = self.send(tool, paid_request, port).await else {
+            return Outcome::Cancelled;
+        };
+        match reply {
+            Ok(Reply {
+                answer: Answer::PaymentRequired { body },
+                headers,
+            }) => {
+                self.paid_and_refused(call, quote, approval, held, proof, resent, &headers, &body, port, attempt)
+                    .await
+            }
+            Ok(Reply { answer, headers }) => {
+                let settled = settlement(&quote, &headers);
+                let mut proof = proof;
+                if let (Protocol::Mpp, Some(wallet)) = (quote.offer.protocol, &self.tempo) {
+                    pay::mpp::read_fee(&mut proof, &quote.offer, wallet).await;
+                }
+                let receipt = self.commit(
+                    call,
+                    held.id(),
+                    &quote,
+                    &proof,
+                    settled.transaction,
+                    settled.details,
+                    approval,
+                );
+                held.settled();
+                tracing::info!(
+                    tool = %tool.name, receipt = %receipt.receipt_id,
+                    transaction = ?receipt.transaction, usd = %quote.usd, "paid"
+                );
+                Outcome::Answered {
+                    answer,
+                    payment: Some(Payment::Receipt(Box::new(receipt))),
+                    meta: settled.meta,
+                }
+            }
+            Err(e) if quote.offer.protocol == Protocol::L402 => {
+                // The invoice is paid and the token kept: the next call sends it, pays nothing.
+                let receipt =
+                    self.commit(call, held.id(), &quote, &proof, None, Map::new(), approval);
+                held.settled();
+                Outcome::failed(tool.redact(&format!(
+                    "`{}`: the request with the paid L402 token failed ({e}). The payment of {} \
+                     went through (receipt {}); calling again sends the same token and pays \
+                     nothing more.",
+                    tool.name, quote.usd, receipt.receipt_id
+                )))
+            }
+            Err(e) => {
+                // Unknown outcome: the payment is given up (unknown), so a retry of the same
+                // call claims it and re-sends the same proof.
+                held.disown();
+                Outcome::failed(tool.redact(&format!(
+                    "`{}`: the paid request failed ({e}); the payment of {} may or may not have \
+                     settled. Calling again with the same arguments re-sends the same signed \
+                     payment (it can settle at most once), never a new one.",
+                    tool.name, quote.usd
+                )))
+            }
+        }
+    }
+
+    /// Where a payment starts: the unknown proof of this very call, claimed to be re-sent, or
+    /// a new reservation against every cap.
+    fn claim_or_reserve(
+        &self,
+        call: &Call<'_>,
+        quote: &Quote,
+        now: u64,
+    ) -> Result<Start, String> {
+        let tool = call.tool;
+        let ledger = &self.ledger;
+        let key = fingerprint(&tool.name, call.arguments, quote);
+        // A retry of a call whose payment has an unknown outcome (its process died, or the
+        // call ended without an answer) re-sends that proof: the claim makes this call its one
+        // owner. A payment in flight in a live call is never taken.
+        let lease = self.leases.lease(now);
+        let claimed = blocking(|| {
+            // The same call made earlier by a process on this host that has died since: its
+            // payment is unknown now, not in flight (its lease has not lapsed yet).
+            Leases::disown_dead_owners_of(&**ledger, &key)?;
+            ledger.claim_unknown(&key, &lease, now)
+        })
+        .map_err(|e| {
+            format!(
+                "`{}`: the ledger could not be read ({e}); nothing was paid",
+                tool.name
+            )
+        })?;
+        if let Some(payment) = claimed {
+            let mut held = self.leases.hold(payment.id);
+            held.proof_recorded();
+            match payment.proof_json.as_deref().and_then(Proof::from_json) {
+                // An L402 payment recorded before its invoice was paid has no proof to send
+                // (the backend tells its outcome), and an expired proof cannot settle any
+                // more: both are left unknown, for reconciliation.
+                Some(proof) if proof.valid_before > now + 5 && !proof.headers.is_empty() => {
+                    return Ok(Start::Resend(Box::new((held, proof, payment))));
+                }
+                _ => held.disown(),
+            }
+        }
+        let new = NewReservation {
+            call_id: hex::encode(rand::random::<[u8; 8]>()),
+            fingerprint: key,
+            amount_usd_micros: l402::hold_usd(self, quote).0,
+            caps: self.caps(call.caller),
+            tool: tool.name.clone(),
+            payee: quote.offer.payee.clone(),
+            protocol: quote.offer.protocol.to_string(),
+            meta_json: Charge::of(quote, call.arguments).to_json(),
+            lease: Some(lease),
+        };
+        match blocking(|| ledger.reserve(new, now)) {
+            // From here the reservation is this call's; dropping the hold before a proof is
+            // recorded releases it.
+            Ok(id) => Ok(Start::Reserved(self.leases.hold(id))),
+            Err(LedgerError::Exceeded {
+                key,
+                limit_usd_micros,
+                spent_usd_micros,
+                reserved_usd_micros,
+                requested_usd_micros,
+                ..
+            }) => {
+                // A fee bound (Lightning routing, Tempo gas) is held with the price.
+                let with_fee = if requested_usd_micros > quote.usd.0 {
+                    format!(
+                        " (held with the most its fee may cost: {})",
+                        UsdMicros(requested_usd_micros)
+                    )
+                } else {
+                    String::new()
+                };
+                Err(format!(
+                    "`{}` costs {}{with_fee}, which does not fit in {} (limit {}, spent {}, held \
+                     for calls in flight {}); nothing was paid",
+                    tool.name,
+                    quote.usd,
+                    describe_cap(&key),
+                    UsdMicros(limit_usd_micros),
+                    UsdMicros(spent_usd_micros),
+                    UsdMicros(reserved_usd_micros)
+                ))
+            }
+            Err(e) => Err(format!(
+                "`{}`: the ledger could not reserve the payment ({e}); nothing was paid",
+                tool.name
+            )),
+        }
+    }
+
+    /// The seller answered 402 to a paid request.
+    #[allow(clippy::too_many_arguments)]
+    async fn paid_and_refused<P: Port>(
+        &self,
+        call: &Call<'_>,
+        quote: Quote,
+        approval: ApprovalRecord,
+        held: Held,
+        proof: Proof,
+        resent: Option<PendingPayment>,
+        headers: &HeaderMap,
+        body: &[u8],
+        port: &P,
+        attempt: Attempt,
+    ) -> Outcome<P::Halt> {
+        let tool = call.tool;
+        if quote.offer.protocol == Protocol::L402 {
+            // The invoice is paid (the preimage proves it): the money is gone whatever the
+            // seller thinks of the token. Commit it, forget the token, pay no more.
+            let receipt = self.commit(call, held.id(), &quote, &proof, None, Map::new(), approval);
+            held.settled();
+            self.forget_paid_token(tool, &proof);
+            return Outcome::failed(tool.redact(&format!(
+                "`{}`: the seller answered 402 again to the L402 token tollgate had just paid {} \
+                 for (receipt {}, payment hash {}). tollgate pays once per call, so nothing more \
+                 was paid.",
+                tool.name,
+                quote.usd,
+                receipt.receipt_id,
+                receipt
+                    .details
+                    .get("payment_hash")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+            )));
+        }
+        // The seller refused a proof it had seen before: it may have settled it already (its
+        // nonce is used). Ask the chain now, and say what it says.
+        if let Some(payment) = resent {
+            let reason = pay::read_challenge(headers, body).seller_error;
+            return self
+                .resent_refused(tool, &quote, held, &payment, reason)
+                .await;
+        }
+        // The seller refused the fresh signed payment. Never sign again. A fresh proof that is
+        // refused will not settle: release it.
+        if let Err(e) = blocking(|| self.ledger.release(held.id(), now_unix())) {
+            tracing::error!(error = %e, "could not release a refused payment's reservation");
+        }
+        held.settled();
+        // MPP `payment-expired`: the credential came too late and was not used; one fresh
+        // challenge, signed anew, is the one exception to "never sign again".
+        if quote.offer.protocol == Protocol::Mpp
+            && pay::mpp::problem(headers, body).is_some_and(|p| p.is_expired())
+        {
+            let why = "the seller found the signed MPP credential expired";
+            return self
+                .pay_fresh(call, &quote, approval, port, attempt, why)
+                .await;
+        }
+        let again = pay::read_challenge(headers, body);
+        let reason = again
+            .seller_error
+            .unwrap_or_else(|| "no reason given".to_owned());
+        Outcome::failed(tool.redact(&format!(
+            "`{}`: the seller answered 402 again after tollgate sent a signed payment of {} (the \
+             seller says: {reason}). tollgate signs one payment per call, so nothing more was \
+             signed; nothing was charged unless the seller settles that payment.",
+            tool.name, quote.usd
+        )))
+    }
+
+    /// The seller refused a proof tollgate re-sent for a payment whose outcome was unknown:
+    /// most often because it had settled it already (the nonce is used). The chain decides at
+    /// once, and the model is told what it says: paid (with the transaction and a receipt)
+    /// but not delivered, provably unpaid, or still undecided.
+    async fn resent_refused<H>(
+        &self,
+        tool: &HttpTool,
+        quote: &Quote,
+        held: Held,
+        payment: &PendingPayment,
+        seller: Option<String>,
+    ) -> Outcome<H> {
+        use crate::reconcile::{self, Verdict};
+        let owner = self.leases.owner().to_owned();
+        let said = seller
+            .map(|r| format!(" (the seller says: {r})"))
+            .unwrap_or_default();
+        let now = now_unix();
+        let verdict = match reconcile::rpc_client() {
+            Ok(client) => reconcile::verdict(&client, &self.rpc, payment, now).await,
+            Err(e) => Err(e),
+        };
+        let verdict = match verdict {
+            Ok(verdict) => verdict,
+            Err(why) => {
+                held.disown();
+                return Outcome::failed(tool.redact(&format!(
+                    "`{}`: the seller refused the payment of {} that tollgate re-sent for this \
+                     call{said}, and the chain could not be asked whether it settled ({why}). It \
+                     stays pending and counts against your budget until `tollgate reconcile` \
+                     settles it; it is never paid twice.",
+                    tool.name, quote.usd
+                )));
+            }
+        };
+        let ledger = &self.ledger;
+        let written = blocking(|| reconcile::settle(&**ledger, &owner, payment, &verdict, now));
+        match (&verdict, written) {
+            (Verdict::Paid { transaction, .. }, Ok(receipt)) => {
+                held.settled();
+                let receipt_id = receipt.map(|r| r.receipt_id).unwrap_or_default();
+                tracing::warn!(tool = %tool.name, receipt = %receipt_id,
+                    transaction = ?transaction, "a re-sent payment had settled; receipt written");
+                Outcome::failed(tool.redact(&format!(
+                    "`{}`: the payment of {} for this call was made (transaction {}, receipt \
+                     {receipt_id}), but the seller never delivered its answer: it refused the \
+                     same payment when tollgate re-sent it{said}. Nothing more was paid. \
+                     Calling again pays anew for the answer.",
+                    tool.name,
+                    quote.usd,
+                    transaction.as_deref().unwrap_or("not found in the node's logs"),
+                )))
+            }
+            (Verdict::Unpaid, Ok(_)) => {
+                held.settled();
+                Outcome::failed(tool.redact(&format!(
+                    "`{}`: the seller refused the payment that tollgate re-sent for this \
+                     call{said}; the chain shows it never settled and no longer can, so nothing \
+                     was paid and its hold is released.",
+                    tool.name
+                )))
+            }
+            (Verdict::Open, Ok(_)) => {
+                held.settled();
+                Outcome::failed(tool.redact(&format!(
+                    "`{}`: the seller refused the payment of {} that tollgate re-sent for this \
+                     call{said}, and the chain shows it unused and still valid. Nothing was \
+                     charged unless the seller settles it before it expires; it stays pending \
+                     (counted against your budget) until then, and is never paid twice.",
+                    tool.name, quote.usd
+                )))
+            }
+            (_, Err(e)) => {
+                held.disown();
+                Outcome::failed(tool.redact(&format!(
+                    "`{}`: the seller refused a re-sent payment of {}{said}, and the ledger could \
+                     not record what the chain says ({e}); it stays pending until `tollgate \
+                     reconcile` settles it.",
+                    tool.name, quote.usd
+                )))
+            }
+        }
+    }
+
+    /// Proves payment of the chosen offer: signs it (x402, MPP) or pays it (L402). Called after
+    /// the reservation, never before; the caller records the proof as pending before sending it.
+    async fn prove(
+        &self,
+        tool: &HttpTool,
+        quote: &Quote,
+        reservation: ReservationId,
+        now: u64,
+    ) -> Result<Proof, PayError> {
+        match quote.offer.protocol {
+            Protocol::X402 { .. } => {
+                let wallet = self.evm.as_ref().ok_or_else(|| {
+                    PayError::Unpayable("no EVM wallet is configured".to_owned())
+                })?;
+                pay::x402::prove(&quote.offer, wallet, now)
+            }
+            // Records the payment pending BEFORE paying the invoice.
+            Protocol::L402 => self.pay_invoice(tool, quote, reservation, now).await,
+            Protocol::Mpp => {
+                let wallet = self.tempo.as_ref().ok_or_else(|| {
+                    PayError::Unpayable("no Tempo wallet is configured ([wallet.tempo])".to_owned())
+                })?;
+                pay::mpp::prove(&quote.offer, wallet, now).await
+            }
+        }
+    }
+
+    /// Asks the seller for a fresh challenge (the request again, unpaid) and pays it under the
+    /// approval already given, once per call: the fresh offer must be payable under the same
+    /// rules and cost no more than the one approved. A second stale challenge ends the call.
+    async fn pay_fresh<P: Port>(
+        &self,
+        call: &Call<'_>,
+        approved: &Quote,
+        approval: ApprovalRecord,
+        port: &P,
+        attempt: Attempt,
+        why: &str,
+    ) -> Outcome<P::Halt> {
+        let tool = call.tool;
+        if attempt == Attempt::Fresh {
+            return Outcome::failed(tool.redact(&format!(
+                "`{}`: {why}, again on a fresh challenge; tollgate fetches one fresh challenge \
+                 per call, so nothing more was signed and nothing was paid. The seller's clock \
+                 or its challenge lifetime may be wrong.",
+                tool.name
+            )));
+        }
+        port.progress(format!("{why}; asking the seller for a fresh challenge"));
+        tracing::info!(tool = %tool.name, %why, "fetching a fresh MPP challenge");
+        let Some(reply) = self.send(tool, call.request.clone(), port).await else {
+            return Outcome::Cancelled;
+        };
+        let (headers, body) = match reply {
+            Ok(Reply {
+                answer: Answer::PaymentRequired { body },
+                headers,
+            }) => (headers, body),
+            Ok(Reply { answer, .. }) => {
+                return Outcome::Answered {
+                    answer,
+                    payment: None,
+                    meta: Map::new(),
+                };
+            }
+            Err(e) => {
+                return Outcome::failed(tool.redact(&format!(
+                    "`{}`: {why}, and asking for a fresh challenge failed ({e}); nothing was paid",
+                    tool.name
+                )));
+            }
+        };
+        let challenge = pay::read_challenge(&headers, &body);
+        let quote = match pay::choose(&challenge, &self.rules(tool, call.caller)) {
+            Ok(quote) => quote,
+            Err(judged) => {
+                return Outcome::failed(tool.redact(&refusal_message(tool, &challenge, &judged)));
+            }
+        };
+        // The approval (by a person or by the policy's thresholds) was for the first price.
+        if quote.usd > approved.usd {
+            return Outcome::failed(tool.redact(&format!(
+                "`{}`: the fresh challenge asks {}, more than the {} approved; nothing was paid. \
+                 Call again to decide on the new price.",
+                tool.name, quote.usd, approved.usd
+            )));
+        }
+        // A person approved paying this payee, in this asset, on this network, by this
+        // protocol: a fresh challenge that changes any of them is a new decision.
+        if approval.approved_by != "policy" {
+            let facts = |quote| super::approve::offer_facts(tool, call.arguments, quote, String::new());
+            if let Err(mismatch) = facts(approved).covers(&facts(&quote)) {
+                return Outcome::failed(tool.redact(&format!(
+                    "`{}`: the fresh challenge is not the offer as a person approved it: \
+                     {mismatch}; nothing was paid. Call again to decide on the new offer.",
+                    tool.name
+                )));
+            }
+        }
+        Box::pin(self.pay_quote(call, quote, approval, port, Attempt::Fresh)).await
+    }
+
+    /// Commits a paid reservation with its receipt (the actual cost: the amount plus any fee
+    /// the proof reports) and returns the receipt. A failure to commit leaves the reservation
+    /// held (never under-counted) and is logged for the owner.
+    #[allow(clippy::too_many_arguments)]
+    fn commit(
+        &self,
+        call: &Call<'_>,
+        reservation: ReservationId,
+        quote: &Quote,
+        proof: &Proof,
+        transaction: Option<String>,
+        details: Map<String, Value>,
+        approval: ApprovalRecord,
+    ) -> Receipt {
+        let now = now_unix();
+        let mut all = proof.details.clone();
+        all.extend(details);
+        let receipt = receipt::receipt(
+            &Charge::of(quote, call.arguments),
+            &quote.offer.payee,
+            quote.usd,
+            Settlement {
+                payer: proof.payer.clone(),
+                transaction,
+                details: all,
+                approval: Some(approval),
+                charged: l402::actual_usd(quote, proof),
+                reconciled: false,
+            },
+            now,
+        );
+        let row = receipt::row(&receipt, now);
+        let charged = l402::actual_usd(quote, proof).0;
+        if let Err(e) = blocking(|| self.ledger.commit(reservation, charged, row, now)) {
+            tracing::error!(error = %e, receipt = %receipt.receipt_id, "paid, but the receipt could not be committed");
+        }
+        receipt
+    }
+}
+
+/// Where a payment starts.
+enum Start {
+    /// This very call's unknown proof, claimed: re-send it.
+    Resend(Box<(Held, Proof, PendingPayment)>),
+    /// A new reservation, held by this call; nothing proved yet.
+    Reserved(Held),
+}
+
+/// Identifies one call for proof reuse: the tool, its arguments, and the exact offer.
+fn fingerprint(tool: &str, arguments: &Map<String, Value>, quote: &Quote) -> String {
+    let mut hash = Sha256::new();
+    hash.update(tool.as_bytes());
+    hash.update([0]);
+    hash.update(
+        crate::canonical::canonical_json(&Value::Object(arguments.clone()))
+            .to_string()
+            .as_bytes(),
+    );
+    hash.update([0]);
+    hash.update(
+        crate::canonical::canonical_json(&quote.offer.raw)
+            .to_string()
+            .as_bytes(),
+    );
+    hex::encode(hash.finalize())
+}
+
+/// What the paid answer says about the payment, per protocol.
+#[derive(Default)]
+struct Settled {
+    /// The settlement transaction (x402) or reference (MPP).
+    transaction: Option<String>,
+    /// Protocol-specific receipt fields.
+    details: Map<String, Value>,
+    /// `_meta` of the tool result (x402's decoded payment response).
+    meta: Map<String, Value>,
+}
+
+/// Reads the seller's settlement out of the paid answer's headers.
+fn settlement(quote: &Quote, headers: &HeaderMap) -> Settled {
+    let mut settled = Settled::default();
+    match quote.offer.protocol {
+        Protocol::X402 { .. } => {
+            let decoded = match pay::x402::settlement(headers) {
+                Some(Ok(value)) => Some(value),
+                Some(Err(reason)) => {
+                    tracing::warn!(%reason, "unreadable payment response header");
+                    None
+                }
+                None => None,
+            };
+            settled.transaction = decoded
+                .as_ref()
+                .and_then(|d| d.get("transaction"))
+                .and_then(Value::as_str)
+                .filter(|t| !t.is_empty() && t.len() <= 200)
+                .map(str::to_owned);
+            if let Some(decoded) = decoded {
+                settled.meta.insert("x402/payment-response".into(), decoded);
+            }
+        }
+        // L402's facts (payment hash, fee, backend) come with the proof, not the answer.
+        Protocol::L402 => {}
+        Protocol::Mpp => {
+            let receipt = match pay::mpp::receipt(headers) {
+                Some(Ok(value)) => Some(value),
+                Some(Err(reason)) => {
+                    tracing::warn!(%reason, "unreadable Payment-Receipt header");
+                    None
+                }
+                None => None,
+            };
+            settled.transaction = receipt.as_ref().and_then(pay::mpp::reference);
+            settled.details = pay::mpp::receipt_details(&quote.offer, receipt.as_ref());
+            if let Some(receipt) = receipt {
+                settled.meta.insert("mpp/payment-receipt".into(), receipt);
+            }
+        }
+    }
+    settled
+}
+
+/// The message for a 402 that will not be paid: the cheapest price above a cap if that is the
+/// reason, else every offer's reason.
+pub(crate) fn refusal_message(tool: &HttpTool, challenge: &Challenge, judged: &[Judgement]) -> String {
+    let over = judged
+        .iter()
+        .filter_map(|j| match &j.refusal {
+            Some(Refusal::AboveCap { price, cap, which }) => Some((*price, *cap, *which)),
+            _ => None,
+        })
+        .min_by_key(|(price, _, _)| *price);
+    if let Some((price, cap, which)) = over {
+        return format!(
+            "`{}` costs {price}, which is above {which} {cap}; nothing was paid. Ask the owner \
+             to raise the limit, or use another tool.",
+            tool.name
+        );
+    }
+    let mut reasons: Vec<String> = judged
+        .iter()
+        .map(|j| {
+            let o = &j.offer;
+            let why = j
+                .refusal
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            format!(
+                "{} {} {} on {}: {why}",
+                o.protocol, o.amount_atomic, o.asset, o.network
+            )
+        })
+        .collect();
+    reasons.extend(challenge.problems.iter().cloned());
+    if reasons.is_empty() {
+        reasons.push("the 402 carried no payment offer tollgate can read".to_owned());
+    }
+    format!(
+        "`{}` requires payment, and no offer can be paid; nothing was paid. {}",
+        tool.name,
+        reasons.join("; ")
+    )
+}
+
+/// A cap's key in words.
+fn describe_cap(key: &str) -> String {
+    match key {
+        "policy:per_day" => "the policy's per-day cap".to_owned(),
+        "policy:total" => "the policy's total cap".to_owned(),
+        k if k.starts_with("budget:") => "your credential's budget".to_owned(),
+        other => format!("the cap {other}"),
+    }
+}
+
+/// What a 402 asked for, in one sentence (for tools that never pay).
+fn describe(challenge: &Challenge) -> String {
+    let mut asked: Vec<String> = challenge
+        .offers
+        .iter()
+        .map(|o| {
+            format!(
+                "{}: {} atomic units of {} on {} to {}",
+                o.protocol, o.amount_atomic, o.asset, o.network, o.payee
+            )
+        })
+        .collect();
+    asked.extend(challenge.problems.iter().cloned());
+    if asked.is_empty() {
+        "The seller's 402 carried no offer tollgate can read.".to_owned()
+    } else {
+        format!("The seller asked for: {}", asked.join("; "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    #[test]
+    fn the_same_arguments_in_another_order_are_the_same_call() {
+        let a = json!({"city": "Paris", "units": {"temp": "C", "wind": "kmh"}});
+        let b = json!({"units": {"wind": "kmh", "temp": "C"}, "city": "Paris"});
+        assert_ne!(
+            a.to_string(),
+            b.to_string(),
+            "serde_json keeps insertion order"
+        );
+        assert_eq!(
+            crate::canonical::canonical_json(&a).to_string(),
+            crate::canonical::canonical_json(&b).to_string()
+        );
+    }
+}
