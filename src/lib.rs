@@ -32,6 +32,7 @@ pub mod lightning;
 pub mod loopback;
 pub mod money;
 pub mod pay;
+pub mod rails;
 pub mod reconcile;
 pub mod rpc;
 pub mod server;

@@ -110,16 +110,26 @@ async fn pending_lightning_payments_are_settled_or_released_at_start() {
         max_fee_msat: 4_000,
         timeout: Duration::from_secs(10),
     };
+    let rails = tollgate::rails::Rails::new(tollgate::rails::Equipment {
+        lightning: Some(lightning),
+        ..Default::default()
+    });
     // While their owner's lease runs they belong to a live call: not touched.
     let now = tollgate::money::now_unix();
-    let report = tollgate::checkout::l402::reconcile(&*ledger, &lightning, "restart", now).await;
-    assert!(report.is_empty(), "{report:?}");
+    let report = tollgate::reconcile::reconcile(&*ledger, &rails, "restart", now)
+        .await
+        .unwrap();
+    assert_eq!(report.live, 2, "{report:?}");
+    assert_eq!((report.settled, report.released), (0, 0), "{report:?}");
     assert_eq!(total(&*ledger), (0, 50_000));
 
     // As at a start after the owner's lease lapsed: asked, and settled.
     let later = now + LEASE + 1;
-    let report = tollgate::checkout::l402::reconcile(&*ledger, &lightning, "restart", later).await;
-    assert_eq!(report.len(), 2, "{report:?}");
+    let report = tollgate::reconcile::reconcile(&*ledger, &rails, "restart", later)
+        .await
+        .unwrap();
+    assert_eq!((report.settled, report.released), (1, 1), "{report:?}");
+    assert!(report.unchecked.is_empty(), "{report:?}");
 
     // The paid one is committed at its actual cost (21 sats, no fee: 0.021 USD), the unpaid
     // one released: nothing is reserved any more.

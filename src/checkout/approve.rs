@@ -124,8 +124,9 @@ impl Checkout {
     /// (the same tool, arguments, payee, asset, network and protocol, at no higher price).
     pub fn redeem(&self, id: &str, facts: &Facts, now: u64) -> Redemption {
         let tool = &facts.tool;
-        let refuse =
-            |why: String| Redemption::Refused(format!("`{tool}`: approval {id} {why}; nothing was paid"));
+        let refuse = |why: String| {
+            Redemption::Refused(format!("`{tool}`: approval {id} {why}; nothing was paid"))
+        };
         if !approval::is_id(id) {
             return Redemption::Refused(format!(
                 "`{tool}`: approval_id {id:?} is not an approval id (ap_ followed by 32 hex \

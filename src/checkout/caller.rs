@@ -4,7 +4,7 @@ use crate::budget::credential::Credential;
 use crate::catalog::HttpTool;
 use crate::ledger::{BudgetNode, Cap};
 use crate::money::{UsdMicros, now_unix};
-use crate::pay::{Rules, Wallets};
+use crate::pay::Rules;
 
 use super::Checkout;
 
@@ -60,9 +60,11 @@ impl Checkout {
             return Ok(None);
         };
         let Some(root) = &self.root else {
-            return Err("a credential was presented, but this tollgate has no root key \
+            return Err(
+                "a credential was presented, but this tollgate has no root key \
                         (`tollgate init`), so it cannot be verified"
-                .to_owned());
+                    .to_owned(),
+            );
         };
         let credential = Credential::verify(token, root, now_unix()).map_err(|e| e.to_string())?;
         match self.ledger.is_revoked(&credential.lineage) {
@@ -133,12 +135,7 @@ impl Checkout {
             assets: &self.assets,
             tool_max: tool.max_price.unwrap_or(UsdMicros(0)),
             tool: &tool.name,
-            wallets: Wallets {
-                evm: self.evm.is_some(),
-                lightning: self.lightning.is_some(),
-                lightning_network: self.lightning.as_ref().map(|l| l.network),
-                tempo: self.tempo.is_some(),
-            },
+            rails: &self.rails,
             restrictions: caller.map(|c| &c.restrictions),
         }
     }

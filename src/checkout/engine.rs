@@ -13,7 +13,6 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::approve::Ask;
-use super::l402;
 use super::lease::{Held, Leases};
 use super::receipt::{self, Charge, Payment, Settlement};
 use super::{Call, Checkout, Gate, Outcome, Port, blocking};
@@ -21,7 +20,8 @@ use crate::approval::ApprovalRecord;
 use crate::catalog::{HttpTool, UpstreamRequest};
 use crate::ledger::{LedgerError, NewReservation, PendingPayment, ReservationId};
 use crate::money::{UsdMicros, now_unix};
-use crate::pay::{self, Challenge, Judgement, PayError, Proof, Protocol, Quote, Receipt, Refusal};
+use crate::pay::{self, Challenge, Judgement, PayError, Proof, Quote, Receipt, Refusal};
+use crate::rails::{Kept, Proving, Rail};
 use crate::upstream::{Answer, Limits, Reply, Stage, UpstreamError};
 
 /// Which attempt at paying one call this is.
@@ -33,21 +33,30 @@ enum Attempt {
 }
 
 impl Checkout {
+    /// A credential kept from an earlier payment for this tool, on any rail.
+    fn kept(&self, tool: &HttpTool) -> Option<Kept> {
+        let now = now_unix();
+        self.rails
+            .iter()
+            .find_map(|r| r.kept(&*self.ledger, tool, now))
+    }
+
     /// Runs one call of `call.tool`: the request, and the payment when the upstream asks for
     /// one and the rules allow it.
     pub async fn call<P: Port>(&self, call: Call<'_>, port: &P) -> Outcome<P::Halt> {
         let tool = call.tool;
-        // An L402 token paid earlier for this origin and service is sent on the first request.
-        let mut token = self.cached_token(tool);
-        // Held until this call has paid (or given up) once it meets an L402 challenge without
-        // a token: a parallel call to the same service waits for it, then sends the token this
-        // one paid for (`l402::Flights`).
+        // A credential paid earlier for this origin and service (an L402 token) is sent on the
+        // first request.
+        let mut kept = self.kept(tool);
+        // Held until this call has paid (or given up) once it meets a challenge whose payment
+        // serves every call to the service: a parallel call to it waits, then sends what this
+        // one paid for (`Flights`).
         let mut flight = None;
         loop {
-            let attempt = match &token {
-                Some(token) => l402::with_token(call.request.clone(), token),
-                None => call.request.clone(),
-            };
+            let mut attempt = call.request.clone();
+            for (name, value) in kept.iter().flat_map(|k| k.headers.iter()) {
+                attempt.headers.insert(name.clone(), value.clone());
+            }
             let Some(reply) = self.send(tool, attempt, port).await else {
                 return Outcome::Cancelled;
             };
@@ -56,21 +65,26 @@ impl Checkout {
                     answer: Answer::PaymentRequired { body },
                     headers,
                 }) => {
-                    // A refused token is forgotten; the 402 that refused it is paid once, afresh.
-                    if let Some(token) = &token {
-                        self.forget_token(token);
+                    // A refused credential is forgotten; the 402 that refused it is paid once,
+                    // afresh.
+                    if let Some(refused) = kept.take() {
+                        tracing::info!(origin = %refused.origin, service = %refused.service,
+                            payment_hash = %refused.payment_hash,
+                            "the seller refused a kept credential; paying afresh once");
+                        if let Some(rail) = self.rails.named(refused.rail) {
+                            rail.forget(&*self.ledger, tool, &refused.payment_hash);
+                        }
                     } else if flight.is_none()
-                        && self.lightning.is_some()
-                        && l402::challenged(&headers)
+                        && self.rails.iter().any(|r| r.shared_per_service(&headers))
                     {
                         flight = tokio::select! {
                             guard = self.flights.enter(tool) => Some(guard),
                             () = port.cancelled() => return Outcome::Cancelled,
                         };
-                        token = self.cached_token(tool);
-                        if let Some(paid) = &token {
+                        kept = self.kept(tool);
+                        if let Some(paid) = &kept {
                             tracing::info!(tool = %tool.name, payment_hash = %paid.payment_hash,
-                                "a parallel call paid this service meanwhile; sending its token");
+                                "a parallel call paid this service meanwhile; sending what it kept");
                             continue;
                         }
                     }
@@ -81,7 +95,7 @@ impl Checkout {
                 Ok(Reply { answer, .. }) => {
                     return Outcome::Answered {
                         answer,
-                        payment: token.as_ref().map(l402::reused_payment),
+                        payment: kept.map(|k| k.payment),
                         meta: Map::new(),
                     };
                 }
@@ -100,12 +114,8 @@ impl Checkout {
         mut request: UpstreamRequest,
         port: &P,
     ) -> Option<Result<Reply, UpstreamError>> {
-        // MPP sellers (mpp 0.17+) offer only the methods the client says it can pay.
-        if self.tempo.is_some() {
-            request.headers.insert(
-                "accept-payment",
-                reqwest::header::HeaderValue::from_static(pay::mpp::ACCEPT_PAYMENT),
-            );
+        for rail in self.rails.iter() {
+            rail.request_headers(&mut request.headers);
         }
         let limits = Limits {
             timeout: tool.timeout,
@@ -134,7 +144,7 @@ impl Checkout {
         port: &P,
     ) -> Outcome<P::Halt> {
         let tool = call.tool;
-        let challenge = pay::read_challenge(headers, body);
+        let challenge = self.rails.read_challenge(headers, body);
         if tool.max_price.is_none() {
             return Outcome::failed(tool.redact(&format!(
                 "`{}` answered 402 Payment Required, but this tool has no max_price, so tollgate \
@@ -204,13 +214,15 @@ impl Checkout {
         attempt: Attempt,
     ) -> Outcome<P::Halt> {
         let tool = call.tool;
-        // After approval and before the reservation: an MPP challenge too close to its expiry
-        // (a signed Tempo transaction lives about 25 s) is not signed; a fresh one is fetched.
-        if quote.offer.protocol == Protocol::Mpp && pay::mpp::stale(&quote.offer, now_unix()) {
-            let why = format!(
-                "the seller's MPP challenge expired ({}) before it could be signed",
-                quote.offer.raw["expires"].as_str().unwrap_or("?")
-            );
+        let Some(rail) = self.rails.get(quote.offer.protocol) else {
+            return Outcome::failed(format!(
+                "`{}`: {} is not a rail tollgate has; nothing was paid",
+                tool.name, quote.offer.protocol
+            ));
+        };
+        // After approval and before the reservation: a challenge too close to its expiry is
+        // not signed; a fresh one is fetched.
+        if let Some(why) = rail.stale(&quote.offer, now_unix()) {
             return self
                 .pay_fresh(call, &quote, approval, port, attempt, &why)
                 .await;
@@ -223,7 +235,7 @@ impl Checkout {
                 tool.name
             ))
         };
-        let (held, proof, resent) = match self.claim_or_reserve(call, &quote, now) {
+        let (held, proof, resent) = match self.claim_or_reserve(call, rail, &quote, now) {
             Err(refused) => return Outcome::Failed(refused),
             Ok(Start::Resend(resend)) => {
                 let (held, proof, payment) = *resend;
@@ -231,7 +243,14 @@ impl Checkout {
             }
             Ok(Start::Reserved(mut held)) => {
                 let id = held.id();
-                let proof = match self.prove(tool, &quote, id, now).await {
+                let proving = Proving {
+                    quote: &quote,
+                    tool,
+                    reservation: id,
+                    ledger: &**ledger,
+                    now,
+                };
+                let proof = match rail.prove(proving).await {
                     Ok(proof) => proof,
                     // Sent, outcome unknown: it stays pending (and reserved), never released.
                     Err(PayError::OutcomeUnknown(reason)) => {
@@ -245,9 +264,9 @@ impl Checkout {
                     }
                 };
                 // Recorded before the proof leaves the process (a crash after this line leaves
-                // a pending payment that a retry re-sends, never a second one). L402 recorded
-                // its payment as pending before paying the invoice.
-                if quote.offer.protocol != Protocol::L402
+                // a pending payment that a retry re-sends, never a second one). A rail whose
+                // proving moves the money recorded its payment as pending before paying.
+                if !rail.pays_when_proving()
                     && let Err(e) =
                         blocking(|| ledger.mark_pending(id, &proof.to_json(), proof.valid_before))
                 {
@@ -263,8 +282,8 @@ impl Checkout {
             "{} {} {}: paying {} to {} ({})",
             if reused {
                 "re-sending the signed payment"
-            } else if quote.offer.protocol == Protocol::L402 {
-                "paid the invoice; sending the token"
+            } else if rail.pays_when_proving() {
+                "paid; sending the proof"
             } else {
                 "signed"
             },
@@ -293,15 +312,19 @@ impl Checkout {
                 answer: Answer::PaymentRequired { body },
                 headers,
             }) => {
-                self.paid_and_refused(call, quote, approval, held, proof, resent, &headers, &body, port, attempt)
+                let refused = Refused {
+                    held,
+                    proof,
+                    resent,
+                    headers: &headers,
+                    body: &body,
+                };
+                self.paid_and_refused(call, rail, quote, approval, refused, port, attempt)
                     .await
             }
             Ok(Reply { answer, headers }) => {
-                let settled = settlement(&quote, &headers);
                 let mut proof = proof;
-                if let (Protocol::Mpp, Some(wallet)) = (quote.offer.protocol, &self.tempo) {
-                    pay::mpp::read_fee(&mut proof, &quote.offer, wallet).await;
-                }
+                let settled = rail.settlement(&quote, &mut proof, &headers).await;
                 let receipt = self.commit(
                     call,
                     held.id(),
@@ -322,16 +345,16 @@ impl Checkout {
                     meta: settled.meta,
                 }
             }
-            Err(e) if quote.offer.protocol == Protocol::L402 => {
-                // The invoice is paid and the token kept: the next call sends it, pays nothing.
+            Err(e) if rail.pays_when_proving() => {
+                // Paid, and what was paid for is kept: the next call sends it, pays nothing.
                 let receipt =
                     self.commit(call, held.id(), &quote, &proof, None, Map::new(), approval);
                 held.settled();
                 Outcome::failed(tool.redact(&format!(
-                    "`{}`: the request with the paid L402 token failed ({e}). The payment of {} \
-                     went through (receipt {}); calling again sends the same token and pays \
-                     nothing more.",
-                    tool.name, quote.usd, receipt.receipt_id
+                    "`{}`: the request with the paid {} credential failed ({e}). The payment of \
+                     {} went through (receipt {}); calling again sends the same credential and \
+                     pays nothing more.",
+                    tool.name, quote.offer.protocol, quote.usd, receipt.receipt_id
                 )))
             }
             Err(e) => {
@@ -353,6 +376,7 @@ impl Checkout {
     fn claim_or_reserve(
         &self,
         call: &Call<'_>,
+        rail: &dyn Rail,
         quote: &Quote,
         now: u64,
     ) -> Result<Start, String> {
@@ -391,7 +415,7 @@ impl Checkout {
         let new = NewReservation {
             call_id: hex::encode(rand::random::<[u8; 8]>()),
             fingerprint: key,
-            amount_usd_micros: l402::hold_usd(self, quote).0,
+            amount_usd_micros: rail.hold(quote).0,
             caps: self.caps(call.caller),
             tool: tool.name.clone(),
             payee: quote.offer.payee.clone(),
@@ -443,41 +467,43 @@ impl Checkout {
     async fn paid_and_refused<P: Port>(
         &self,
         call: &Call<'_>,
+        rail: &dyn Rail,
         quote: Quote,
         approval: ApprovalRecord,
-        held: Held,
-        proof: Proof,
-        resent: Option<PendingPayment>,
-        headers: &HeaderMap,
-        body: &[u8],
+        refused: Refused<'_>,
         port: &P,
         attempt: Attempt,
     ) -> Outcome<P::Halt> {
         let tool = call.tool;
-        if quote.offer.protocol == Protocol::L402 {
+        let Refused {
+            held,
+            proof,
+            resent,
+            headers,
+            body,
+        } = refused;
+        if rail.pays_when_proving() {
             // The invoice is paid (the preimage proves it): the money is gone whatever the
-            // seller thinks of the token. Commit it, forget the token, pay no more.
+            // seller thinks of the proof. Commit it, forget what was kept, pay no more.
             let receipt = self.commit(call, held.id(), &quote, &proof, None, Map::new(), approval);
             held.settled();
-            self.forget_paid_token(tool, &proof);
+            let hash = receipt
+                .details
+                .get("payment_hash")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            rail.forget(&*self.ledger, tool, hash);
             return Outcome::failed(tool.redact(&format!(
-                "`{}`: the seller answered 402 again to the L402 token tollgate had just paid {} \
-                 for (receipt {}, payment hash {}). tollgate pays once per call, so nothing more \
-                 was paid.",
-                tool.name,
-                quote.usd,
-                receipt.receipt_id,
-                receipt
-                    .details
-                    .get("payment_hash")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
+                "`{}`: the seller answered 402 again to the {} proof tollgate had just paid {} \
+                 for (receipt {}, payment hash {hash}). tollgate pays once per call, so nothing \
+                 more was paid.",
+                tool.name, quote.offer.protocol, quote.usd, receipt.receipt_id,
             )));
         }
         // The seller refused a proof it had seen before: it may have settled it already (its
         // nonce is used). Ask the chain now, and say what it says.
         if let Some(payment) = resent {
-            let reason = pay::read_challenge(headers, body).seller_error;
+            let reason = self.rails.read_challenge(headers, body).seller_error;
             return self
                 .resent_refused(tool, &quote, held, &payment, reason)
                 .await;
@@ -490,15 +516,16 @@ impl Checkout {
         held.settled();
         // MPP `payment-expired`: the credential came too late and was not used; one fresh
         // challenge, signed anew, is the one exception to "never sign again".
-        if quote.offer.protocol == Protocol::Mpp
-            && pay::mpp::problem(headers, body).is_some_and(|p| p.is_expired())
-        {
-            let why = "the seller found the signed MPP credential expired";
+        if rail.refused_as_expired(headers, body) {
+            let why = format!(
+                "the seller found the signed {} credential expired",
+                quote.offer.protocol
+            );
             return self
-                .pay_fresh(call, &quote, approval, port, attempt, why)
+                .pay_fresh(call, &quote, approval, port, attempt, &why)
                 .await;
         }
-        let again = pay::read_challenge(headers, body);
+        let again = self.rails.read_challenge(headers, body);
         let reason = again
             .seller_error
             .unwrap_or_else(|| "no reason given".to_owned());
@@ -528,10 +555,7 @@ impl Checkout {
             .map(|r| format!(" (the seller says: {r})"))
             .unwrap_or_default();
         let now = now_unix();
-        let verdict = match reconcile::rpc_client() {
-            Ok(client) => reconcile::verdict(&client, &self.rpc, payment, now).await,
-            Err(e) => Err(e),
-        };
+        let verdict = reconcile::verdict(&self.rails, &*self.ledger, payment, now).await;
         let verdict = match verdict {
             Ok(verdict) => verdict,
             Err(why) => {
@@ -594,33 +618,6 @@ impl Checkout {
         }
     }
 
-    /// Proves payment of the chosen offer: signs it (x402, MPP) or pays it (L402). Called after
-    /// the reservation, never before; the caller records the proof as pending before sending it.
-    async fn prove(
-        &self,
-        tool: &HttpTool,
-        quote: &Quote,
-        reservation: ReservationId,
-        now: u64,
-    ) -> Result<Proof, PayError> {
-        match quote.offer.protocol {
-            Protocol::X402 { .. } => {
-                let wallet = self.evm.as_ref().ok_or_else(|| {
-                    PayError::Unpayable("no EVM wallet is configured".to_owned())
-                })?;
-                pay::x402::prove(&quote.offer, wallet, now)
-            }
-            // Records the payment pending BEFORE paying the invoice.
-            Protocol::L402 => self.pay_invoice(tool, quote, reservation, now).await,
-            Protocol::Mpp => {
-                let wallet = self.tempo.as_ref().ok_or_else(|| {
-                    PayError::Unpayable("no Tempo wallet is configured ([wallet.tempo])".to_owned())
-                })?;
-                pay::mpp::prove(&quote.offer, wallet, now).await
-            }
-        }
-    }
-
     /// Asks the seller for a fresh challenge (the request again, unpaid) and pays it under the
     /// approval already given, once per call: the fresh offer must be payable under the same
     /// rules and cost no more than the one approved. A second stale challenge ends the call.
@@ -666,7 +663,7 @@ impl Checkout {
                 )));
             }
         };
-        let challenge = pay::read_challenge(&headers, &body);
+        let challenge = self.rails.read_challenge(&headers, &body);
         let quote = match pay::choose(&challenge, &self.rules(tool, call.caller)) {
             Ok(quote) => quote,
             Err(judged) => {
@@ -684,7 +681,8 @@ impl Checkout {
         // A person approved paying this payee, in this asset, on this network, by this
         // protocol: a fresh challenge that changes any of them is a new decision.
         if approval.approved_by != "policy" {
-            let facts = |quote| super::approve::offer_facts(tool, call.arguments, quote, String::new());
+            let facts =
+                |quote| super::approve::offer_facts(tool, call.arguments, quote, String::new());
             if let Err(mismatch) = facts(approved).covers(&facts(&quote)) {
                 return Outcome::failed(tool.redact(&format!(
                     "`{}`: the fresh challenge is not the offer as a person approved it: \
@@ -722,13 +720,13 @@ impl Checkout {
                 transaction,
                 details: all,
                 approval: Some(approval),
-                charged: l402::actual_usd(quote, proof),
+                charged: actual_usd(quote, proof),
                 reconciled: false,
             },
             now,
         );
         let row = receipt::row(&receipt, now);
-        let charged = l402::actual_usd(quote, proof).0;
+        let charged = actual_usd(quote, proof).0;
         if let Err(e) = blocking(|| self.ledger.commit(reservation, charged, row, now)) {
             tracing::error!(error = %e, receipt = %receipt.receipt_id, "paid, but the receipt could not be committed");
         }
@@ -763,64 +761,34 @@ fn fingerprint(tool: &str, arguments: &Map<String, Value>, quote: &Quote) -> Str
     hex::encode(hash.finalize())
 }
 
-/// What the paid answer says about the payment, per protocol.
-#[derive(Default)]
-struct Settled {
-    /// The settlement transaction (x402) or reference (MPP).
-    transaction: Option<String>,
-    /// Protocol-specific receipt fields.
-    details: Map<String, Value>,
-    /// `_meta` of the tool result (x402's decoded payment response).
-    meta: Map<String, Value>,
+/// A paid request the seller answered with 402.
+struct Refused<'a> {
+    held: Held,
+    proof: Proof,
+    /// The payment, when the proof was re-sent for a call whose outcome was unknown.
+    resent: Option<PendingPayment>,
+    headers: &'a HeaderMap,
+    body: &'a [u8],
 }
 
-/// Reads the seller's settlement out of the paid answer's headers.
-fn settlement(quote: &Quote, headers: &HeaderMap) -> Settled {
-    let mut settled = Settled::default();
-    match quote.offer.protocol {
-        Protocol::X402 { .. } => {
-            let decoded = match pay::x402::settlement(headers) {
-                Some(Ok(value)) => Some(value),
-                Some(Err(reason)) => {
-                    tracing::warn!(%reason, "unreadable payment response header");
-                    None
-                }
-                None => None,
-            };
-            settled.transaction = decoded
-                .as_ref()
-                .and_then(|d| d.get("transaction"))
-                .and_then(Value::as_str)
-                .filter(|t| !t.is_empty() && t.len() <= 200)
-                .map(str::to_owned);
-            if let Some(decoded) = decoded {
-                settled.meta.insert("x402/payment-response".into(), decoded);
-            }
-        }
-        // L402's facts (payment hash, fee, backend) come with the proof, not the answer.
-        Protocol::L402 => {}
-        Protocol::Mpp => {
-            let receipt = match pay::mpp::receipt(headers) {
-                Some(Ok(value)) => Some(value),
-                Some(Err(reason)) => {
-                    tracing::warn!(%reason, "unreadable Payment-Receipt header");
-                    None
-                }
-                None => None,
-            };
-            settled.transaction = receipt.as_ref().and_then(pay::mpp::reference);
-            settled.details = pay::mpp::receipt_details(&quote.offer, receipt.as_ref());
-            if let Some(receipt) = receipt {
-                settled.meta.insert("mpp/payment-receipt".into(), receipt);
-            }
-        }
+/// What a payment actually cost: the amount plus the fee the proof reports.
+fn actual_usd(quote: &Quote, proof: &Proof) -> UsdMicros {
+    if proof.fee_atomic == 0 {
+        return quote.usd;
     }
-    settled
+    quote
+        .asset
+        .to_usd_micros(quote.offer.amount_atomic.saturating_add(proof.fee_atomic))
+        .unwrap_or(quote.usd)
 }
 
 /// The message for a 402 that will not be paid: the cheapest price above a cap if that is the
 /// reason, else every offer's reason.
-pub(crate) fn refusal_message(tool: &HttpTool, challenge: &Challenge, judged: &[Judgement]) -> String {
+pub(crate) fn refusal_message(
+    tool: &HttpTool,
+    challenge: &Challenge,
+    judged: &[Judgement],
+) -> String {
     let over = judged
         .iter()
         .filter_map(|j| match &j.refusal {

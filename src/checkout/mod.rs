@@ -15,16 +15,15 @@
 //! * [`approve`]: the approval step's decisions (when a person must decide, what they decide
 //!   on, using an approval once), without saying how a person is asked.
 //! * [`receipt`]: what a reservation records about its charge, and the one receipt builder.
-//! * [`l402`]: the Lightning parts (paying the invoice, kept tokens, one flight per service).
+//!
+//! Where the payment protocols differ, the engine asks the offer's rail ([`crate::rails`]).
 
 pub mod approve;
 mod caller;
 mod engine;
-pub mod l402;
 pub mod lease;
 pub mod receipt;
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -37,21 +36,18 @@ use crate::budget::credential::{Credential, RootKey};
 use crate::budget::policy::Policy;
 use crate::catalog::{HttpTool, UpstreamRequest};
 use crate::ledger::Ledger;
-use crate::lightning::Lightning;
 use crate::pay::assets::Asset;
+use crate::rails::Rails;
 use crate::upstream::{Answer, Upstream};
-use crate::wallet::EvmWallet;
-use crate::wallet::tempo::TempoWallet;
 
-/// Everything paying needs: the owner's policy, the assets tollgate can value, the wallets,
-/// the ledger, what tells who is calling (the root key, the process's own token), and the
-/// upstream HTTP client. One per process, shared by every call.
+/// Everything paying needs: the owner's policy, the assets tollgate can value, the rails
+/// (with their wallets), the ledger, what tells who is calling (the root key, the process's
+/// own token), and the upstream HTTP client. One per process, shared by every call.
 pub struct Checkout {
     pub policy: Policy,
     pub assets: Vec<Asset>,
-    pub evm: Option<EvmWallet>,
-    /// The Tempo wallet (MPP), if `[wallet.tempo]` is configured.
-    pub tempo: Option<TempoWallet>,
+    /// Every payment protocol, with the wallet that pays it.
+    pub rails: Arc<Rails>,
     /// The root key credentials are verified under (absent until `tollgate init`).
     pub root: Option<RootKey>,
     /// `TOLLGATE_TOKEN` of the process: the caller when a request carries no token.
@@ -65,14 +61,10 @@ pub struct Checkout {
     pub ledger: Arc<Ledger>,
     /// The payments this process's live calls own (leases renewed while they run).
     pub leases: Arc<lease::Leases>,
-    /// JSON-RPC nodes by chain id (`[rpc]`): where an unknown outcome is asked.
-    pub rpc: BTreeMap<u64, String>,
-    /// The Lightning backend that pays L402 invoices, if one is configured.
-    pub lightning: Option<Lightning>,
     /// Every upstream request of a call goes through it (`[upstream]` limits).
     pub upstream: Upstream,
-    /// One L402 payment per service at a time (see [`l402::Flights`]).
-    flights: l402::Flights,
+    /// One payment per service at a time on rails whose payment serves every call to it.
+    flights: Flights,
     /// Credentials whose budgets this process has recorded in the tree of budgets.
     registered: std::sync::Mutex<std::collections::HashSet<String>>,
 }
@@ -81,23 +73,20 @@ impl Checkout {
     pub fn new(
         policy: Policy,
         assets: Vec<Asset>,
-        evm: Option<EvmWallet>,
+        rails: Arc<Rails>,
         ledger: Arc<Ledger>,
         upstream: Upstream,
     ) -> Checkout {
         Checkout {
             policy,
             assets,
-            evm,
-            tempo: None,
+            rails,
             root: None,
             env_token: None,
             profile_token: None,
             approval: crate::approval::Settings::default(),
             leases: lease::Leases::new(ledger.clone()),
-            rpc: Default::default(),
             ledger,
-            lightning: None,
             upstream,
             flights: Default::default(),
             registered: Default::default(),
@@ -161,6 +150,25 @@ pub trait Port: Sync {
     /// and that an approval secret exists). Ask in the transport's own way, or use the
     /// approval the call brought back ([`Checkout::redeem`]).
     fn approve(&self, ask: &Ask) -> impl Future<Output = Gate<Self::Halt>> + Send;
+}
+
+/// One payment at a time per origin and service in this process, on a rail whose payment
+/// serves every call to the service (an L402 token). Calls that met the same challenge while
+/// another call was paying it wait, then send what that call kept instead of paying again
+/// (parallel tool calls are common in agents).
+#[derive(Default)]
+struct Flights(std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
+
+impl Flights {
+    /// Waits for, then holds, the right to pay `tool`'s service.
+    async fn enter(&self, tool: &HttpTool) -> tokio::sync::OwnedMutexGuard<()> {
+        let key = format!("{} {}", tool.url.origin().ascii_serialization(), tool.name);
+        let lock = {
+            let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            map.entry(key).or_default().clone()
+        };
+        lock.lock_owned().await
+    }
 }
 
 /// Runs a (short, blocking) ledger operation without stalling the async workers.

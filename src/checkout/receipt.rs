@@ -76,6 +76,10 @@ impl Charge {
             charge.protocol = name;
             charge.version = version;
         }
+        // Lightning rows from before decimals were recorded: msat, a thousandth of a sat.
+        if charge.decimals.is_none() && charge.protocol == crate::rails::l402::NAME {
+            charge.decimals = Some(crate::pay::l402::asset().decimals);
+        }
         charge
     }
 

@@ -41,33 +41,33 @@ pub fn reconcile(config: Option<PathBuf>) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    // Unknown outcomes are asked of each rail's chain (`[rpc]`) or Lightning backend; no
+    // wallet is needed to ask.
+    let lightning = match &config.lightning {
+        Some(c) => match tollgate::lightning::Lightning::open(c) {
+            Ok(lightning) => Some(lightning),
+            Err(e) => {
+                println!("Lightning payments not checked: {e}");
+                None
+            }
+        },
+        None => None,
+    };
+    let rails = tollgate::rails::Rails::new(tollgate::rails::Equipment {
+        lightning,
+        rpc: config.rpc.clone(),
+        ..Default::default()
+    });
     // This command owns what it claims while it asks; a live process's payments are left alone.
     let owner = tollgate::checkout::lease::this_process();
     let report = runtime
         .block_on(tollgate::reconcile::reconcile(
             &*ledger,
-            &config.rpc,
+            &rails,
             &owner,
             tollgate::money::now_unix(),
         ))
         .context("reconciling")?;
-    // Lightning payments: asked of the configured backend.
-    if let Some(c) = &config.lightning {
-        match tollgate::lightning::Lightning::open(c) {
-            Ok(lightning) => {
-                let lines = runtime.block_on(tollgate::checkout::l402::reconcile(
-                    &*ledger,
-                    &lightning,
-                    &owner,
-                    tollgate::money::now_unix(),
-                ));
-                for line in lines {
-                    println!("Lightning: {line}");
-                }
-            }
-            Err(e) => println!("Lightning payments not checked: {e}"),
-        }
-    }
     println!(
         "{} settled (receipt written), {} released (provably unpaid; {} of them reserved but \
          never sent), {} still pending (valid and unused: a retry re-sends it), {} in flight in \

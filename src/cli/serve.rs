@@ -7,8 +7,9 @@ use anyhow::Context as _;
 use rmcp::ServiceExt as _;
 
 use tollgate::budget::credential::{CredentialError, RootKey};
-use tollgate::ledger::Ledger;
 use tollgate::checkout::Checkout;
+use tollgate::ledger::Ledger;
+use tollgate::rails::{Equipment, Rails};
 use tollgate::server::Tollgate;
 use tollgate::upstream::Upstream;
 use tollgate::wallet::EvmWallet;
@@ -54,23 +55,26 @@ pub fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
             Some(c) => {
                 let lightning = tollgate::lightning::Lightning::open(c)?;
                 tracing::info!(backend = lightning.backend.name(), network = %lightning.network, "Lightning backend ready");
-                // Lightning payments an earlier run left pending: ask the backend, settle them,
-                // in the background (a slow backend must not delay the host's first requests).
-                let (ledger, backend) = (ledger.clone(), lightning.clone());
-                let owner = tollgate::checkout::lease::this_process();
-                tokio::spawn(async move {
-                    let now = tollgate::money::now_unix();
-                    for line in tollgate::checkout::l402::reconcile(&*ledger, &backend, &owner, now).await {
-                        tracing::warn!("pending Lightning payment: {line}");
-                    }
-                });
                 Some(lightning)
             }
             None => None,
         };
+        let tempo =
+            tollgate::wallet::tempo::TempoWallet::open(config.wallet.tempo.as_ref(), evm.as_ref())
+                .context("cannot open the Tempo wallet")?;
+        if let Some(wallet) = &tempo {
+            tracing::info!(?wallet, "Tempo wallet ready (MPP)");
+        }
+        let rails = Arc::new(Rails::new(Equipment {
+            evm,
+            tempo,
+            lightning,
+            rpc: config.rpc.clone(),
+        }));
         // Payments whose outcome is unknown (their process died, or their call ended without
-        // an answer) stay reserved (they count against every cap) until the chain says whether
-        // they happened. Payments in flight in live processes sharing the ledger are theirs.
+        // an answer) stay reserved (they count against every cap) until their rail says
+        // whether they happened. Payments in flight in live processes sharing the ledger are
+        // theirs.
         tollgate::checkout::lease::Leases::disown_dead_owners(&*ledger)
             .context("cannot read pending payments")?;
         let unknown = ledger
@@ -83,27 +87,19 @@ pub fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
                  without an answer); they stay reserved until reconciled (a retry of the same \
                  call re-sends the same proof)"
             );
-            let (ledger, rpc) = (ledger.clone(), config.rpc.clone());
+            let (ledger, rails) = (ledger.clone(), rails.clone());
             let owner = tollgate::checkout::lease::this_process();
             tokio::spawn(async move {
-                // After the host's first requests, like the HTTP client's warm-up.
+                // After the host's first requests, like the HTTP client's warm-up (a slow node
+                // or backend must not delay them).
                 tokio::time::sleep(std::time::Duration::from_millis(500)).await;
                 log_reconciled(
-                    tollgate::reconcile::reconcile(&*ledger, &rpc, &owner, tollgate::money::now_unix())
+                    tollgate::reconcile::reconcile(&*ledger, &rails, &owner, tollgate::money::now_unix())
                         .await,
                 );
             });
         }
-        let tempo =
-            tollgate::wallet::tempo::TempoWallet::open(config.wallet.tempo.as_ref(), evm.as_ref())
-                .context("cannot open the Tempo wallet")?;
-        if let Some(wallet) = &tempo {
-            tracing::info!(?wallet, "Tempo wallet ready (MPP)");
-        }
-        let mut payments = Checkout::new(policy, config.assets.clone(), evm, ledger, upstream);
-        payments.rpc = config.rpc.clone();
-        payments.lightning = lightning;
-        payments.tempo = tempo;
+        let mut payments = Checkout::new(policy, config.assets.clone(), rails, ledger, upstream);
         payments.root = match RootKey::load(&config.state_dir) {
             Ok(root) => Some(root),
             Err(CredentialError::NoRootKey(_)) => None,

@@ -101,6 +101,27 @@ pub fn chain_id(network: &str) -> Option<u64> {
         .map(|(_, id)| *id)
 }
 
+/// The known asset an offer on an EVM chain names (by chain id and contract address).
+pub fn evm_asset(offer: &super::Offer, assets: &[Asset]) -> Result<Asset, String> {
+    let Some(chain_id) = offer.chain_id else {
+        return Err(format!(
+            "network {:?} is not an EVM network tollgate knows",
+            offer.network
+        ));
+    };
+    assets
+        .iter()
+        .find(|a| a.chain_id == chain_id && a.address.eq_ignore_ascii_case(&offer.asset))
+        .cloned()
+        .ok_or_else(|| {
+            format!(
+                "asset {} on {} is not a known asset (built-in USDC and pathUSD, or [[assets]] in \
+                 tollgate.toml)",
+                offer.asset, offer.network
+            )
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,9 +12,11 @@
 //! payment and reading the seller's settlement.
 
 pub mod assets;
-pub mod l402;
-pub mod mpp;
-pub mod x402;
+// Each rail's wire format lives in its folder under `rails/`; these names stay for callers
+// that only parse (the fuzz targets, the Lightning backends, tests).
+pub use crate::rails::l402::wire as l402;
+pub use crate::rails::mpp::wire as mpp;
+pub use crate::rails::x402::wire as x402;
 
 use std::fmt;
 
@@ -27,41 +29,42 @@ use crate::budget::policy::Policy;
 use crate::money::UsdMicros;
 use assets::Asset;
 
-/// A payment protocol and version.
+/// A payment protocol (a rail's name) and the version of it an offer speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Protocol {
-    X402 {
-        version: u8,
-    },
-    /// L402 (and its legacy name LSAT): a macaroon plus a BOLT11 invoice.
-    L402,
-    /// MPP: the `Payment` HTTP authentication scheme.
-    Mpp,
+pub struct Protocol {
+    /// The rail's name (`x402`, `l402`, `mpp`): the key of [`crate::rails::Rails`].
+    pub name: &'static str,
+    /// The version where a protocol has several on the wire (x402 v1 and v2), else 0.
+    pub version: u8,
+    /// How people write it (`x402`, `L402`, `MPP`).
+    label: &'static str,
 }
 
 impl Protocol {
-    pub fn name(self) -> &'static str {
-        match self {
-            Protocol::X402 { .. } => "x402",
-            Protocol::L402 => "l402",
-            Protocol::Mpp => "mpp",
+    pub const fn new(name: &'static str, label: &'static str, version: u8) -> Protocol {
+        Protocol {
+            name,
+            version,
+            label,
         }
     }
-    /// The protocol's version where it has several on the wire (x402 v1 and v2), else 0.
+
+    pub fn name(self) -> &'static str {
+        self.name
+    }
+
     pub fn version(self) -> u8 {
-        match self {
-            Protocol::X402 { version } => version,
-            Protocol::L402 | Protocol::Mpp => 0,
-        }
+        self.version
     }
 }
 
+/// `x402 v2`, `L402`, `MPP`: as the ledger records a reservation's protocol.
 impl fmt::Display for Protocol {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Protocol::X402 { version } => write!(f, "x402 v{version}"),
-            Protocol::L402 => f.write_str("L402"),
-            Protocol::Mpp => f.write_str("MPP"),
+        if self.version > 0 {
+            write!(f, "{} v{}", self.label, self.version)
+        } else {
+            f.write_str(self.label)
         }
     }
 }
@@ -114,48 +117,9 @@ pub struct Challenge {
     pub seller_error: Option<String>,
 }
 
-/// Reads every offer of every protocol tollgate knows from a 402.
+/// Reads every offer of every rail tollgate knows from a 402 (no wallet needed to read).
 pub fn read_challenge(headers: &HeaderMap, body: &[u8]) -> Challenge {
-    let mut c = Challenge::default();
-    x402::read_offers(
-        headers,
-        body,
-        &mut c.offers,
-        &mut c.problems,
-        &mut c.seller_error,
-    );
-    let now = crate::money::now_unix();
-    for challenge in l402::read_challenges(headers, &mut c.problems) {
-        c.offers.push(l402::offer(&challenge, now));
-    }
-    mpp::read_offers(
-        headers,
-        body,
-        &mut c.offers,
-        &mut c.problems,
-        &mut c.seller_error,
-    );
-    for value in headers.get_all("www-authenticate") {
-        let scheme: String = value
-            .to_str()
-            .unwrap_or("")
-            .split_whitespace()
-            .next()
-            .unwrap_or("")
-            .chars()
-            .filter(|c| c.is_ascii_alphanumeric())
-            .take(32)
-            .collect();
-        match scheme.to_ascii_lowercase().as_str() {
-            // Read above by `l402::read_challenges` and `mpp::read_offers` (one value may
-            // hold several challenges).
-            "l402" | "lsat" | "payment" => {}
-            _ => c.problems.push(format!(
-                "{scheme} challenge (WWW-Authenticate): not a payment scheme tollgate knows"
-            )),
-        }
-    }
-    c
+    crate::rails::Rails::unequipped().read_challenge(headers, body)
 }
 
 /// Why a payment could not be made. Never contains key material.
@@ -252,40 +216,10 @@ pub struct Rules<'a> {
     /// The tool's `max_price`.
     pub tool_max: UsdMicros,
     pub tool: &'a str,
-    /// What the delegated wallets can pay with.
-    pub wallets: Wallets,
+    /// The rails this process has, with their wallets.
+    pub rails: &'a crate::rails::Rails,
     /// The caller's credential, if it presented one.
     pub restrictions: Option<&'a Restrictions>,
-}
-
-/// What the configured wallets can pay with.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Wallets {
-    /// An EVM key (x402).
-    pub evm: bool,
-    /// A Lightning backend (L402).
-    pub lightning: bool,
-    /// A Tempo signer (MPP).
-    pub tempo: bool,
-    /// The network the Lightning backend pays on.
-    pub lightning_network: Option<l402::Network>,
-}
-
-impl Wallets {
-    /// Why `protocol` cannot be paid with these wallets, if it cannot.
-    pub fn missing(&self, protocol: Protocol) -> Option<String> {
-        match protocol {
-            Protocol::X402 { .. } if !self.evm => Some(
-                "no EVM wallet is configured (set TOLLGATE_EVM_KEY or wallet.evm_keystore)"
-                    .to_owned(),
-            ),
-            Protocol::L402 if !self.lightning => {
-                Some("no Lightning backend is configured".to_owned())
-            }
-            Protocol::Mpp if !self.tempo => Some("no Tempo wallet is configured".to_owned()),
-            _ => None,
-        }
-    }
 }
 
 /// An offer as judged: its value if known, and why it cannot be paid, if it cannot.
@@ -380,7 +314,7 @@ pub fn judge(offer: &Offer, rules: &Rules) -> Judgement {
             "payee {} is not allowed by the policy",
             offer.payee
         ))
-    } else if let Some(reason) = rules.wallets.missing(offer.protocol) {
+    } else if let Some(reason) = rules.rails.get(offer.protocol).and_then(|r| r.missing()) {
         refuse(reason)
     } else {
         match j.usd {
@@ -410,49 +344,18 @@ pub fn judge(offer: &Offer, rules: &Rules) -> Judgement {
 
 /// The asset an offer is paid in, as tollgate values it (before the policy's `[rates]`).
 pub fn valuation(offer: &Offer, rules: &Rules) -> Result<Asset, String> {
-    match offer.protocol {
-        Protocol::X402 { .. } | Protocol::Mpp => {
-            // A method tollgate cannot pay has no asset to value: say why it is not paid.
-            if offer.protocol == Protocol::Mpp
-                && let Some(reason) = mpp::unsupported(offer)
-            {
-                return Err(reason);
-            }
-            let Some(chain_id) = offer.chain_id else {
-                return Err(format!(
-                    "network {:?} is not an EVM network tollgate knows",
-                    offer.network
-                ));
-            };
-            rules
-                .assets
-                .iter()
-                .find(|a| a.chain_id == chain_id && a.address.eq_ignore_ascii_case(&offer.asset))
-                .cloned()
-                .ok_or_else(|| {
-                    format!(
-                        "asset {} on {} is not a known asset (built-in USDC and pathUSD, or \
-                         [[assets]] in tollgate.toml)",
-                        offer.asset, offer.network
-                    )
-                })
-        }
-        // msat, valued through the policy's rate for a sat.
-        Protocol::L402 => Ok(l402::asset()),
-    }
+    rules
+        .rails
+        .get(offer.protocol)
+        .ok_or_else(|| format!("{} is not a rail tollgate has", offer.protocol))?
+        .valuation(offer, rules.assets)
 }
 
-/// Whether tollgate can pay an offer of this protocol in the way it asks (its scheme, method
-/// or intent).
+/// Whether tollgate can pay an offer in the way it asks (its scheme, method or intent).
 fn supported(offer: &Offer, rules: &Rules) -> Result<(), String> {
-    match offer.protocol {
-        Protocol::X402 { .. } if offer.scheme != "exact" => Err(format!(
-            "x402 scheme {:?} is not supported (only \"exact\")",
-            offer.scheme
-        )),
-        Protocol::X402 { .. } => Ok(()),
-        Protocol::L402 => l402::payable(offer, rules.wallets.lightning_network),
-        Protocol::Mpp => mpp::unsupported(offer).map_or(Ok(()), Err),
+    match rules.rails.get(offer.protocol) {
+        Some(rail) => rail.supported(offer),
+        None => Err(format!("{} is not a rail tollgate has", offer.protocol)),
     }
 }
 
@@ -508,4 +411,3 @@ pub struct Receipt {
     #[serde(flatten)]
     pub details: serde_json::Map<String, Value>,
 }
-

@@ -68,7 +68,6 @@ fn offer_digest(f: &Facts) -> String {
     )
 }
 
-
 impl Tollgate {
     /// Asks a person whether the payment `facts` describes may be made (the engine found
     /// one must decide), in the way the host supports, or uses the approval the call brought.
@@ -111,7 +110,9 @@ impl Tollgate {
     fn ask_out_of_band(&self, facts: &Facts, now: u64, note: Option<String>) -> Gate {
         let expires_at = now + self.checkout.approval.expires_after_secs;
         match self.checkout.ask_person(facts, expires_at, now) {
-            Ok(id) => Gate::Halt(Box::new(self.approval_required(&id, facts, expires_at, note))),
+            Ok(id) => Gate::Halt(Box::new(
+                self.approval_required(&id, facts, expires_at, note),
+            )),
             Err(message) => Gate::Refuse(message),
         }
     }

@@ -206,7 +206,7 @@ impl Tollgate {
                 answer: Answer::PaymentRequired { body },
                 headers,
             } => {
-                let challenge = pay::read_challenge(&headers, &body);
+                let challenge = self.checkout.rails.read_challenge(&headers, &body);
                 let caller = self.checkout.identify(token.as_deref()).ok().flatten();
                 let rules = self.checkout.rules(tool, caller.as_ref());
                 let judged: Vec<_> = challenge
@@ -439,7 +439,10 @@ fn delegate_budget(
 }
 
 /// An approval's state, read-only (no tool can change it).
-fn payment_status(payments: &crate::checkout::Checkout, arguments: &Map<String, Value>) -> CallToolResult {
+fn payment_status(
+    payments: &crate::checkout::Checkout,
+    arguments: &Map<String, Value>,
+) -> CallToolResult {
     use crate::ledger::ApprovalState;
     use crate::money::{UsdMicros, now_unix, rfc3339};
     let shapes::PaymentStatusArguments { approval_id: id } = match shapes::arguments(arguments) {

@@ -166,12 +166,8 @@ impl Port for McpPort<'_> {
         &self,
         ask: &crate::checkout::Ask,
     ) -> impl std::future::Future<Output = crate::checkout::Gate<Self::Halt>> + Send {
-        self.server.approval_gate(
-            &ask.facts,
-            &self.continuation,
-            &self.progress,
-            self.context,
-        )
+        self.server
+            .approval_gate(&ask.facts, &self.continuation, &self.progress, self.context)
     }
 }
 

@@ -28,7 +28,8 @@ use mpp::protocol::intents::ChargeRequest;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Value, json};
 
-use super::{Offer, PayError, Proof, Protocol};
+use super::PROTOCOL;
+use crate::pay::{Offer, PayError, Proof};
 use crate::wallet::tempo::TempoWallet;
 
 /// The only method and intent tollgate pays.
@@ -126,7 +127,7 @@ fn offer(challenge: &PaymentChallenge, now: u64) -> Result<Offer, String> {
                     .ok_or("the tempo charge names no recipient")?,
                 "recipient",
             )?;
-            let amount = super::x402::parse_amount(&request.amount)
+            let amount = crate::pay::x402::parse_amount(&request.amount)
                 .map_err(|reason| format!("`amount` {reason}"))?;
             (
                 format!("tempo:{chain_id}"),
@@ -165,7 +166,7 @@ fn offer(challenge: &PaymentChallenge, now: u64) -> Result<Offer, String> {
         .unwrap_or(0);
     let raw = serde_json::to_value(challenge).map_err(|e| format!("cannot keep it: {e}"))?;
     Ok(Offer {
-        protocol: Protocol::Mpp,
+        protocol: PROTOCOL,
         scheme: format!("{method}/{intent}"),
         network,
         chain_id,
@@ -233,7 +234,7 @@ fn challenge(offer: &Offer) -> Result<PaymentChallenge, PayError> {
 /// Signs a Tempo charge credential for the offer: the `Authorization: Payment …` header (or
 /// the header the challenge names) for the paid retry. Called only after the reservation.
 pub async fn prove(offer: &Offer, wallet: &TempoWallet, now: u64) -> Result<Proof, PayError> {
-    if offer.protocol != Protocol::Mpp {
+    if offer.protocol != PROTOCOL {
         return Err(PayError::Unpayable(format!(
             "{} offer given to the MPP signer",
             offer.protocol
@@ -626,7 +627,7 @@ pub fn problem(headers: &HeaderMap, body: &[u8]) -> Option<Problem> {
     })
 }
 
-/// The receipt fields only MPP has, for [`super::Receipt::details`].
+/// The receipt fields only MPP has, for [`crate::pay::Receipt::details`].
 pub fn receipt_details(offer: &Offer, receipt: Option<&Value>) -> serde_json::Map<String, Value> {
     let challenge = &offer.raw;
     let mut details = serde_json::Map::new();
@@ -729,7 +730,7 @@ mod tests {
         let [offer] = offers.as_slice() else {
             panic!("{offers:?}")
         };
-        assert_eq!(offer.protocol, Protocol::Mpp);
+        assert_eq!(offer.protocol, PROTOCOL);
         assert_eq!(offer.scheme, "tempo/charge");
         assert_eq!(offer.network, "tempo:31337");
         assert_eq!(offer.chain_id, Some(31337));
@@ -923,7 +924,7 @@ mod tests {
 
     fn path_usd_offer() -> Offer {
         Offer {
-            protocol: Protocol::Mpp,
+            protocol: PROTOCOL,
             scheme: INTENT.to_owned(),
             network: "tempo:31337".to_owned(),
             chain_id: Some(31337),

@@ -24,9 +24,10 @@ use reqwest::header::{HeaderMap, HeaderValue};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::assets::Asset;
-use super::{Offer, Protocol};
+use super::PROTOCOL;
 use crate::budget::macaroon::Macaroon;
+use crate::pay::Offer;
+use crate::pay::assets::Asset;
 
 /// The longest `WWW-Authenticate` value read (a macaroon with a few caveats and an invoice
 /// with route hints fit easily).
@@ -223,7 +224,7 @@ pub fn asset() -> Asset {
 pub fn offer(challenge: &L402Challenge, now: u64) -> Offer {
     let invoice = &challenge.invoice;
     Offer {
-        protocol: Protocol::L402,
+        protocol: PROTOCOL,
         scheme: challenge.scheme.clone(),
         network: invoice.network.offer_name(),
         chain_id: None,
@@ -616,7 +617,8 @@ mod tests {
     fn an_l402_offer_competes_with_x402_by_price() {
         use crate::budget::policy::{Allow, Policy};
         use crate::money::UsdMicros;
-        use crate::pay::{Rules, Wallets, choose, read_challenge};
+        use crate::pay::{Rules, choose, read_challenge};
+        use crate::rails::{Equipment, Rails};
 
         let mac = aperture_macaroon(hash_01(), &[]);
         let mut h = headers(&[&format!("L402 macaroon=\"{mac}\", invoice=\"{LONG_21}\"")]);
@@ -631,6 +633,25 @@ mod tests {
         let challenge = read_challenge(&h, b"");
         assert_eq!(challenge.offers.len(), 2, "{:?}", challenge.problems);
 
+        // Never asked to pay here: choosing only needs to know the wallets are there.
+        let lightning = crate::lightning::Lightning {
+            backend: std::sync::Arc::new(
+                crate::lightning::lnbits::Lnbits::new("http://127.0.0.1:9", "unused").unwrap(),
+            ),
+            network: Network::Bitcoin,
+            max_fee_msat: 0,
+            timeout: std::time::Duration::from_secs(1),
+        };
+        let rails = Rails::new(Equipment {
+            evm: Some(
+                crate::wallet::EvmWallet::from_hex(
+                    "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d",
+                )
+                .unwrap(),
+            ),
+            lightning: Some(lightning),
+            ..Equipment::default()
+        });
         let chosen = |sat_rate: u64| {
             let mut policy = Policy::builtin();
             policy.networks = Allow::Only(vec!["eip155:8453".into(), "lightning:bitcoin".into()]);
@@ -642,12 +663,7 @@ mod tests {
                 assets: &assets,
                 tool_max: UsdMicros(50_000),
                 tool: "t",
-                wallets: Wallets {
-                    evm: true,
-                    lightning: true,
-                    lightning_network: Some(Network::Bitcoin),
-                    ..Wallets::default()
-                },
+                rails: &rails,
                 restrictions: None,
             };
             let quote = choose(&challenge, &rules).unwrap();
@@ -656,10 +672,10 @@ mod tests {
         // 1000 µUSD a sat: 21 sats = 0.021 USD > 0.01 USD.
         assert_eq!(
             chosen(1000),
-            (Protocol::X402 { version: 2 }, UsdMicros(10_000))
+            (crate::rails::x402::protocol(2), UsdMicros(10_000))
         );
         // 100 µUSD a sat: 21 sats = 0.0021 USD < 0.01 USD.
-        assert_eq!(chosen(100), (Protocol::L402, UsdMicros(2_100)));
+        assert_eq!(chosen(100), (PROTOCOL, UsdMicros(2_100)));
     }
 
     fn headers(values: &[&str]) -> HeaderMap {

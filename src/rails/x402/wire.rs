@@ -19,8 +19,9 @@ use base64::engine::general_purpose::STANDARD as B64;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Map, Value, json};
 
-use super::{Offer, PayError, Proof, Protocol};
+use super::protocol;
 use crate::pay::assets;
+use crate::pay::{Offer, PayError, Proof};
 use crate::wallet::EvmWallet;
 
 /// Longest `PAYMENT-REQUIRED` / `PAYMENT-RESPONSE` header read.
@@ -178,7 +179,7 @@ fn read_requirements(version: u8, raw: &Value, resource: Option<Value>) -> Resul
     };
     let network = text("network")?;
     Ok(Offer {
-        protocol: Protocol::X402 { version },
+        protocol: protocol(version),
         scheme: text("scheme")?,
         chain_id: assets::chain_id(&network),
         network,
@@ -277,7 +278,7 @@ pub fn authorization(
 
 /// Signs the offer: the proof headers for the paid retry.
 pub fn prove(offer: &Offer, wallet: &EvmWallet, now: u64) -> Result<Proof, PayError> {
-    let Protocol::X402 { version } = offer.protocol else {
+    let (super::NAME, version) = (offer.protocol.name, offer.protocol.version) else {
         return Err(PayError::Unpayable(format!(
             "{} offer given to the x402 signer",
             offer.protocol
@@ -441,7 +442,7 @@ mod tests {
         let (offers, _) = read(&HeaderMap::new(), body.to_string().as_bytes());
         assert_eq!(offers[0].amount_atomic, 5000);
         assert_eq!(offers[0].chain_id, Some(84532));
-        assert_eq!(offers[0].protocol, Protocol::X402 { version: 1 });
+        assert_eq!(offers[0].protocol, protocol(1));
     }
 
     #[test]
