@@ -257,6 +257,106 @@ fn transaction(result: &Value) -> Option<String> {
         .map(str::to_ascii_lowercase)
 }
 
+/// The chain's settlements against the ledger's receipts and open payments.
+struct Books {
+    chain_txs: BTreeSet<String>,
+    receipts: Vec<tollgate::ledger::ReceiptRow>,
+    open: Vec<PendingPayment>,
+    summary: String,
+}
+
+/// Asserts the ledger agrees with the chain: one receipt per `AuthorizationUsed` of `buyer`
+/// naming its transaction (0 lost receipts, no receipt without a settlement, none twice: 0
+/// double payments), receipts add up to what `payee` received since `before`, and no open
+/// payment holds a proof whose nonce the chain used.
+async fn books_agree_with_the_chain(
+    peers: &X402Peers,
+    state: &Path,
+    buyer: &str,
+    payee: &str,
+    before: u128,
+    context: &str,
+) -> Books {
+    let used = peers.authorizations_used("v2", buyer).await;
+    let moved = peers.balance("v2", payee).await - before;
+    let chain_txs: BTreeSet<String> = used.iter().map(|(tx, _)| tx.clone()).collect();
+    let used_nonces: BTreeSet<String> = used.iter().map(|(_, n)| n.clone()).collect();
+    let ledger = Ledger::open(state).unwrap();
+    let receipts = ledger.all_receipts(None, 10_000).unwrap();
+    let open = ledger.pending().unwrap();
+    let summary = format!(
+        "{context}\n{} settlements on chain, {} receipts, {} open: {open:#?}",
+        used.len(),
+        receipts.len(),
+        open.len()
+    );
+
+    assert_eq!(
+        moved,
+        u128::from(PRICE) * used.len() as u128,
+        "the payee got the price per authorization used: {summary}"
+    );
+    assert_eq!(
+        chain_txs.len(),
+        used.len(),
+        "one settlement per transaction"
+    );
+    assert_eq!(
+        receipts.len(),
+        used.len(),
+        "one receipt per settlement: {summary}"
+    );
+    let mut receipt_txs = BTreeSet::new();
+    let mut spent = 0u64;
+    for r in &receipts {
+        let json: Value = serde_json::from_str(&r.json).unwrap();
+        let tx = json["transaction"]
+            .as_str()
+            .unwrap_or_else(|| panic!("a receipt names no transaction: {json}\n{summary}"))
+            .to_ascii_lowercase();
+        assert!(
+            receipt_txs.insert(tx.clone()),
+            "two receipts for {tx}: {summary}"
+        );
+        assert_eq!(r.amount_usd_micros, PRICE, "{json}");
+        spent += r.amount_usd_micros;
+    }
+    assert_eq!(
+        receipt_txs, chain_txs,
+        "the receipts name exactly the chain's settlements: {summary}"
+    );
+    assert_eq!(
+        u128::from(spent),
+        moved,
+        "ledger spent = what the chain moved: {summary}"
+    );
+    // Nothing the chain shows settled is left open: what stays open is a proof never used (a
+    // retry re-sends it; expired, it is released) or a reservation that never signed.
+    for payment in &open {
+        match payment.state {
+            ReservationState::Pending => {
+                let nonce = nonce(payment).unwrap_or_else(|| {
+                    panic!("an open payment without a readable proof: {payment:?}\n{summary}")
+                });
+                assert!(
+                    !used_nonces.contains(&nonce),
+                    "settled on chain, still open in the ledger: {payment:?}\n{summary}"
+                );
+            }
+            _ => assert!(
+                payment.proof_json.is_none(),
+                "a reserved payment with a proof: {payment:?}\n{summary}"
+            ),
+        }
+    }
+    Books {
+        chain_txs,
+        receipts,
+        open,
+        summary,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_across_processes_with_identical_and_distinct_calls_agrees_with_the_chain() {
     let seed: u64 = std::env::var("TOLLGATE_TEST_SEED")
@@ -468,6 +568,11 @@ async fn kill_9_across_processes_with_identical_and_distinct_calls_agrees_with_t
     // a receipt is retried (a pending proof is re-sent, never re-signed); reconcile again.
     seller_done(&peers, seed).await;
     let first = reconcile(&config);
+    let context = |last: &str| {
+        format!("seed {seed}\nreconcile during S: {during}after the kills: {first}last: {last}")
+    };
+    // 0 lost receipts after `tollgate reconcile`: the books already agree with the chain.
+    books_agree_with_the_chain(&peers, &state, &buyer, &payee, before, &context(&first)).await;
     let receipted = |state: &Path| -> BTreeMap<u64, usize> {
         let mut by_n = BTreeMap::new();
         for r in Ledger::open(state)
@@ -507,82 +612,15 @@ async fn kill_9_across_processes_with_identical_and_distinct_calls_agrees_with_t
     seller_done(&peers, seed).await;
     let second = reconcile(&config);
 
-    // The chain's settlements, and the ledger's receipts and open payments.
-    let used = peers.authorizations_used("v2", &buyer).await;
-    let moved = peers.balance("v2", &payee).await - before;
-    let chain_txs: BTreeSet<String> = used.iter().map(|(tx, _)| tx.clone()).collect();
-    let used_nonces: BTreeSet<String> = used.iter().map(|(_, n)| n.clone()).collect();
-    let ledger = Ledger::open(&state).unwrap();
-    let receipts = ledger.all_receipts(None, 10_000).unwrap();
-    let open = ledger.pending().unwrap();
-    let summary = format!(
-        "seed {seed}: {} settlements on chain, {} receipts, {} open\nreconcile during S: \
-         {during}after the kills: {first}after the retries: {second}open: {open:#?}",
-        used.len(),
-        receipts.len(),
-        open.len()
-    );
-
-    assert_eq!(
-        moved,
-        u128::from(PRICE) * used.len() as u128,
-        "the payee got the price per authorization used: {summary}"
-    );
-    assert_eq!(
-        chain_txs.len(),
-        used.len(),
-        "one settlement per transaction"
-    );
-    // 0 lost receipts, and no receipt without a settlement.
-    assert_eq!(
-        receipts.len(),
-        used.len(),
-        "one receipt per settlement: {summary}"
-    );
-    let mut receipt_txs = BTreeSet::new();
-    let mut spent = 0u64;
-    for r in &receipts {
-        let json: Value = serde_json::from_str(&r.json).unwrap();
-        let tx = json["transaction"]
-            .as_str()
-            .unwrap_or_else(|| panic!("a receipt names no transaction: {json}\n{summary}"))
-            .to_ascii_lowercase();
-        // 0 double payments: no settlement is counted twice.
-        assert!(
-            receipt_txs.insert(tx.clone()),
-            "two receipts for {tx}: {summary}"
-        );
-        assert_eq!(r.amount_usd_micros, PRICE, "{json}");
-        spent += r.amount_usd_micros;
-    }
-    assert_eq!(
-        receipt_txs, chain_txs,
-        "the receipts name exactly the chain's settlements: {summary}"
-    );
-    assert_eq!(
-        u128::from(spent),
-        moved,
-        "ledger spent = what the chain moved: {summary}"
-    );
-    // Nothing the chain shows settled is left open: what stays open is a proof never used (it
-    // can still be re-sent, or expires and is released) or a reservation that never signed.
-    for payment in &open {
-        match payment.state {
-            ReservationState::Pending => {
-                let nonce = nonce(payment).unwrap_or_else(|| {
-                    panic!("an open payment without a readable proof: {payment:?}\n{summary}")
-                });
-                assert!(
-                    !used_nonces.contains(&nonce),
-                    "settled on chain, still open in the ledger: {payment:?}\n{summary}"
-                );
-            }
-            _ => assert!(
-                payment.proof_json.is_none(),
-                "a reserved payment with a proof: {payment:?}\n{summary}"
-            ),
-        }
-    }
+    // The books after the retries and the second reconcile (checked after the first too).
+    let after = context(&second);
+    let books = books_agree_with_the_chain(&peers, &state, &buyer, &payee, before, &after).await;
+    let Books {
+        chain_txs,
+        receipts,
+        open,
+        summary,
+    } = books;
     // Every distinct call ends with exactly one receipt: paid once, whether its process was
     // killed before, during or after paying.
     let by_n = receipted(&state);
@@ -667,7 +705,7 @@ async fn kill_9_across_processes_with_identical_and_distinct_calls_agrees_with_t
          P reconciled at start: {}; {:.1} s\nreconcile during S: {during}after the kills: \
          {first}after the retries: {second}",
         runs.len(),
-        used.len(),
+        chain_txs.len(),
         receipts.len(),
         open.len(),
         p_reconciled.as_deref().unwrap_or("no (nothing unknown)"),
