@@ -244,6 +244,20 @@ impl L402Peers {
         .await
     }
 
+    /// Every payment of `which` wallet as LNbits lists them (`GET /api/v1/payments`): incoming
+    /// and outgoing (a negative `amount`, in msat), with `payment_hash`, `status`, `fee`.
+    pub async fn payments(&self, which: &str) -> Vec<Value> {
+        let v = self
+            .get_json(
+                &format!("{}/api/v1/payments?limit=10000", self.lnbits_url()),
+                Some(&self.wallet(which, "inkey")),
+            )
+            .await;
+        v.as_array()
+            .unwrap_or_else(|| panic!("LNbits' payments are not a list: {v}"))
+            .clone()
+    }
+
     /// A fresh invoice of the payee wallet: `(bolt11, payment hash hex)`.
     pub async fn payee_invoice(&self, sats: u64) -> (String, String) {
         let v = self

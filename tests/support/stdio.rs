@@ -19,17 +19,33 @@ impl Session {
     /// `TOLLGATE_TEST_STDERR=1` and `RUST_LOG` in `env`), and sends `initialize`
     /// (revision 2025-11-25) and `notifications/initialized` without waiting for the answer.
     pub fn start(config: &Path, env: &[(&str, &str)]) -> Session {
+        let stderr = if std::env::var_os("TOLLGATE_TEST_STDERR").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        };
+        Session::spawn(config, env, stderr)
+    }
+
+    /// Like [`Session::start`], with tollgate's log (`RUST_LOG=tollgate=info`, text) written
+    /// to the file `log`, for a test to read what the process did in the background.
+    pub fn start_logging(config: &Path, env: &[(&str, &str)], log: &Path) -> Session {
+        let file = std::fs::File::create(log).expect("create the log file");
+        let mut env = env.to_vec();
+        if !env.iter().any(|(k, _)| *k == "RUST_LOG") {
+            env.push(("RUST_LOG", "tollgate=info"));
+        }
+        Session::spawn(config, &env, Stdio::from(file))
+    }
+
+    fn spawn(config: &Path, env: &[(&str, &str)], stderr: Stdio) -> Session {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tollgate"));
         cmd.args(["serve", "--config"])
             .arg(config)
             .env("RUST_LOG", "off")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(if std::env::var_os("TOLLGATE_TEST_STDERR").is_some() {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
-            });
+            .stderr(stderr);
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -48,6 +64,11 @@ impl Session {
         );
         session.send(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
         session
+    }
+
+    /// The process id of this `tollgate serve` (its payments' owner ids name it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Sends one message.

@@ -250,6 +250,37 @@ impl X402Peers {
         .to_owned()
     }
 
+    /// Every EIP-3009 authorization of `authorizer` the "v1"/"v2" chain's USDC has used (its
+    /// `AuthorizationUsed(authorizer, nonce)` logs): one per settled payment, as
+    /// `(transaction hash, nonce)`, both lowercase `0x` hex.
+    pub async fn authorizations_used(
+        &self,
+        which: &str,
+        authorizer: &str,
+    ) -> Vec<(String, String)> {
+        let token = self.str(&format!("/{which}/usdc"));
+        let addr = authorizer.trim_start_matches("0x").to_ascii_lowercase();
+        assert!(addr.len() == 40, "bad address {authorizer:?}");
+        let topic = alloy::primitives::keccak256("AuthorizationUsed(address,bytes32)");
+        let logs = self
+            .rpc(
+                which,
+                "eth_getLogs",
+                json!([{"address": token, "fromBlock": "0x0", "toBlock": "latest",
+                        "topics": [format!("{topic}"), format!("0x{addr:0>64}")]}]),
+            )
+            .await;
+        logs.as_array()
+            .expect("eth_getLogs answers an array")
+            .iter()
+            .map(|log| {
+                let tx = log["transactionHash"].as_str().expect("a transaction hash");
+                let nonce = log["topics"][2].as_str().expect("the nonce topic");
+                (tx.to_ascii_lowercase(), nonce.to_ascii_lowercase())
+            })
+            .collect()
+    }
+
     /// The seller's event log: `[{kind: "request"|"verify"|"settle", path, ok, tx?, ...}]`.
     /// Request events also carry `status`, `payment_header` (`null`, `"PAYMENT-SIGNATURE"` or
     /// `"X-PAYMENT"`) and `paid`; verify/settle events carry `payer`, `reason`, `message`.
