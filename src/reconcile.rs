@@ -118,7 +118,10 @@ pub async fn reconcile(
     now: u64,
 ) -> Result<Report, LedgerError> {
     let mut report = Report::default();
-    tokio::task::block_in_place(|| crate::checkout::lease::Leases::disown_dead_owners(ledger))?;
+    let (unsent, _) =
+        tokio::task::block_in_place(|| crate::checkout::lease::Leases::disown_dead_owners(ledger))?;
+    report.released += unsent;
+    report.unsent += unsent;
     let all = tokio::task::block_in_place(|| ledger.pending())?;
     report.live = all.iter().filter(|p| p.is_owned(now)).count();
     let open: Vec<PendingPayment> = all.into_iter().filter(|p| !p.is_owned(now)).collect();

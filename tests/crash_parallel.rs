@@ -719,10 +719,6 @@ async fn kill_9_across_processes_with_identical_and_distinct_calls_agrees_with_t
 /// ("reserved but never sent"), reports nothing in flight, and the hold stops counting
 /// against the caps: the killed call's retry fits again.
 #[test]
-#[ignore = "bug in src/: Leases::disown_dead_owners clears a dead owner's `reserved` row to \
-            owner NULL, and an unowned `reserved` row younger than UNOWNED_RESERVED_SECS (120 s) \
-            is taken for a live call of a pre-lease tollgate: reconcile reports it in flight, \
-            cannot claim it, and it holds the caps for 2 minutes"]
 fn a_dead_process_reservation_that_never_signed_is_released_at_once() {
     use tollgate::ledger::{Cap, Lease, NewReservation};
     let setup = support::mcp::Setup::new("");

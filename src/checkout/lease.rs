@@ -14,7 +14,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
-use crate::ledger::{Lease, Ledger, LedgerError, ReservationId};
+use crate::ledger::{Lease, Ledger, LedgerError, ReservationId, ReservationState};
 use crate::money::now_unix;
 
 /// How long a lease runs without renewal. A process that dies is taken to be gone after this
@@ -130,14 +130,24 @@ impl Leases {
     }
 
     /// Gives up every open payment whose owner is a dead process on this host (a crash or a
-    /// kill): their outcome becomes unknown, for a retry or reconciliation to settle. Payments
-    /// of live processes, here or elsewhere, are left alone. Returns how many were given up.
-    pub fn disown_dead_owners(ledger: &Ledger) -> Result<usize, LedgerError> {
-        let owned = ledger
-            .pending()?
-            .into_iter()
-            .filter_map(|p| Some((p.id, p.owner?)));
-        disown_dead(ledger, owned)
+    /// kill): a proof recorded makes its outcome unknown, for a retry or reconciliation to
+    /// settle; a reservation whose proof was never recorded is released at once (nothing left
+    /// the process, and its hold would block the killed call's retry). Payments of live
+    /// processes, here or elsewhere, are left alone. Returns how many reservations were
+    /// released and how many payments were given up.
+    pub fn disown_dead_owners(ledger: &Ledger) -> Result<(usize, usize), LedgerError> {
+        let mut released = 0;
+        let mut owned = Vec::new();
+        for p in ledger.pending()? {
+            let Some(owner) = p.owner else { continue };
+            if p.state == ReservationState::Reserved && owner_is_dead_here(&owner) {
+                ledger.release(p.id, now_unix())?;
+                released += 1;
+            } else {
+                owned.push((p.id, owner));
+            }
+        }
+        Ok((released, disown_dead(ledger, owned)?))
     }
 
     /// [`Leases::disown_dead_owners`] for the open payments of one call (its fingerprint): a
