@@ -18,7 +18,7 @@ use super::receipt::{self, Charge, Payment, Settlement};
 use super::{Call, Checkout, Gate, Outcome, Port, blocking};
 use crate::approval::ApprovalRecord;
 use crate::catalog::{HttpTool, UpstreamRequest};
-use crate::ledger::{LedgerError, NewReservation, PendingPayment, ReservationId};
+use crate::ledger::{LedgerError, NewReservation, PendingPayment, Proved, ReservationId};
 use crate::money::{UsdMicros, now_unix};
 use crate::pay::{self, Challenge, Judgement, PayError, Proof, Quote, Receipt, Refusal};
 use crate::rails::{Kept, Proving, Rail};
@@ -241,6 +241,11 @@ impl Checkout {
                 let (held, proof, payment) = *resend;
                 (held, proof, Some(payment))
             }
+            // Signed and recorded pending in the reservation's own transaction.
+            Ok(Start::Signed(mut held, proof)) => {
+                held.proof_recorded();
+                (held, proof, None)
+            }
             Ok(Start::Reserved(mut held)) => {
                 let id = held.id();
                 let proving = Proving {
@@ -423,45 +428,81 @@ impl Checkout {
             meta_json: Charge::of(quote, call.arguments).to_json(),
             lease: Some(lease),
         };
+        if rail.signs_at_once() {
+            // The signature is made inside the reservation's transaction and recorded there:
+            // one durable write, and nothing signed without a reservation.
+            let mut signed = None;
+            let reserved = blocking(|| {
+                ledger.reserve_proved(new, now, &mut |_| {
+                    let proof = rail.sign(quote, now).map_err(|e| e.to_string())?;
+                    let proved = Proved {
+                        proof_json: proof.to_json(),
+                        valid_before: proof.valid_before,
+                    };
+                    signed = Some(proof);
+                    Ok(proved)
+                })
+            });
+            return match (reserved, signed) {
+                (Ok(id), Some(proof)) => Ok(Start::Signed(self.leases.hold(id), proof)),
+                (Ok(id), None) => Err(format!(
+                    "`{}`: the ledger recorded reservation {id} without its signature; nothing \
+                     was paid",
+                    tool.name
+                )),
+                (Err(e), _) => Err(refusal(tool, quote, e)),
+            };
+        }
         match blocking(|| ledger.reserve(new, now)) {
             // From here the reservation is this call's; dropping the hold before a proof is
             // recorded releases it.
             Ok(id) => Ok(Start::Reserved(self.leases.hold(id))),
-            Err(LedgerError::Exceeded {
-                key,
-                limit_usd_micros,
-                spent_usd_micros,
-                reserved_usd_micros,
-                requested_usd_micros,
-                ..
-            }) => {
-                // A fee bound (Lightning routing, Tempo gas) is held with the price.
-                let with_fee = if requested_usd_micros > quote.usd.0 {
-                    format!(
-                        " (held with the most its fee may cost: {})",
-                        UsdMicros(requested_usd_micros)
-                    )
-                } else {
-                    String::new()
-                };
-                Err(format!(
-                    "`{}` costs {}{with_fee}, which does not fit in {} (limit {}, spent {}, held \
-                     for calls in flight {}); nothing was paid",
-                    tool.name,
-                    quote.usd,
-                    describe_cap(&key),
-                    UsdMicros(limit_usd_micros),
-                    UsdMicros(spent_usd_micros),
-                    UsdMicros(reserved_usd_micros)
-                ))
-            }
-            Err(e) => Err(format!(
-                "`{}`: the ledger could not reserve the payment ({e}); nothing was paid",
-                tool.name
-            )),
+            Err(e) => Err(refusal(tool, quote, e)),
         }
     }
+}
 
+/// Why a reservation was not made, for the model: which cap it does not fit in (with the fee
+/// bound held), why the proof could not be made, or what the ledger said.
+fn refusal(tool: &HttpTool, quote: &Quote, error: LedgerError) -> String {
+    match error {
+        LedgerError::Exceeded {
+            key,
+            limit_usd_micros,
+            spent_usd_micros,
+            reserved_usd_micros,
+            requested_usd_micros,
+            ..
+        } => {
+            // A fee bound (Lightning routing, Tempo gas) is held with the price.
+            let with_fee = if requested_usd_micros > quote.usd.0 {
+                format!(
+                    " (held with the most its fee may cost: {})",
+                    UsdMicros(requested_usd_micros)
+                )
+            } else {
+                String::new()
+            };
+            format!(
+                "`{}` costs {}{with_fee}, which does not fit in {} (limit {}, spent {}, held for \
+                 calls in flight {}); nothing was paid",
+                tool.name,
+                quote.usd,
+                describe_cap(&key),
+                UsdMicros(limit_usd_micros),
+                UsdMicros(spent_usd_micros),
+                UsdMicros(reserved_usd_micros)
+            )
+        }
+        LedgerError::NotProved(why) => format!("`{}`: {why}; nothing was paid", tool.name),
+        e => format!(
+            "`{}`: the ledger could not reserve the payment ({e}); nothing was paid",
+            tool.name
+        ),
+    }
+}
+
+impl Checkout {
     /// The seller answered 402 to a paid request.
     #[allow(clippy::too_many_arguments)]
     async fn paid_and_refused<P: Port>(
@@ -738,6 +779,9 @@ impl Checkout {
 enum Start {
     /// This very call's unknown proof, claimed: re-send it.
     Resend(Box<(Held, Proof, PendingPayment)>),
+    /// A new reservation, held by this call, with the signature recorded pending in the
+    /// same transaction.
+    Signed(Held, Proof),
     /// A new reservation, held by this call; nothing proved yet.
     Reserved(Held),
 }

@@ -94,6 +94,15 @@ impl Cap {
     }
 }
 
+/// A proof as [`Reservations::reserve_proved`] records it.
+#[derive(Debug, Clone)]
+pub struct Proved {
+    /// The proof, as opaque JSON text.
+    pub proof_json: String,
+    /// It cannot settle after this time (Unix seconds).
+    pub valid_before: u64,
+}
+
 /// A payment about to be attempted, as given to [`Reservations::reserve`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewReservation {
@@ -395,6 +404,33 @@ pub trait Reservations {
         proof_json: &str,
         valid_before: u64,
     ) -> Result<(), LedgerError>;
+
+    /// [`Reservations::reserve`] and [`Reservations::mark_pending`] as one: reserves, and in
+    /// the same transaction records the proof `prove` makes for the new reservation (a
+    /// signature made at once, without I/O: nothing is signed without a reservation, and one
+    /// durable write instead of two). If `prove` fails, nothing is written and the error is
+    /// [`LedgerError::NotProved`]. The default runs the two steps in two transactions,
+    /// releasing the reservation when `prove` fails.
+    fn reserve_proved(
+        &self,
+        r: NewReservation,
+        now: u64,
+        prove: &mut dyn FnMut(ReservationId) -> Result<Proved, String>,
+    ) -> Result<ReservationId, LedgerError> {
+        let id = self.reserve(r, now)?;
+        let proved = match prove(id) {
+            Ok(proved) => proved,
+            Err(why) => {
+                self.release(id, now)?;
+                return Err(LedgerError::NotProved(why));
+            }
+        };
+        if let Err(e) = self.mark_pending(id, &proved.proof_json, proved.valid_before) {
+            self.release(id, now)?;
+            return Err(e);
+        }
+        Ok(id)
+    }
 
     /// Settles a reservation: the payment happened and cost `actual_usd_micros`. Records that
     /// amount as spend under every key of the reservation at `now` (even if it is more than

@@ -76,6 +76,21 @@ pub trait Rail: Send + Sync {
     /// ([`Rail::pays_when_proving`]); the engine records every other proof before sending it.
     fn prove<'a>(&'a self, proving: Proving<'a>) -> BoxFuture<'a, Result<Proof, PayError>>;
 
+    /// Whether proving is a signature made at once, without I/O or waiting ([`Rail::sign`]):
+    /// then the engine makes it inside the reservation's own transaction and records it there
+    /// (one durable write instead of two; nothing is signed without a reservation).
+    fn signs_at_once(&self) -> bool {
+        false
+    }
+
+    /// The signature that proves payment, for a rail that [`Rail::signs_at_once`].
+    fn sign(&self, quote: &Quote, _now: u64) -> Result<Proof, PayError> {
+        Err(PayError::Unpayable(format!(
+            "{} does not sign at once",
+            quote.offer.protocol
+        )))
+    }
+
     /// Whether proving moves the money (an invoice paid), rather than the seller's settling
     /// of the proof: then a refused or failed paid request still committed the payment.
     fn pays_when_proving(&self) -> bool {

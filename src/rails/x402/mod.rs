@@ -80,14 +80,22 @@ impl Rail for X402 {
         }
     }
 
-    fn prove<'a>(&'a self, proving: Proving<'a>) -> BoxFuture<'a, Result<Proof, PayError>> {
-        let proof = match &self.wallet {
-            Some(wallet) => wire::prove(&proving.quote.offer, wallet, proving.now),
+    /// An EIP-3009 signature: made at once, inside the reservation's transaction.
+    fn signs_at_once(&self) -> bool {
+        true
+    }
+
+    fn sign(&self, quote: &Quote, now: u64) -> Result<Proof, PayError> {
+        match &self.wallet {
+            Some(wallet) => wire::prove(&quote.offer, wallet, now),
             None => Err(PayError::Unpayable(
                 "no EVM wallet is configured".to_owned(),
             )),
-        };
-        Box::pin(std::future::ready(proof))
+        }
+    }
+
+    fn prove<'a>(&'a self, proving: Proving<'a>) -> BoxFuture<'a, Result<Proof, PayError>> {
+        Box::pin(std::future::ready(self.sign(proving.quote, proving.now)))
     }
 
     fn settlement<'a>(
