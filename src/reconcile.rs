@@ -72,7 +72,13 @@ pub async fn verdict(
     let rail = rails
         .named(&charge.protocol)
         .ok_or_else(|| format!("{} is not a rail tollgate has", payment.protocol))?;
-    rail.reconcile(ledger, payment, now).await
+    rail.reconcile(crate::rails::Unknown {
+        ledger,
+        payment,
+        rpc: &rails.rpc,
+        now,
+    })
+    .await
 }
 
 /// Writes a verdict on a claimed payment: commit (with a receipt marked `reconciled`),

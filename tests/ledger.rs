@@ -919,7 +919,7 @@ fn a_reservation_and_its_proof_are_written_together_or_not_at_all() {
         "{refused:?}"
     );
     assert_eq!(ledger.pending().unwrap().len(), 1, "nothing written for b");
-    let status = ledger.status(&[cap.clone()], T0).unwrap();
+    let status = ledger.status(std::slice::from_ref(&cap), T0).unwrap();
     assert_eq!(status[0].reserved_usd_micros, 1_000, "{status:?}");
 
     // The second payment still fits; a third does not, and is never proved.

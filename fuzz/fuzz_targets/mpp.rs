@@ -8,14 +8,13 @@ use tollgate_fuzz::{bounded_messages, http_answer};
 
 fuzz_target!(|data: &[u8]| {
     let (headers, body) = http_answer(data);
-    let (mut offers, mut problems, mut seller_error) = (Vec::new(), Vec::new(), None);
-    mpp::read_offers(
-        &headers,
-        body,
-        &mut offers,
-        &mut problems,
-        &mut seller_error,
-    );
+    let mut read = tollgate::pay::Challenge::default();
+    mpp::read_offers(&headers, body, &mut read);
+    let tollgate::pay::Challenge {
+        offers,
+        problems,
+        seller_error,
+    } = read;
 
     assert!(offers.len() <= 32, "{} offers", offers.len());
     for offer in &offers {

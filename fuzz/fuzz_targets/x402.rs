@@ -8,14 +8,13 @@ use tollgate_fuzz::{bounded_messages, http_answer};
 
 fuzz_target!(|data: &[u8]| {
     let (headers, body) = http_answer(data);
-    let (mut offers, mut problems, mut seller_error) = (Vec::new(), Vec::new(), None);
-    x402::read_offers(
-        &headers,
-        body,
-        &mut offers,
-        &mut problems,
-        &mut seller_error,
-    );
+    let mut read = tollgate::pay::Challenge::default();
+    x402::read_offers(&headers, body, &mut read);
+    let tollgate::pay::Challenge {
+        offers,
+        problems,
+        seller_error,
+    } = read;
 
     // At most 32 offers from the header and 32 from the body.
     assert!(offers.len() <= 64, "{} offers", offers.len());

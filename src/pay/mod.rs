@@ -209,6 +209,17 @@ pub struct Quote {
     pub usd: UsdMicros,
 }
 
+impl Quote {
+    /// What paying this quote costs with `fee_atomic` more of its asset (a routing or
+    /// transaction fee paid in it), in micro-USD at the quote's rate; the price when that
+    /// cannot be valued.
+    pub fn with_fee(&self, fee_atomic: u128) -> UsdMicros {
+        self.asset
+            .to_usd_micros(self.offer.amount_atomic.saturating_add(fee_atomic))
+            .unwrap_or(self.usd)
+    }
+}
+
 /// What the wallet and the rules allow: the inputs to [`choose`].
 pub struct Rules<'a> {
     pub policy: &'a Policy,
