@@ -155,10 +155,13 @@ async fn presigned(peers: &x402_peer::X402Peers) -> Vec<f64> {
         let unpaid = http.get(&url).send().await.unwrap();
         let headers = unpaid.headers().clone();
         let body = unpaid.bytes().await.unwrap();
-        let challenge = tollgate::pay::read_challenge(&headers, &body);
-        let proof =
-            tollgate::pay::x402::prove(&challenge.offers[0], &wallet, tollgate::money::now_unix())
-                .unwrap();
+        let challenge = tollgate::rails::read_challenge(&headers, &body);
+        let proof = tollgate::rails::x402::wire::prove(
+            &challenge.offers[0],
+            &wallet,
+            tollgate::money::now_unix(),
+        )
+        .unwrap();
         let mut paid = http.get(&url);
         for (name, value) in &proof.headers {
             paid = paid.header(name, value);

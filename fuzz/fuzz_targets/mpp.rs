@@ -1,9 +1,9 @@
 //! MPP: `WWW-Authenticate: Payment` challenges, the `Payment-Receipt` and problem+json answers
-//! (`tollgate::pay::mpp`). Input: an HTTP answer (`tollgate_fuzz::http_answer`).
+//! (`tollgate::rails::mpp::wire`). Input: an HTTP answer (`tollgate_fuzz::http_answer`).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tollgate::pay::mpp;
+use tollgate::rails::mpp::wire as mpp;
 use tollgate_fuzz::{bounded_messages, http_answer};
 
 fuzz_target!(|data: &[u8]| {

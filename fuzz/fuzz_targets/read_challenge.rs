@@ -1,4 +1,4 @@
-//! Every protocol at once, as a 402 is read (`tollgate::pay::read_challenge`), then the choice
+//! Every protocol at once, as a 402 is read (`tollgate::rails::read_challenge`), then the choice
 //! under the built-in caps with every network, asset and wallet allowed (every rail equipped,
 //! never asked to pay): a chosen offer is never above a cap.
 #![no_main]
@@ -33,7 +33,7 @@ fn rails() -> &'static Rails {
                 tollgate::lightning::lnbits::Lnbits::new("http://127.0.0.1:9", "unused")
                     .expect("an LNbits client"),
             ),
-            network: pay::l402::Network::Bitcoin,
+            network: tollgate::lightning::Network::Bitcoin,
             max_fee_msat: 0,
             timeout: std::time::Duration::from_secs(1),
         };
@@ -48,7 +48,7 @@ fn rails() -> &'static Rails {
 
 fuzz_target!(|data: &[u8]| {
     let (headers, body) = http_answer(data);
-    let challenge = pay::read_challenge(&headers, body);
+    let challenge = tollgate::rails::read_challenge(&headers, body);
     bounded_messages(&challenge.problems, challenge.seller_error.as_deref());
 
     let mut policy = Policy::builtin();

@@ -1,9 +1,9 @@
 //! x402: the v2 `PAYMENT-REQUIRED` header, the v1 body, and the `PAYMENT-RESPONSE` settlement
-//! (`tollgate::pay::x402`). Input: an HTTP answer (`tollgate_fuzz::http_answer`).
+//! (`tollgate::rails::x402::wire`). Input: an HTTP answer (`tollgate_fuzz::http_answer`).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tollgate::pay::x402;
+use tollgate::rails::x402::wire as x402;
 use tollgate_fuzz::{bounded_messages, http_answer};
 
 fuzz_target!(|data: &[u8]| {

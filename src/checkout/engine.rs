@@ -14,13 +14,14 @@ use sha2::{Digest, Sha256};
 
 use super::approve::Ask;
 use super::lease::{Held, Leases};
-use super::receipt::{self, Charge, Payment, Settlement};
+use super::receipt::{self, Settlement};
 use super::{Call, Checkout, Gate, Outcome, Port, blocking};
 use crate::approval::ApprovalRecord;
 use crate::catalog::{HttpTool, UpstreamRequest};
 use crate::ledger::{LedgerError, NewReservation, PendingPayment, Proved, ReservationId};
 use crate::money::{UsdMicros, now_unix};
 use crate::pay::{self, Challenge, Judgement, PayError, Proof, Quote, Receipt, Refusal};
+use crate::pay::{Charge, Payment};
 use crate::rails::{Kept, PaidAnswer, Proving, Rail};
 use crate::upstream::{Answer, Limits, Reply, Stage, UpstreamError};
 
@@ -597,7 +598,8 @@ impl Checkout {
         payment: &PendingPayment,
         seller: Option<String>,
     ) -> Outcome<H> {
-        use crate::reconcile::{self, Verdict};
+        use super::reconcile;
+        use crate::rails::Verdict;
         let owner = self.leases.owner().to_owned();
         let said = seller
             .map(|r| format!(" (the seller says: {r})"))

@@ -571,6 +571,11 @@ pub mod prelude {
     };
 }
 
+/// Runs a (short, blocking) ledger operation without stalling the async workers.
+pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
 impl dyn Store {
     /// The schema version this build writes.
     pub const SCHEMA_VERSION: i64 = sqlite::SCHEMA_VERSION;

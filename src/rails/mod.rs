@@ -26,7 +26,6 @@ use crate::ledger::{Ledger, PendingPayment, ReservationId};
 use crate::money::UsdMicros;
 use crate::pay::assets::Asset;
 use crate::pay::{Challenge, Offer, PayError, Proof, Protocol, Quote};
-use crate::reconcile::Verdict;
 
 /// A boxed future, as a trait object's async method returns it.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -138,7 +137,7 @@ pub struct Kept {
     /// The headers that present it.
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// What the result says it was served on (nothing was paid for this call).
-    pub payment: crate::checkout::Payment,
+    pub payment: crate::pay::Payment,
     /// The payment it came from, to forget it by.
     pub payment_hash: String,
     pub origin: String,
@@ -153,6 +152,27 @@ pub struct Proving<'a> {
     pub reservation: ReservationId,
     pub ledger: &'a Ledger,
     pub now: u64,
+}
+
+/// What the rail says about one payment whose outcome is unknown.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// Money moved: in `transaction` when the node can tell; costing `charged_usd_micros` when
+    /// the rail says (an MPP charge's fee from its transaction receipt, a Lightning routing
+    /// fee), else the amount held. `reverted`: the charge failed on chain, but its fee was
+    /// still paid. `details`: what the rail adds to the receipt.
+    Paid {
+        transaction: Option<String>,
+        /// The price, when the rail values it itself (else as the reservation recorded it).
+        price_usd_micros: Option<u64>,
+        charged_usd_micros: Option<u64>,
+        reverted: bool,
+        details: Map<String, Value>,
+    },
+    /// It can never be paid (reverted, or unused and expired): release it.
+    Unpaid,
+    /// Not decided yet (valid and unused): it stays unknown.
+    Open,
 }
 
 /// A paid answer, as its rail reads the settlement.
@@ -200,6 +220,33 @@ pub struct Settled {
     pub details: Map<String, Value>,
     /// The rail's standard metadata for the tool result's `_meta`.
     pub meta: Map<String, Value>,
+}
+
+/// Reads every offer of every rail tollgate knows from a 402 (no wallet is needed to read).
+pub fn read_challenge(headers: &HeaderMap, body: &[u8]) -> Challenge {
+    Rails::unequipped().read_challenge(headers, body)
+}
+
+impl crate::pay::Payable for Rails {
+    fn missing(&self, protocol: Protocol) -> Option<String> {
+        match self.get(protocol) {
+            Some(rail) => rail.missing(),
+            None => Some(format!("{protocol} is not a rail tollgate has")),
+        }
+    }
+
+    fn valuation(&self, offer: &Offer, assets: &[Asset]) -> Result<Asset, String> {
+        self.get(offer.protocol)
+            .ok_or_else(|| format!("{} is not a rail tollgate has", offer.protocol))?
+            .valuation(offer, assets)
+    }
+
+    fn supported(&self, offer: &Offer) -> Result<(), String> {
+        match self.get(offer.protocol) {
+            Some(rail) => rail.supported(offer),
+            None => Err(format!("{} is not a rail tollgate has", offer.protocol)),
+        }
+    }
 }
 
 /// Every rail this process has.

@@ -14,16 +14,15 @@ pub mod wire;
 use reqwest::header::{AUTHORIZATION, HeaderMap};
 use serde_json::{Map, Value, json};
 
-use super::{BoxFuture, Kept, Proving, Rail, Unknown};
+use super::{BoxFuture, Kept, Proving, Rail, Unknown, Verdict};
 use crate::catalog::HttpTool;
-use crate::checkout::blocking;
-use crate::checkout::receipt::{Payment, ReusedToken};
+use crate::ledger::blocking;
 use crate::ledger::{Ledger, PaidToken, PendingPayment};
 use crate::lightning::{BackendError, Lightning, PaymentStatus};
 use crate::money::{UsdMicros, now_unix};
 use crate::pay::assets::Asset;
 use crate::pay::{Challenge, Offer, PayError, Proof, Protocol, Quote};
-use crate::reconcile::Verdict;
+use crate::pay::{Payment, ReusedToken};
 use wire::{L402Challenge, hash_from_hex, preimage_matches};
 
 /// The rail's name.
@@ -311,7 +310,9 @@ fn paid_verdict(
     };
     let amount_msat: u64 = text("amount_msat").parse().unwrap_or(0);
     // Valued at the rate recorded at reservation.
-    let charge = crate::checkout::Charge::of_row(payment);
+    let mut charge = crate::pay::Charge::of_row(payment);
+    // Rows from before decimals were recorded: msat, a thousandth of a sat.
+    charge.decimals = charge.decimals.or(Some(wire::asset().decimals));
     let charged = charge
         .value(u128::from(amount_msat.saturating_add(paid.fee_msat)))
         .map(|u| u.0);
@@ -350,6 +351,7 @@ fn paid_verdict(
     details.insert("fee_msat".into(), paid.fee_msat.to_string().into());
     Verdict::Paid {
         transaction: None,
+        price_usd_micros: charge.value(u128::from(amount_msat)).map(|u| u.0),
         charged_usd_micros: charged,
         reverted: false,
         details,

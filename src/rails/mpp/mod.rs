@@ -14,13 +14,12 @@ use std::collections::BTreeMap;
 use reqwest::header::{HeaderMap, HeaderValue};
 use serde_json::{Value, json};
 
-use super::{BoxFuture, PaidAnswer, Proving, Rail, Settled, Unknown};
-use crate::checkout::Charge;
+use super::{BoxFuture, PaidAnswer, Proving, Rail, Settled, Unknown, Verdict};
 use crate::ledger::PendingPayment;
 use crate::money::UsdMicros;
+use crate::pay::Charge;
 use crate::pay::assets::{self, Asset};
 use crate::pay::{Challenge, Offer, PayError, Proof, Protocol, Quote};
-use crate::reconcile::Verdict;
 use crate::wallet::tempo::TempoWallet;
 
 /// The rail's name.
@@ -137,6 +136,7 @@ impl Rail for Mpp {
             let client = crate::rpc::client()?;
             Ok(match mpp(&client, unknown.rpc, unknown.payment).await? {
                 Mined::Success(transaction, charged_usd_micros) => Verdict::Paid {
+                    price_usd_micros: None,
                     transaction: Some(transaction),
                     charged_usd_micros,
                     reverted: false,
@@ -144,6 +144,7 @@ impl Rail for Mpp {
                 },
                 // Reverted: the charge did not move, but the buyer paid the fee.
                 Mined::Reverted(transaction, Some(fee)) if fee > 0 => Verdict::Paid {
+                    price_usd_micros: None,
                     transaction: Some(transaction),
                     charged_usd_micros: Some(fee),
                     reverted: true,

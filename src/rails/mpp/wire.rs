@@ -123,7 +123,7 @@ fn offer(challenge: &PaymentChallenge, now: u64) -> Result<Offer, String> {
                     .ok_or("the tempo charge names no recipient")?,
                 "recipient",
             )?;
-            let amount = crate::pay::x402::parse_amount(&request.amount)
+            let amount = crate::rails::x402::wire::parse_amount(&request.amount)
                 .map_err(|reason| format!("`amount` {reason}"))?;
             (
                 format!("tempo:{chain_id}"),

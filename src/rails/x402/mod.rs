@@ -16,12 +16,11 @@ use base64::engine::general_purpose::STANDARD as B64;
 use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
 
-use super::{BoxFuture, PaidAnswer, Proving, Rail, Settled, Unknown};
-use crate::checkout::Charge;
+use super::{BoxFuture, PaidAnswer, Proving, Rail, Settled, Unknown, Verdict};
 use crate::ledger::PendingPayment;
+use crate::pay::Charge;
 use crate::pay::assets::{self, Asset};
 use crate::pay::{Challenge, Offer, PayError, Proof, Protocol, Quote};
-use crate::reconcile::Verdict;
 use crate::wallet::EvmWallet;
 
 /// The rail's name.
@@ -107,6 +106,7 @@ impl Rail for X402 {
             let client = crate::rpc::client()?;
             Ok(match x402(&client, unknown.rpc, unknown.payment).await? {
                 Some(transaction) => Verdict::Paid {
+                    price_usd_micros: None,
                     transaction,
                     charged_usd_micros: None,
                     reverted: false,
