@@ -19,8 +19,8 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, 
 
 use super::{
     BudgetNode, BudgetRow, Cap, CapStatus, Lease, LedgerError, NewReceipt, NewReservation, Owners,
-    PendingPayment, Proved, ReceiptRow, ReservationId, ReservationState, Reservations, Revocations,
-    Store, UNOWNED_RESERVED_SECS,
+    PendingPayment, Prove, ReceiptRow, ReservationId, ReservationState, Reservations, Reserved,
+    Revocations, Store, UNOWNED_RESERVED_SECS,
 };
 
 use super::FILE_NAME;
@@ -129,12 +129,7 @@ impl Reservations for SqliteLedger {
 
     /// One `BEGIN IMMEDIATE` transaction: the caps checked, the reservation written, the proof
     /// made (while no other writer can act) and recorded pending.
-    fn reserve_proved(
-        &self,
-        r: NewReservation,
-        now: u64,
-        prove: &mut dyn FnMut(ReservationId) -> Result<Proved, String>,
-    ) -> Result<ReservationId, LedgerError> {
+    fn reserve_proved(&self, r: NewReservation, now: u64, prove: Prove<'_>) -> Reserved {
         self.write(|tx| {
             let id = reserve_in(tx, &r, now)?;
             let proved = prove(id).map_err(LedgerError::NotProved)?;
