@@ -641,12 +641,7 @@ impl Owners for SqliteLedger {
     fn owners_of(&self, fingerprint: &str) -> Result<Vec<(ReservationId, String)>, LedgerError> {
         self.read(|tx| {
             let rows = tx
-                .prepare_cached(&format!(
-                    "SELECT id, owner FROM reservations
-                         WHERE fingerprint = ?1 AND {OPEN} AND state = 'pending'
-                           AND owner IS NOT NULL
-                         ORDER BY id DESC LIMIT 64"
-                ))?
+                .prepare_cached(&owners_of_sql())?
                 .query_map([fingerprint], |row| {
                     Ok((ReservationId(row.get(0)?), row.get::<_, String>(1)?))
                 })?
