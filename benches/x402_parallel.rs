@@ -128,24 +128,29 @@ fn fetch_load(peers: &x402_peer::X402Peers, identical: bool) -> Value {
 /// `PAYMENT-SIGNATURE` (the seller's verify + settle, which nobody can avoid), then a paid call
 /// through tollgate (MCP over stdio: the 402, choosing, reserving, signing, the paid request,
 /// the receipt). Alternating pairs cancel the drift of a shared machine; tollgate's own cost
-/// is the median of each pair's difference. Latencies in ms: (pre-signed, tollgate, own).
+/// is the median of each pair's difference. Latencies in ms: (pre-signed, tollgate, own, and
+/// own minus the unpaid request's 402 round trip, which every buyer that does not know the
+/// price in advance makes).
 fn paired(
     runtime: &tokio::runtime::Runtime,
     peers: &x402_peer::X402Peers,
     config: &Path,
     key: &str,
-) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+) -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let wallet = tollgate::wallet::EvmWallet::from_hex(&peers.str("/buyer_key")).unwrap();
     let mut session = Session::start(config, &[("TOLLGATE_EVM_KEY", key)]);
-    let (mut signed, mut ours, mut own) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut signed, mut ours, mut own, mut beyond) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for i in 0..SEQUENTIAL + 2 {
         let presigned = runtime.block_on(async {
             let url = format!("{}/weather?city=p{i}", peers.seller("v2"));
+            let t402 = Instant::now();
             let unpaid = http.get(&url).send().await.unwrap();
             let headers = unpaid.headers().clone();
             let body = unpaid.bytes().await.unwrap();
+            let challenge_ms = t402.elapsed().as_secs_f64() * 1e3;
             let challenge = tollgate::rails::read_challenge(&headers, &body);
             let proof = tollgate::rails::x402::wire::prove(
                 &challenge.offers[0],
@@ -162,8 +167,9 @@ fn paired(
             let status = r.status();
             let _ = r.bytes().await;
             assert!(status.is_success(), "{status}");
-            t0.elapsed().as_secs_f64() * 1e3
+            (t0.elapsed().as_secs_f64() * 1e3, challenge_ms)
         });
+        let (presigned, challenge_ms) = presigned;
         let t0 = Instant::now();
         session.call_tool(i as u64 + 1, "weather", json!({"city": format!("s{i}")}));
         let r = session.response(i as u64 + 1).expect("tollgate answered");
@@ -177,10 +183,11 @@ fn paired(
             signed.push(presigned);
             ours.push(through);
             own.push(through - presigned);
+            beyond.push(through - presigned - challenge_ms);
         }
     }
     session.finish();
-    (signed, ours, own)
+    (signed, ours, own, beyond)
 }
 
 /// Spawn → first paid result, in ms.
@@ -267,7 +274,7 @@ fn main() {
     let config = setup(dir.path(), &peers);
     let key = peers.str("/buyer_key");
 
-    let (signed, ours, own) = paired(&runtime, &peers, &config, &key);
+    let (signed, ours, own, beyond) = paired(&runtime, &peers, &config, &key);
     let mut sorted = own.clone();
     sorted.sort_by(|a, b| a.total_cmp(b));
     println!(
@@ -279,6 +286,11 @@ fn main() {
         median(own),
         sorted[sorted.len() / 4],
         sorted[sorted.len() * 3 / 4],
+    );
+    println!(
+        "  of which the unpaid request's 402 round trip (the seller's): the rest, tollgate's own \
+         processing (MCP, choosing, ledger, signing, receipt), median {:.2} ms",
+        median(beyond)
     );
 
     for identical in [false, true] {
