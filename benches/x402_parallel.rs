@@ -288,8 +288,9 @@ fn main() {
         sorted[sorted.len() * 3 / 4],
     );
     println!(
-        "  of which the unpaid request's 402 round trip (the seller's): the rest, tollgate's own \
-         processing (MCP, choosing, ledger, signing, receipt), median {:.2} ms",
+        "  without the unpaid request's 402 round trip (the seller's time, which every buyer that \
+         does not know the price spends): tollgate's own processing (MCP, choosing, ledger, \
+         signing, receipt) median {:.2} ms",
         median(beyond)
     );
 
