@@ -46,6 +46,7 @@
 
 mod approvals;
 mod error;
+pub mod postgres;
 mod sqlite;
 mod tokens;
 
@@ -55,6 +56,7 @@ use std::sync::Arc;
 
 pub use approvals::{Approval, ApprovalState, Approvals, Decided, NewApproval, Redeemed};
 pub use error::LedgerError;
+pub use postgres::PostgresLedger;
 pub use sqlite::SqliteLedger;
 pub use tokens::{PaidToken, Tokens};
 
@@ -556,8 +558,39 @@ pub trait Revocations {
 pub trait Store:
     Reservations + Owners + Approvals + Tokens + Revocations + Send + Sync + fmt::Debug
 {
-    /// Where the ledger lives, for messages (a file path; never a secret).
+    /// Where the ledger lives, for messages (a file path, or `postgres://host:port/db`; never
+    /// a secret).
     fn location(&self) -> String;
+
+    /// A fact every process sharing this ledger must agree on (e.g. `root_key_fingerprint`):
+    /// records `value` under `name` if nothing is recorded yet, and returns what is recorded
+    /// (the caller refuses to go on if it differs from its own). The default is for a ledger
+    /// that only processes sharing one state directory can reach: they share everything in
+    /// it already, so there is nothing to record.
+    fn agree_on(&self, name: &str, value: &str) -> Result<String, LedgerError> {
+        let _ = name;
+        Ok(value.to_owned())
+    }
+}
+
+/// Where the ledger lives: `[ledger]` in `tollgate.toml`, or `TOLLGATE_LEDGER_URL`.
+#[derive(Clone, Default)]
+pub struct LedgerConfig {
+    /// A PostgreSQL URL (`postgres://user@host:port/db?sslmode=verify-full`), shared by every
+    /// host whose config names it; `None`: the embedded SQLite file in the state directory.
+    pub url: Option<String>,
+    /// The most connections this process opens to the database.
+    pub pool_size: usize,
+}
+
+impl fmt::Debug for LedgerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The URL may carry a password: only its host and database are shown.
+        f.debug_struct("LedgerConfig")
+            .field("url", &self.url.as_deref().map(postgres::redacted))
+            .field("pool_size", &self.pool_size)
+            .finish()
+    }
 }
 
 /// The ledger, whatever its backend.
@@ -579,5 +612,14 @@ impl dyn Store {
     /// 0700) and the file (mode 0600) if needed, and migrating an older schema.
     pub fn open(state_dir: &Path) -> Result<Arc<Ledger>, LedgerError> {
         Ok(Arc::new(sqlite::SqliteLedger::open(state_dir)?))
+    }
+
+    /// Opens the ledger `config` names: the PostgreSQL database of its URL (connecting and
+    /// migrating it), else the embedded file in `state_dir` ([`Ledger::open`]).
+    pub fn open_with(state_dir: &Path, config: &LedgerConfig) -> Result<Arc<Ledger>, LedgerError> {
+        match &config.url {
+            Some(url) => Ok(Arc::new(PostgresLedger::open(url, config.pool_size)?)),
+            None => Self::open(state_dir),
+        }
     }
 }

@@ -1,0 +1,152 @@
+//! Ledgers of either backend for tests that state what every backend must do.
+//!
+//! [`Place::new`] gives a fresh, empty ledger: a temporary state directory (SQLite), or a
+//! fresh database on the PostgreSQL named by `TOLLGATE_TEST_PG_URL` (which `scripts/test`
+//! starts and exports), dropped when the `Place` is. Without that variable a PostgreSQL test
+//! prints `SKIPPED: ...` and returns early, unless `TOLLGATE_REQUIRE_PEERS=1`, where it fails.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use tollgate::ledger::{Ledger, LedgerConfig};
+
+/// The environment variable naming the test PostgreSQL (a superuser URL, no password).
+pub const PG_URL: &str = "TOLLGATE_TEST_PG_URL";
+
+/// Which ledger backend a test runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Where one test's ledger lives: a state directory always (SQLite's file, tollgate's other
+/// state), and a database of its own for PostgreSQL.
+pub struct Place {
+    pub dir: tempfile::TempDir,
+    pub backend: Backend,
+    /// The ledger URL (PostgreSQL only).
+    pub url: Option<String>,
+    db: Option<String>,
+}
+
+impl Place {
+    /// A fresh ledger place, or `None` (after saying why) when PostgreSQL is not available
+    /// and peers are not required.
+    pub fn new(backend: Backend) -> Option<Place> {
+        let dir = tempfile::tempdir().unwrap();
+        match backend {
+            Backend::Sqlite => Some(Place {
+                dir,
+                backend,
+                url: None,
+                db: None,
+            }),
+            Backend::Postgres => {
+                let admin = admin_url()?;
+                let db = format!("tollgate_test_{}", hex::encode(rand::random::<[u8; 6]>()));
+                admin_sql(&admin, &format!("CREATE DATABASE {db}"));
+                let url = with_database(&admin, &db);
+                Some(Place {
+                    dir,
+                    backend,
+                    url: Some(url),
+                    db: Some(db),
+                })
+            }
+        }
+    }
+
+    /// The state directory.
+    pub fn state(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// What `[ledger]` would say for this place.
+    pub fn config(&self) -> LedgerConfig {
+        LedgerConfig {
+            url: self.url.clone(),
+            pool_size: 4,
+        }
+    }
+
+    /// Opens the ledger (a new connection or pool each time, as another process would).
+    pub fn open(&self) -> Arc<Ledger> {
+        Ledger::open_with(self.state(), &self.config()).unwrap()
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        if let (Some(db), Some(admin)) = (&self.db, std::env::var(PG_URL).ok()) {
+            admin_sql(
+                &admin,
+                &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
+            );
+        }
+    }
+}
+
+/// Opens the ledger a child process was told about (`dir`, and `url` for PostgreSQL).
+pub fn open_in_child(dir: &Path, url: Option<String>) -> Arc<Ledger> {
+    Ledger::open_with(dir, &LedgerConfig { url, pool_size: 4 }).unwrap()
+}
+
+/// The test server's URL, or `None` after saying why (panics when peers are required).
+pub fn admin_url() -> Option<String> {
+    match std::env::var(PG_URL) {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            let reason = format!(
+                "{PG_URL} is not set: no PostgreSQL to test the shared ledger against \
+                 (scripts/test starts one)"
+            );
+            if std::env::var_os("TOLLGATE_REQUIRE_PEERS").is_some_and(|v| v == "1") {
+                panic!("peer missing: {reason}");
+            }
+            eprintln!("SKIPPED: {reason}");
+            None
+        }
+    }
+}
+
+/// `url` with its database replaced by `db`.
+pub fn with_database(url: &str, db: &str) -> String {
+    let mut parsed = url::Url::parse(url).unwrap();
+    parsed.set_path(&format!("/{db}"));
+    parsed.to_string()
+}
+
+/// Runs one statement on the test server, as its superuser.
+pub fn admin_sql(admin: &str, sql: &str) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let (client, connection) = tokio_postgres::connect(admin, tokio_postgres::NoTls)
+            .await
+            .unwrap_or_else(|e| panic!("cannot reach the test PostgreSQL: {e}"));
+        let driver = tokio::spawn(connection);
+        client
+            .batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        drop(client);
+        let _ = driver.await;
+    });
+}
+
+/// Instantiates each named spec `fn name(backend: Backend)` as a `#[test]` per backend:
+/// `sqlite::name` and `postgres::name`.
+#[macro_export]
+macro_rules! for_each_backend {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $( #[test] fn $name() { super::$name($crate::support::ledgers::Backend::Sqlite) } )*
+        }
+        mod postgres {
+            $( #[test] fn $name() { super::$name($crate::support::ledgers::Backend::Postgres) } )*
+        }
+    };
+}
