@@ -49,6 +49,7 @@ mod error;
 pub mod postgres;
 mod sqlite;
 mod tokens;
+pub mod transfer;
 
 use std::fmt;
 use std::path::Path;

@@ -25,6 +25,7 @@ mod approvals;
 mod connect;
 mod schema;
 mod tokens;
+mod transfer;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -134,6 +135,30 @@ impl PostgresLedger {
             });
         }
         Ok(ledger)
+    }
+
+    /// Connects to the database `url` names and reads its schema version (0: not set up yet),
+    /// changing nothing: what `tollgate check` asks. Errors name the database, never the URL.
+    pub fn probe(url: &str) -> Result<(String, i64), LedgerError> {
+        let target = Target::parse(url).map_err(|e| LedgerError::Open {
+            path: redacted(url).into(),
+            source: Box::new(e),
+        })?;
+        let pool = target.pool(1, POOL_WAIT).map_err(|e| LedgerError::Open {
+            path: target.name.clone().into(),
+            source: Box::new(e),
+        })?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| LedgerError::Database(e.to_string()))?;
+        let ledger = PostgresLedger {
+            name: target.name.clone(),
+            pool,
+            runtime: Some(runtime),
+        };
+        let version = ledger.schema_version()?;
+        Ok((target.name, version))
     }
 
     /// `postgres://host:port/database`.
