@@ -6,12 +6,15 @@
 //! * [`Approvals`] ([`approvals`]), [`Tokens`] ([`tokens`]), [`Revocations`];
 //! * [`Store`]: all of them; callers hold a [`Ledger`] (`dyn Store`) and never name a backend.
 //!
-//! The one backend today is [`SqliteLedger`] (`sqlite/`): one SQLite file, `ledger.sqlite3` in
-//! the state directory. No SQLite type crosses the traits.
+//! Two backends: [`SqliteLedger`] (`sqlite/`, the default): one SQLite file, `ledger.sqlite3`
+//! in the state directory; and [`PostgresLedger`] (`postgres/`): a PostgreSQL database shared
+//! by tollgates on several hosts (`[ledger] url` or `TOLLGATE_LEDGER_URL`; [`Ledger::open_with`]
+//! chooses). No SQLite or PostgreSQL type crosses the traits. [`transfer`] moves a ledger from
+//! one to the other.
 //!
 //! It owns the two invariants that need a disk: a budget is never exceeded, even by many
-//! concurrent calls in several tollgate processes sharing one file (the check and the
-//! reservation are one `BEGIN IMMEDIATE` transaction); and a crash loses no receipt and leaves
+//! concurrent calls in several tollgate processes (and hosts) sharing one ledger (the check and
+//! the reservation are one transaction across every cap); and a crash loses no receipt and leaves
 //! no budget wrong (a reservation counts until it is committed or released, and a proof is
 //! recorded before it leaves the process, so a restart can reconcile it).
 //!
@@ -39,7 +42,7 @@
 //! partial hour (both through indexes on key and time). It never reads receipts or history
 //! before the window, so it costs the same with a million receipts as with ten.
 //!
-//! Every method blocks (a commit waits for an fsync, a writer may wait up to five seconds for
+//! Every method blocks (a commit waits for an fsync or the database, a writer may wait for
 //! another process's transaction); call it from `spawn_blocking` or `block_in_place` in async
 //! code.
 //! Times are Unix seconds given by the caller, so tests control the clock.
