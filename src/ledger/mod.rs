@@ -8,7 +8,7 @@
 //!
 //! Two backends: [`SqliteLedger`] (`sqlite/`, the default): one SQLite file, `ledger.sqlite3`
 //! in the state directory; and [`PostgresLedger`] (`postgres/`): a PostgreSQL database shared
-//! by tollgates on several hosts (`[ledger] url` or `TOLLGATE_LEDGER_URL`; [`Ledger::open_with`]
+//! by tollgates on several hosts (`[ledger] url` or `TOLLGATE_LEDGER_URL`; `Ledger::open_with`
 //! chooses). No SQLite or PostgreSQL type crosses the traits. [`transfer`] moves a ledger from
 //! one to the other.
 //!
