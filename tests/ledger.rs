@@ -1060,8 +1060,9 @@ fn hosts_sharing_a_database_agree_on_what_was_recorded_first() {
 }
 
 /// The traits are synchronous: async callers use `block_in_place` (on a multi-thread
-/// runtime's worker) or `spawn_blocking`. The PostgreSQL backend blocks on its own runtime,
-/// which must work from both, and a ledger dropped inside async code must not panic.
+/// runtime's worker) or `spawn_blocking`, or call straight from a worker. The PostgreSQL
+/// backend blocks on its own runtime, which must work from all three, and a ledger dropped
+/// inside async code must not panic.
 #[test]
 fn the_postgres_ledger_serves_async_callers_and_drops_inside_a_runtime() {
     let Some(place) = Place::new(Backend::Postgres) else {
@@ -1089,6 +1090,8 @@ fn the_postgres_ledger_serves_async_callers_and_drops_inside_a_runtime() {
         assert_ne!(in_place, blocking);
         let status = tokio::task::block_in_place(|| ledger.status(&[cap], T0)).unwrap();
         assert_eq!(status[0].reserved_usd_micros, 20);
+        // Straight from a worker, as `serve` does at start: it steps out of this runtime.
+        assert_eq!(ledger.pending().unwrap().len(), 2);
         drop(ledger); // the last handle, inside async code
     });
 }

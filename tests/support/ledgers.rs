@@ -70,6 +70,31 @@ impl Place {
         }
     }
 
+    /// Points the tollgate config at `config` to this place's ledger: for PostgreSQL, appends
+    /// `[ledger] url` (the test server needs no password, so the URL may sit in the file);
+    /// for SQLite, leaves it as it is (its `state_dir` holds the ledger).
+    pub fn configure(&self, config: &Path) {
+        if let Some(url) = &self.url {
+            let mut text = std::fs::read_to_string(config).unwrap();
+            text.push_str(&format!("\n[ledger]\nurl = \"{url}\"\n"));
+            std::fs::write(config, text).unwrap();
+        }
+    }
+
+    /// Asserts that the processes of a test used this place's backend: with PostgreSQL, no
+    /// SQLite ledger appeared in `state_dir`.
+    pub fn assert_used_by(&self, state_dir: &Path) {
+        let file = state_dir.join(tollgate::ledger::FILE_NAME);
+        match self.backend {
+            Backend::Postgres => assert!(
+                !file.exists(),
+                "{} was written: a process did not use the PostgreSQL ledger",
+                file.display()
+            ),
+            Backend::Sqlite => assert!(file.exists(), "no ledger at {}", file.display()),
+        }
+    }
+
     /// Opens the ledger (a new connection or pool each time, as another process would).
     pub fn open(&self) -> Arc<Ledger> {
         Ledger::open_with(self.state(), &self.config()).unwrap()
@@ -117,24 +142,30 @@ pub fn with_database(url: &str, db: &str) -> String {
     parsed.to_string()
 }
 
-/// Runs one statement on the test server, as its superuser.
+/// Runs one statement on the test server, as its superuser. On a thread of its own, so it
+/// works from async tests too.
 pub fn admin_sql(admin: &str, sql: &str) {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let (client, connection) = tokio_postgres::connect(admin, tokio_postgres::NoTls)
-            .await
-            .unwrap_or_else(|e| panic!("cannot reach the test PostgreSQL: {e}"));
-        let driver = tokio::spawn(connection);
-        client
-            .batch_execute(sql)
-            .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"));
-        drop(client);
-        let _ = driver.await;
-    });
+    let (admin, sql) = (admin.to_owned(), sql.to_owned());
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let (client, connection) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+                .await
+                .unwrap_or_else(|e| panic!("cannot reach the test PostgreSQL: {e}"));
+            let driver = tokio::spawn(connection);
+            client
+                .batch_execute(&sql)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+            drop(client);
+            let _ = driver.await;
+        });
+    })
+    .join()
+    .unwrap();
 }
 
 /// Instantiates each named spec `fn name(backend: Backend)` as a `#[test]` per backend:

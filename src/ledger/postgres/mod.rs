@@ -11,9 +11,10 @@
 //!
 //! The traits are synchronous (callers use `block_in_place` or `spawn_blocking`); this backend
 //! owns a small tokio runtime of its own that drives the pool's connections, and each method
-//! blocks on its future there. That is correct from a plain thread, from `spawn_blocking`,
-//! and from a multi-thread runtime's worker inside `block_in_place`; the caller's runtime is
-//! never used, so a ledger call cannot starve it or be starved by it.
+//! blocks on its future there (`block_on` inside `block_in_place`). That is correct from a
+//! plain thread, from `spawn_blocking`, and from a multi-thread runtime's worker, inside
+//! `block_in_place` or not; the caller's runtime is never used, so a ledger call cannot
+//! starve it or be starved by it.
 //!
 //! Faults: a database that cannot be reached (or is lost mid-transaction) is a
 //! [`LedgerError::Database`] naming the database (never its URL): nothing was reserved, and a
@@ -171,10 +172,15 @@ impl PostgresLedger {
         self.block(async { schema::version(&self.client().await?).await })
     }
 
-    /// Runs `f` to completion on the ledger's runtime, blocking this thread.
+    /// Runs `f` to completion on the ledger's runtime, blocking this thread. Called from a
+    /// multi-thread runtime's worker (or its `block_on` thread) without `block_in_place`, it
+    /// steps out of that runtime first (`block_in_place` is a no-op where it is not needed:
+    /// plain threads, `spawn_blocking`, inside `block_in_place`), so the caller's other tasks
+    /// move to another worker instead of stalling. A `current_thread` runtime cannot block:
+    /// call the ledger from `spawn_blocking` there.
     fn block<T>(&self, f: impl Future<Output = Result<T, LedgerError>>) -> Result<T, LedgerError> {
         match &self.runtime {
-            Some(runtime) => runtime.block_on(f),
+            Some(runtime) => tokio::task::block_in_place(|| runtime.block_on(f)),
             None => Err(LedgerError::Database("the ledger is closing".to_owned())),
         }
     }
