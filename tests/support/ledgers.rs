@@ -95,6 +95,11 @@ impl Place {
         }
     }
 
+    /// Opens this place's ledger as a tollgate whose state directory is `state_dir` would.
+    pub fn open_at(&self, state_dir: &Path) -> Arc<Ledger> {
+        Ledger::open_with(state_dir, &self.config()).unwrap()
+    }
+
     /// Opens the ledger (a new connection or pool each time, as another process would).
     pub fn open(&self) -> Arc<Ledger> {
         Ledger::open_with(self.state(), &self.config()).unwrap()
