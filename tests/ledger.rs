@@ -1095,3 +1095,57 @@ fn the_postgres_ledger_serves_async_callers_and_drops_inside_a_runtime() {
         drop(ledger); // the last handle, inside async code
     });
 }
+
+/// A pool whose connections are all busy makes a caller wait, with a bound, then fail with an
+/// error that says so (and reserves nothing); the busy call is not disturbed.
+#[test]
+fn an_exhausted_pool_waits_a_bounded_time_then_says_so() {
+    use std::time::{Duration, Instant};
+    use tollgate::ledger::Proved;
+    use tollgate::ledger::prelude::*;
+    let Some(place) = Place::new(Backend::Postgres) else {
+        return;
+    };
+    let url = place.url.clone().unwrap();
+    let ledger = Arc::new(
+        tollgate::ledger::PostgresLedger::open_waiting(&url, 1, Duration::from_millis(300))
+            .unwrap(),
+    );
+    let cap = total_cap(10, 10);
+    let holder = {
+        let (ledger, cap) = (ledger.clone(), cap.clone());
+        std::thread::spawn(move || {
+            // Holds the only connection for 1.5 s, inside its transaction.
+            ledger.reserve_proved(reservation("slow", 10, vec![cap]), T0, &mut |_| {
+                std::thread::sleep(Duration::from_millis(1_500));
+                Ok(Proved {
+                    proof_json: "{}".to_owned(),
+                    valid_before: T0 + 60,
+                })
+            })
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let asked = Instant::now();
+    let err = ledger
+        .reserve(reservation("queued", 10, vec![cap.clone()]), T0)
+        .unwrap_err();
+    let waited = asked.elapsed();
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_millis(1_200),
+        "waited {waited:?}"
+    );
+    let text = err.to_string();
+    assert!(text.contains("no free connection"), "{text}");
+    assert!(
+        text.contains("all 1 in use") && text.contains("pool_size"),
+        "{text}"
+    );
+    assert!(!text.contains(&url), "{text}");
+    holder.join().unwrap().unwrap();
+    // Once free, the pool serves again; only the slow payment was reserved.
+    assert_eq!(
+        ledger.status(&[cap], T0).unwrap()[0].reserved_usd_micros,
+        10
+    );
+}

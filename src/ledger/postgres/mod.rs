@@ -97,6 +97,15 @@ impl PostgresLedger {
     /// answers, and brings its schema to [`SCHEMA_VERSION`]. Errors name the database as
     /// `postgres://host:port/database`, never the URL.
     pub fn open(url: &str, pool_size: usize) -> Result<PostgresLedger, LedgerError> {
+        Self::open_waiting(url, pool_size, POOL_WAIT)
+    }
+
+    /// [`PostgresLedger::open`] where a call waits at most `wait` for a free connection.
+    pub fn open_waiting(
+        url: &str,
+        pool_size: usize,
+        wait: Duration,
+    ) -> Result<PostgresLedger, LedgerError> {
         let target = Target::parse(url).map_err(|e| LedgerError::Open {
             path: redacted(url).into(),
             source: Box::new(e),
@@ -106,7 +115,7 @@ impl PostgresLedger {
             source,
         };
         let pool = target
-            .pool(pool_size.max(1), POOL_WAIT)
+            .pool(pool_size.max(1), wait)
             .map_err(|e| open_err(Box::new(e)))?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -189,10 +198,10 @@ impl PostgresLedger {
     async fn client(&self) -> Result<Object, LedgerError> {
         self.pool.get().await.map_err(|e| match e {
             PoolError::Timeout(_) => LedgerError::Database(format!(
-                "no free connection to the ledger {} within {} s (all {} in use); \
+                "no free connection to the ledger {} within {} ms (all {} in use); \
                  raise [ledger] pool_size or the database's max_connections",
                 self.name,
-                POOL_WAIT.as_secs(),
+                self.pool.timeouts().wait.unwrap_or(POOL_WAIT).as_millis(),
                 self.pool.status().max_size
             )),
             PoolError::Backend(e) => LedgerError::Database(format!(
