@@ -1149,3 +1149,60 @@ fn an_exhausted_pool_waits_a_bounded_time_then_says_so() {
         10
     );
 }
+
+/// `sslmode=require` encrypts (the server sees TLS); `verify-full` checks the certificate
+/// against `sslrootcert` (the test cluster's own CA) and refuses one that no trusted root
+/// signed, naming the database and not the URL.
+#[test]
+fn tls_is_used_when_the_url_asks_and_verify_full_checks_the_certificate() {
+    use tollgate::ledger::PostgresLedger;
+    use tollgate::ledger::prelude::*;
+    let Some(place) = Place::new(Backend::Postgres) else {
+        return;
+    };
+    let Some(ca) = support::ledgers::ca_file() else {
+        return;
+    };
+    let base = place.url.clone().unwrap();
+    let db = base.rsplit('/').next().unwrap().to_owned();
+
+    let required = PostgresLedger::open(&format!("{base}?sslmode=require"), 1).unwrap();
+    required
+        .reserve(reservation("tls", 5, vec![Cap::lifetime("k", 10)]), T0)
+        .unwrap();
+    let encrypted = support::ledgers::admin_query(
+        &std::env::var(support::ledgers::PG_URL).unwrap(),
+        &format!(
+            "SELECT bool_and(s.ssl)::text FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE a.datname = '{db}' AND a.application_name = 'tollgate'"
+        ),
+    );
+    assert_eq!(
+        encrypted.as_deref(),
+        Some("true"),
+        "the ledger's connection is TLS"
+    );
+    drop(required);
+
+    let verified =
+        PostgresLedger::open(&format!("{base}?sslmode=verify-full&sslrootcert={ca}"), 1).unwrap();
+    assert_eq!(verified.pending().unwrap().len(), 1);
+    drop(verified);
+
+    // The system's roots do not know the test CA: refused before anything is sent.
+    let err = PostgresLedger::open(&format!("{base}?sslmode=verify-full"), 1)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("127.0.0.1"), "{err}");
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+    let err = PostgresLedger::open(
+        &format!("{base}?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem"),
+        1,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("sslrootcert") && err.contains("/nonexistent/ca.pem"),
+        "{err}"
+    );
+}

@@ -150,6 +150,11 @@ pub fn with_database(url: &str, db: &str) -> String {
 /// Runs one statement on the test server, as its superuser. On a thread of its own, so it
 /// works from async tests too.
 pub fn admin_sql(admin: &str, sql: &str) {
+    admin_query(admin, sql);
+}
+
+/// Runs one query on the test server, as its superuser; the first column of its first row.
+pub fn admin_query(admin: &str, sql: &str) -> Option<String> {
     let (admin, sql) = (admin.to_owned(), sql.to_owned());
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -161,16 +166,37 @@ pub fn admin_sql(admin: &str, sql: &str) {
                 .await
                 .unwrap_or_else(|e| panic!("cannot reach the test PostgreSQL: {e}"));
             let driver = tokio::spawn(connection);
-            client
-                .batch_execute(&sql)
+            let messages = client
+                .simple_query(&sql)
                 .await
                 .unwrap_or_else(|e| panic!("{sql}: {e}"));
             drop(client);
             let _ = driver.await;
-        });
+            messages.into_iter().find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_owned),
+                _ => None,
+            })
+        })
     })
     .join()
-    .unwrap();
+    .unwrap()
+}
+
+/// The test server's CA certificate (`scripts/postgres` turns TLS on when openssl is there),
+/// or `None` after saying why (panics when peers are required).
+pub fn ca_file() -> Option<String> {
+    match std::env::var("TOLLGATE_TEST_PG_CA") {
+        Ok(path) if std::path::Path::new(&path).is_file() => Some(path),
+        _ => {
+            let reason = "TOLLGATE_TEST_PG_CA names no CA file: the test PostgreSQL has no TLS \
+                          (scripts/test turns it on with openssl)";
+            if std::env::var_os("TOLLGATE_REQUIRE_PEERS").is_some_and(|v| v == "1") {
+                panic!("peer missing: {reason}");
+            }
+            eprintln!("SKIPPED: {reason}");
+            None
+        }
+    }
 }
 
 /// Instantiates each named spec `fn name(backend: Backend)` as a `#[test]` per backend:
