@@ -409,6 +409,16 @@ impl Reservations for PostgresLedger {
             let mut client = self.client().await?;
             let tx = client.transaction().await.map_err(db)?;
             let (state, reserved) = lock_reservation(&tx, id).await?;
+            if state == ReservationState::Pending {
+                // As SQLite's `write_lazy`: the commit of a payment whose proof is recorded
+                // does not wait for the WAL flush. A database crash can only undo it back to
+                // pending (still held against every cap, its proof kept), which
+                // reconciliation settles from the chain or the Lightning backend. A commit
+                // of a released or proof-less reservation waits: nothing would find it again.
+                tx.batch_execute("SET LOCAL synchronous_commit = off")
+                    .await
+                    .map_err(db)?;
+            }
             // Released: the amount no longer counts as held, so there is nothing to unhold.
             let held = if state == ReservationState::Released {
                 0
