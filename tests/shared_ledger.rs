@@ -118,6 +118,18 @@ fn hosts_with_different_root_keys_are_refused_until_the_key_is_copied() {
         "minting under a foreign key: {}",
         text(&out)
     );
+    // Nor does it serve (stdin closed: it would serve until then).
+    let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["serve", "--config"])
+        .arg(&config_two)
+        .env("TOLLGATE_LEDGER_URL", url)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let said = text(&out);
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("root key is another one"), "{said}");
+    assert!(out.stdout.is_empty(), "stdout is MCP's only: {said}");
     // Copied from host 1, the key is the ledger's: a credential minted on host 2 verifies
     // on host 1.
     std::fs::copy(one.join("state/root.key"), two.join("state/root.key")).unwrap();
