@@ -112,8 +112,10 @@ fn host(peers: &X402Peers, url: &str) -> (tempfile::TempDir, PathBuf) {
         p.join("tools/seller.toml"),
         format!(
             "[[tool]]\nname = \"weather\"\ndescription = \"Weather from the x402 v2 seller\"\n\
-             url = \"{}/weather?city={{city}}\"\nmax_price = \"0.01 USD\"\n\
-             input_schema = {{ type = \"object\", properties = {{ city = {{ type = \"string\" }} }} }}\n",
+             url = \"{0}/weather?city={{city}}\"\nmax_price = \"0.01 USD\"\n\
+             input_schema = {{ type = \"object\", properties = {{ city = {{ type = \"string\" }} }} }}\n\n\
+             [[tool]]\nname = \"slow\"\ndescription = \"Pays, then answers after 8 s\"\n\
+             url = \"{0}/hang-after-pay\"\nmax_price = \"0.01 USD\"\ntimeout_ms = 3000\n",
             peers.seller("v2")
         ),
     )
@@ -259,5 +261,71 @@ async fn the_database_crashing_mid_burst_loses_no_payment_and_pays_nothing_twice
          after reconcile",
         paid(&crashed),
         receipts.len()
+    );
+}
+
+/// A proof that left before the database went away: the call ends without an answer while
+/// the database is down (nothing can be written), the payment stays pending in the ledger, and
+/// once the database is back `tollgate reconcile` commits it from the chain, with its receipt.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_payment_signed_before_the_database_crashed_is_settled_by_reconciliation() {
+    if support::mcp::python().is_none() {
+        return;
+    }
+    let Some(peers) = start().await else { return };
+    let Some((cluster, url)) = tokio::task::block_in_place(Cluster::start) else {
+        return;
+    };
+    let (dir, config) = host(&peers, &url);
+    let payee = peers.str("/v2/payee");
+    let before = peers.balance("v2", &payee).await;
+    let key = peers.str("/buyer_key");
+
+    let answer = tokio::task::block_in_place(|| {
+        let mut session = Session::start(&config, &[("TOLLGATE_EVM_KEY", &key)]);
+        session.call_tool(1, "slow", json!({}));
+        // Signed, recorded pending and sent; the seller holds the answer 8 s.
+        std::thread::sleep(Duration::from_millis(1_500));
+        cluster.crash();
+        let answer = session.response(1).expect("tollgate answered")["result"].clone();
+        session.finish();
+        answer
+    });
+    assert_eq!(answer["isError"], json!(true), "{answer}");
+    // The seller settles once its handler answers, after the buyer gave up.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while peers.balance("v2", &payee).await == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{}",
+            peers.logs().join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(peers.balance("v2", &payee).await, before + PRICE);
+
+    tokio::task::block_in_place(|| cluster.restart());
+    let ledger_config = tollgate::ledger::LedgerConfig {
+        url: Some(url.clone()),
+        pool_size: 1,
+    };
+    let ledger = tokio::task::block_in_place(|| {
+        tollgate::ledger::Ledger::open_with(&dir.path().join("state"), &ledger_config).unwrap()
+    });
+    let open = ledger.pending().unwrap();
+    assert_eq!(open.len(), 1, "the payment stayed pending: {open:?}");
+    assert!(open[0].proof_json.is_some());
+    let (ok, out) = tollgate(&config, &["reconcile"]);
+    assert!(ok, "{out}");
+    assert!(ledger.pending().unwrap().is_empty(), "{out}");
+    let receipts = ledger.all_receipts(None, 10).unwrap();
+    assert_eq!(receipts.len(), 1, "{out}");
+    let receipt: Value = serde_json::from_str(&receipts[0].json).unwrap();
+    assert_eq!(receipt["reconciled"], json!(true), "{receipt}");
+    assert_eq!(receipts[0].amount_usd_micros as u128, PRICE);
+    assert_eq!(
+        peers.balance("v2", &payee).await,
+        before + PRICE,
+        "paid once"
     );
 }
