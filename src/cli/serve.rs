@@ -94,7 +94,7 @@ pub fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
                 // or backend must not delay them).
                 tokio::time::sleep(std::time::Duration::from_millis(500)).await;
                 log_reconciled(
-                    tollgate::reconcile::reconcile(&*ledger, &rails, &owner, tollgate::money::now_unix())
+                    tollgate::checkout::reconcile::reconcile(&*ledger, &rails, &owner, tollgate::money::now_unix())
                         .await,
                 );
             });

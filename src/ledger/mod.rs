@@ -100,6 +100,12 @@ impl Cap {
     }
 }
 
+/// What makes the proof of a new reservation, inside its transaction.
+pub type Prove<'a> = &'a mut dyn FnMut(ReservationId) -> Result<Proved, String>;
+
+/// A reservation made, or why not.
+pub type Reserved = Result<ReservationId, LedgerError>;
+
 /// A proof as [`Reservations::reserve_proved`] records it.
 #[derive(Debug, Clone)]
 pub struct Proved {
@@ -417,12 +423,7 @@ pub trait Reservations {
     /// durable write instead of two). If `prove` fails, nothing is written and the error is
     /// [`LedgerError::NotProved`]. The default runs the two steps in two transactions,
     /// releasing the reservation when `prove` fails.
-    fn reserve_proved(
-        &self,
-        r: NewReservation,
-        now: u64,
-        prove: &mut dyn FnMut(ReservationId) -> Result<Proved, String>,
-    ) -> Result<ReservationId, LedgerError> {
+    fn reserve_proved(&self, r: NewReservation, now: u64, prove: Prove<'_>) -> Reserved {
         let id = self.reserve(r, now)?;
         let proved = match prove(id) {
             Ok(proved) => proved,
@@ -606,6 +607,11 @@ pub mod prelude {
     pub use super::{
         Approvals as _, Owners as _, Reservations as _, Revocations as _, Store as _, Tokens as _,
     };
+}
+
+/// Runs a (short, blocking) ledger operation without stalling the async workers.
+pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
 }
 
 impl dyn Store {

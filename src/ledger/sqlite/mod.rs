@@ -19,8 +19,8 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, 
 
 use super::{
     BudgetNode, BudgetRow, Cap, CapStatus, Lease, LedgerError, NewReceipt, NewReservation, Owners,
-    PendingPayment, Proved, ReceiptRow, ReservationId, ReservationState, Reservations, Revocations,
-    Store, UNOWNED_RESERVED_SECS,
+    PendingPayment, Prove, ReceiptRow, ReservationId, ReservationState, Reservations, Reserved,
+    Revocations, Store, UNOWNED_RESERVED_SECS,
 };
 
 use super::FILE_NAME;
@@ -33,8 +33,34 @@ impl From<rusqlite::Error> for LedgerError {
 /// The schema version this build writes.
 pub(super) const SCHEMA_VERSION: i64 = schema::SCHEMA_VERSION;
 
+/// SQL for "open": the exact condition of the partial indexes on open reservations. SQLite uses
+/// a partial index only when a query repeats its condition word for word (`state = 'pending'`
+/// alone does not imply it), so every query by fingerprint says it; without it, each paid call
+/// scanned every reservation ever made.
+const OPEN: &str = "state IN ('reserved', 'pending')";
+
 /// SQL for "open and owned by nobody alive at ?2": no owner, or a lapsed lease.
 const UNOWNED: &str = "(owner IS NULL OR lease_until IS NULL OR lease_until < ?2)";
+
+/// The newest payment of a call (fingerprint ?1) whose proof was recorded and that nobody
+/// alive at ?2 owns.
+fn unknown_of_sql() -> String {
+    format!(
+        "SELECT id FROM reservations
+         WHERE fingerprint = ?1 AND {OPEN} AND state = 'pending'
+           AND proof_json IS NOT NULL AND {UNOWNED}
+         ORDER BY id DESC LIMIT 1"
+    )
+}
+
+/// The owners of a call's (fingerprint ?1) payments in flight.
+fn owners_of_sql() -> String {
+    format!(
+        "SELECT id, owner FROM reservations
+         WHERE fingerprint = ?1 AND {OPEN} AND state = 'pending' AND owner IS NOT NULL
+         ORDER BY id DESC LIMIT 64"
+    )
+}
 
 /// The ledger file, opened by this process. Cheap to share (`&self` everywhere; one
 /// connection behind a mutex); several processes may each open the same file.
@@ -129,12 +155,7 @@ impl Reservations for SqliteLedger {
 
     /// One `BEGIN IMMEDIATE` transaction: the caps checked, the reservation written, the proof
     /// made (while no other writer can act) and recorded pending.
-    fn reserve_proved(
-        &self,
-        r: NewReservation,
-        now: u64,
-        prove: &mut dyn FnMut(ReservationId) -> Result<Proved, String>,
-    ) -> Result<ReservationId, LedgerError> {
+    fn reserve_proved(&self, r: NewReservation, now: u64, prove: Prove<'_>) -> Reserved {
         self.write(|tx| {
             let id = reserve_in(tx, &r, now)?;
             let proved = prove(id).map_err(LedgerError::NotProved)?;
@@ -596,12 +617,7 @@ impl Owners for SqliteLedger {
         let until = to_sql("time", lease.until)?;
         let find = |tx: &Transaction<'_>| -> Result<Option<i64>, LedgerError> {
             Ok(tx
-                .prepare_cached(&format!(
-                    "SELECT id FROM reservations
-                     WHERE fingerprint = ?1 AND state = 'pending' AND proof_json IS NOT NULL
-                       AND {UNOWNED}
-                     ORDER BY id DESC LIMIT 1"
-                ))?
+                .prepare_cached(&unknown_of_sql())?
                 .query_row(params![fingerprint, now_sql], |row| row.get(0))
                 .optional()?)
         };
@@ -625,11 +641,7 @@ impl Owners for SqliteLedger {
     fn owners_of(&self, fingerprint: &str) -> Result<Vec<(ReservationId, String)>, LedgerError> {
         self.read(|tx| {
             let rows = tx
-                .prepare_cached(
-                    "SELECT id, owner FROM reservations
-                     WHERE fingerprint = ?1 AND state = 'pending' AND owner IS NOT NULL
-                     ORDER BY id DESC LIMIT 64",
-                )?
+                .prepare_cached(&owners_of_sql())?
                 .query_map([fingerprint], |row| {
                     Ok((ReservationId(row.get(0)?), row.get::<_, String>(1)?))
                 })?
@@ -972,4 +984,37 @@ fn reserve_in(
         hold.execute(params![key, amount])?;
     }
     Ok(ReservationId(id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The queries every paid call makes by fingerprint read open payments through a partial
+    /// index of open reservations, never the whole history of reservations.
+    #[test]
+    fn queries_by_fingerprint_read_only_open_reservations() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = SqliteLedger::open(dir.path()).unwrap();
+        let conn = ledger.lock();
+        for (sql, arguments) in [
+            (unknown_of_sql(), params!["fp", 0]),
+            (owners_of_sql(), params!["fp"]),
+        ] {
+            let plan: Vec<String> = conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .unwrap()
+                .query_map(arguments, |row| row.get::<_, String>(3))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert!(
+                plan.iter().all(|step| !step.contains("SCAN reservations"))
+                    && plan
+                        .iter()
+                        .any(|step| step.contains("INDEX reservations_open")),
+                "{sql}\n{plan:?}"
+            );
+        }
+    }
 }
