@@ -49,6 +49,34 @@ struct ConfigFile {
     rpc: std::collections::BTreeMap<String, String>,
     #[serde(default)]
     approval: ApprovalConfig,
+    #[serde(default)]
+    ledger: LedgerFile,
+}
+
+/// The environment variable that names the ledger's database (it wins over `[ledger] url`,
+/// and is where a URL with a password belongs).
+pub const LEDGER_URL_ENV: &str = "TOLLGATE_LEDGER_URL";
+
+/// `[ledger]`: where budgets, pending payments, receipts and approvals live. Without a URL,
+/// the embedded SQLite file in `state_dir`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct LedgerFile {
+    /// A PostgreSQL URL shared by every host (`postgres://user@host:5432/db?sslmode=verify-full`),
+    /// without a password: that comes from the environment (`PGPASSWORD`, or the whole URL in
+    /// `TOLLGATE_LEDGER_URL`).
+    url: Option<String>,
+    /// The most connections one process opens to the database.
+    pool_size: usize,
+}
+
+impl Default for LedgerFile {
+    fn default() -> Self {
+        LedgerFile {
+            url: None,
+            pool_size: crate::ledger::postgres::DEFAULT_POOL_SIZE,
+        }
+    }
 }
 
 /// `[approval]`: how a person is asked to approve a payment above the threshold.
@@ -124,6 +152,10 @@ pub struct Config {
     /// JSON-RPC endpoints by chain id (from `[rpc]`).
     pub rpc: std::collections::BTreeMap<u64, String>,
     pub approval: ApprovalConfig,
+    /// `[ledger]`, with `TOLLGATE_LEDGER_URL` applied: where the ledger lives.
+    pub ledger: crate::ledger::LedgerConfig,
+    /// Where the ledger URL came from (`ledger.url` or `TOLLGATE_LEDGER_URL`), for messages.
+    pub ledger_url_source: &'static str,
     raw_assets: Vec<AssetConfig>,
     raw_rpc: std::collections::BTreeMap<String, String>,
 }
@@ -149,17 +181,40 @@ impl Config {
         };
         let Some(path) = path else {
             let defaults: ConfigFile = parse_toml(Path::new("<defaults>"), "")?;
-            return Ok(Config::resolve(defaults, Path::new(""), None));
+            let config = Config::resolve(defaults, Path::new(""), None);
+            let problems = config.ledger_problems(Path::new(DEFAULT_CONFIG_FILE), None);
+            return if problems.is_empty() {
+                Ok(config)
+            } else {
+                Err(ConfigError(problems))
+            };
         };
         let file: ConfigFile = read_toml(&path)?;
         let base = path.parent().unwrap_or(Path::new(""));
+        let file_url = file.ledger.url.clone();
         let config = Config::resolve(file, base, Some(path.clone()));
-        config.validate().map_err(ConfigError)?;
+        let mut problems = config.validate().err().unwrap_or_default();
+        problems.extend(config.ledger_problems(&path, file_url.as_deref()));
+        if !problems.is_empty() {
+            return Err(ConfigError(problems));
+        }
         Ok(config)
     }
 
     fn resolve(file: ConfigFile, base: &Path, source: Option<PathBuf>) -> Config {
         let at = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+        let env_url = std::env::var(LEDGER_URL_ENV)
+            .ok()
+            .filter(|u| !u.trim().is_empty());
+        let ledger_url_source = if env_url.is_some() {
+            LEDGER_URL_ENV
+        } else {
+            "ledger.url"
+        };
+        let ledger = crate::ledger::LedgerConfig {
+            url: env_url.or(file.ledger.url),
+            pool_size: file.ledger.pool_size,
+        };
         let policies_dir = at(file.policies_dir);
         let policy_file = match file.policy {
             Some(p) if p.ends_with(".toml") || p.contains('/') => Some(at(p.into())),
@@ -203,9 +258,43 @@ impl Config {
                 })
                 .collect(),
             approval: file.approval,
+            ledger,
+            ledger_url_source,
             raw_assets: file.assets,
             raw_rpc: file.rpc,
         }
+    }
+
+    /// What is wrong with where the ledger lives: a password written in the file (`file_url`,
+    /// the URL as the file has it), or a URL that cannot be read. Never shows the URL.
+    fn ledger_problems(&self, file: &Path, file_url: Option<&str>) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        if let Some(url) = file_url
+            && has_password(url)
+        {
+            problems.push(Problem::new(
+                file,
+                "ledger.url",
+                format!(
+                    "holds a password; a password never goes in the file: give it in the \
+                     environment (PGPASSWORD, or the whole URL in {LEDGER_URL_ENV})"
+                ),
+            ));
+        }
+        if let Some(url) = &self.ledger.url
+            && let Err(e) = crate::ledger::postgres::Target::parse(url)
+        {
+            let key = if self.ledger_url_source == LEDGER_URL_ENV {
+                format!("{LEDGER_URL_ENV} (environment)")
+            } else {
+                "ledger.url".to_owned()
+            };
+            problems.push(Problem::new(file, key, e.to_string()));
+        }
+        if self.ledger.pool_size == 0 {
+            problems.push(Problem::new(file, "ledger.pool_size", "must be above 0"));
+        }
+        problems
     }
 
     fn validate(&self) -> Result<(), Vec<Problem>> {
@@ -357,9 +446,49 @@ impl Config {
     }
 }
 
+/// Whether a PostgreSQL URL carries a password (`user:password@` or `password=`).
+fn has_password(url: &str) -> bool {
+    match url::Url::parse(url) {
+        Ok(u) => u.password().is_some() || u.query_pairs().any(|(k, _)| k == "password"),
+        // Unreadable: reported as such; a `:...@` in it may still be a password.
+        Err(_) => {
+            url.contains('@')
+                && url
+                    .split('@')
+                    .next()
+                    .is_some_and(|a| a.matches(':').count() > 1)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_ledger_password_in_the_file_is_refused_naming_the_key_not_the_password() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("tools")).unwrap();
+        let path = dir.path().join("tollgate.toml");
+        for url in [
+            "postgres://books:hunter2@db.internal/ledger",
+            "postgres://books@db.internal/ledger?password=hunter2",
+        ] {
+            std::fs::write(&path, format!("[ledger]\nurl = \"{url}\"\n")).unwrap();
+            let err = Config::load(Some(&path)).unwrap_err().to_string();
+            assert!(err.contains("ledger.url"), "{err}");
+            assert!(err.contains("PGPASSWORD"), "{err}");
+            assert!(!err.contains("hunter2"), "{err}");
+        }
+        std::fs::write(
+            &path,
+            "[ledger]\nurl = \"postgres://books@db.internal:6543/ledger\"\npool_size = 3\n",
+        )
+        .unwrap();
+        let config = Config::load(Some(&path)).unwrap();
+        assert_eq!(config.ledger.pool_size, 3);
+        assert!(!format!("{config:?}").contains("books@"), "{config:?}");
+    }
 
     #[test]
     fn unknown_key_is_named_with_its_path() {

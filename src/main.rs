@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use cli::books::{BudgetFormat, ReceiptFormat};
+use cli::ledger::LedgerCommand;
 use cli::token::TokenCommand;
 use cli::wallet::WalletCommand;
 
@@ -108,6 +109,11 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// The ledger: set up its schema, move it between SQLite and PostgreSQL.
+    Ledger {
+        #[command(subcommand)]
+        command: LedgerCommand,
+    },
     /// The delegated wallet.
     Wallet {
         #[command(subcommand)]
@@ -151,6 +157,7 @@ fn main() -> ExitCode {
         Command::Demo { serve: false, dir } => cli::demo::demo(dir),
         Command::Init { config } => cli::init::init(config),
         Command::Token { command } => cli::token::token(command),
+        Command::Ledger { command } => cli::ledger::ledger(command),
         Command::Receipts {
             since,
             format,

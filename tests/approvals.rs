@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::{Value, json};
+use support::ledgers::{Backend, Place};
 use support::mcp::{Mode, browser, click_on_page, drive_elicit, python};
 use support::x402_peer::{X402Peers, start};
 use tollgate::ledger::{ApprovalState, Ledger};
@@ -77,7 +78,8 @@ input_schema = {{ type = "object", required = ["city"], properties = {{ city = {
     }
 
     fn state(&self, id: &str) -> ApprovalState {
-        let ledger = Ledger::open(&self.dir.path().join("state")).unwrap();
+        let config = tollgate::config::Config::load(Some(&self.config())).unwrap();
+        let ledger = Ledger::open_with(&config.state_dir, &config.ledger).unwrap();
         ledger
             .approval(id, tollgate::money::now_unix())
             .unwrap()
@@ -411,6 +413,74 @@ async fn out_of_band_with_the_cli(mode: Mode) {
         "{step}"
     );
     assert_eq!(signed(&peers).await, 1);
+}
+
+/// Three hosts (state directories) sharing a PostgreSQL ledger: the call asked on host 1 is
+/// approved with `tollgate approve` on host 2 and redeemed by the agent's retry on host 3,
+/// once; the seller is paid once.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_approval_asked_on_one_host_is_given_on_a_second_and_redeemed_on_a_third() {
+    let Some(peers) = peers().await else { return };
+    let Some(place) = Place::new(Backend::Postgres) else {
+        return;
+    };
+    let hosts: Vec<Setup> = (0..3)
+        .map(|_| Setup::new(&peers, "0.0005 USD", ""))
+        .collect();
+    for host in &hosts {
+        place.configure(&host.config());
+    }
+    let payee = peers.str("/v2/payee");
+    let paris = json!({"city": "Paris"});
+    let (step, _) = call(
+        &hosts[0],
+        &peers,
+        Mode::Legacy,
+        None,
+        "weather_v2",
+        paris.clone(),
+    )
+    .await;
+    let s = &step["result"]["structuredContent"];
+    assert_eq!(s["status"], "approval_required", "{step}");
+    let id = s["approval_id"].as_str().unwrap().to_owned();
+
+    let (ok, out) = cli(&hosts[1], &["approvals"]);
+    assert!(ok && out.contains(&id), "host 2 sees the question: {out}");
+    let (ok, out) = cli(&hosts[1], &["approve", &id]);
+    assert!(ok, "{out}");
+    assert_eq!(signed(&peers).await, 0);
+
+    let mut with_id = paris;
+    with_id["approval_id"] = json!(id);
+    let (step, _) = call(
+        &hosts[2],
+        &peers,
+        Mode::Legacy,
+        None,
+        "weather_v2",
+        with_id.clone(),
+    )
+    .await;
+    assert_paid_by_person(&step["result"], "cli", &payee);
+    assert_eq!(signed(&peers).await, 1);
+    assert_eq!(hosts[0].state(&id), ApprovalState::Used);
+    // Used once, on any host.
+    let (step, _) = call(&hosts[0], &peers, Mode::Legacy, None, "weather_v2", with_id).await;
+    assert!(text(&step["result"]).contains("already used"), "{step}");
+    assert_eq!(signed(&peers).await, 1);
+    let (ok, out) = cli(&hosts[1], &["receipts", "--format", "json"]);
+    let receipts: Value = serde_json::from_str(&out).unwrap_or_default();
+    assert!(ok, "{out}");
+    assert_eq!(
+        receipts.as_array().map(Vec::len),
+        Some(1),
+        "host 2 sees host 3's receipt: {out}"
+    );
+    assert_eq!(receipts[0]["approval"]["approval_id"], json!(id), "{out}");
+    for host in &hosts {
+        place.assert_used_by(&host.dir.path().join("state"));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

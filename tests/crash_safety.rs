@@ -1,6 +1,7 @@
 //! Invariants 3 and 5: a tollgate process killed (SIGKILL) at random points of paid calls loses
 //! no receipt, leaves no budget wrong, and never pays one call twice. The seller here settles
 //! each EIP-3009 nonce at most once (as the chain does) and records which call it paid.
+//! The first test runs against both ledger backends.
 
 mod support;
 
@@ -12,6 +13,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Value, json};
+use support::ledgers::{Backend, Place};
 use support::mcp::Setup;
 use support::stdio::Session;
 use support::upstream::{Reply, TestUpstream};
@@ -42,6 +44,18 @@ fn one_call(config: &std::path::Path, n: usize, kill_after: Option<Duration>) ->
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_9_at_random_points_loses_no_receipt_and_never_pays_twice() {
+    kill_9_at_random_points(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_9_at_random_points_with_a_postgres_ledger() {
+    kill_9_at_random_points(Backend::Postgres).await;
+}
+
+async fn kill_9_at_random_points(backend: Backend) {
+    let Some(place) = Place::new(backend) else {
+        return;
+    };
     // nonce → the call (n) it paid for.
     let settled: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
     let seller_state = settled.clone();
@@ -79,6 +93,8 @@ async fn kill_9_at_random_points_loses_no_receipt_and_never_pays_twice() {
         up.base()
     ));
     let config = setup.config();
+    place.configure(&config);
+    let ledger_config = place.config();
     let crashed = tokio::task::spawn_blocking(move || {
         let mut rng = 0x9e3779b97f4a7c15u64;
         for n in 0..TRIALS {
@@ -91,8 +107,11 @@ async fn kill_9_at_random_points_loses_no_receipt_and_never_pays_twice() {
         }
         // Restart and retry every call that has no receipt (a completed call asked again would
         // be a new purchase): pending proofs are re-sent, never re-signed.
-        let ledger =
-            tollgate::ledger::Ledger::open(&config.parent().unwrap().join("state")).unwrap();
+        let ledger = tollgate::ledger::Ledger::open_with(
+            &config.parent().unwrap().join("state"),
+            &ledger_config,
+        )
+        .unwrap();
         let committed: HashSet<u64> = ledger
             .all_receipts(None, 10_000)
             .unwrap()
@@ -133,7 +152,8 @@ async fn kill_9_at_random_points_loses_no_receipt_and_never_pays_twice() {
         receipts.len(),
         settled.len()
     );
-    let ledger = tollgate::ledger::Ledger::open(&setup.dir.path().join("state")).unwrap();
+    let state = setup.dir.path().join("state");
+    let ledger = tokio::task::block_in_place(|| place.open_at(&state));
     let pending = ledger.pending().unwrap();
     assert!(
         receipts.len() + pending.len() >= settled.len(),
@@ -148,6 +168,7 @@ async fn kill_9_at_random_points_loses_no_receipt_and_never_pays_twice() {
         receipts.len(),
         pending.len()
     );
+    place.assert_used_by(&state);
 }
 
 /// The same invariants against the real x402 v2 seller settling on anvil (the chain is the

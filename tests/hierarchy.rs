@@ -1,13 +1,14 @@
 //! Hierarchical budgets through `delegate_budget`: an orchestrator session delegates budgets
 //! to sub-agents that run in other tollgate processes; each child spends only its own budget,
 //! every child's spend counts against the orchestrator's, twins do not touch each other, and
-//! revoking the orchestrator stops its children.
+//! revoking the orchestrator stops its children. Against both ledger backends.
 
 mod support;
 
 use std::process::Command;
 
 use serde_json::{Value, json};
+use support::ledgers::{Backend, Place};
 use support::mcp::{Mode, Setup, drive, python};
 use support::seller::BUYER_KEY as KEY;
 use support::upstream::TestUpstream;
@@ -64,7 +65,19 @@ fn signed(up: &TestUpstream) -> usize {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn delegated_budgets_bind_sub_agents_in_other_processes() {
+    delegated_budgets_bind_sub_agents(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn delegated_budgets_bind_sub_agents_sharing_a_postgres_ledger() {
+    delegated_budgets_bind_sub_agents(Backend::Postgres).await;
+}
+
+async fn delegated_budgets_bind_sub_agents(backend: Backend) {
     let Some(python) = python() else { return };
+    let Some(place) = Place::new(backend) else {
+        return;
+    };
     let up = TestUpstream::start(support::seller::always_settles).await;
     let setup = Setup::new(&format!(
         "[[tool]]\nname = \"paid\"\ndescription = \"paid\"\nurl = \"{}/paid\"\nmax_price = \"0.05 USD\"\n",
@@ -79,6 +92,7 @@ async fn delegated_budgets_bind_sub_agents_in_other_processes() {
     )
     .unwrap();
     let config = setup.config();
+    place.configure(&config);
     tollgate(&["init"], &config);
     let orchestrator = tollgate(&["token", "mint", "--profile", "orchestrator"], &config);
     let as_orchestrator = [
@@ -256,4 +270,5 @@ async fn delegated_budgets_bind_sub_agents_in_other_processes() {
     .await;
     assert!(text(&report, 0).contains("revoked"), "{}", text(&report, 0));
     assert_eq!(signed(&up), 3, "nothing paid after the revocation");
+    place.assert_used_by(&dir.join("state"));
 }

@@ -174,6 +174,32 @@ async fn a_paid_call_pays_the_invoice_and_the_next_call_reuses_the_token() {
     assert_eq!(peers.balance_msat("payee").await, payee0 + 2 * PRICE_MSAT);
 }
 
+/// A token paid on one host is kept in the shared PostgreSQL ledger and sent by another host:
+/// one invoice paid for both.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_paid_on_one_host_is_reused_by_another_sharing_a_postgres_ledger() {
+    let Some(peers) = peers().await else { return };
+    let Some(place) = support::ledgers::Place::new(support::ledgers::Backend::Postgres) else {
+        return;
+    };
+    let (one, two) = (Setup::new(&peers, "bitcoin"), Setup::new(&peers, "bitcoin"));
+    place.configure(&one.config());
+    place.configure(&two.config());
+    let payer0 = peers.balance_msat("payer").await;
+
+    let (results, logs) = calls(&peers, &one, &["weather"]).await;
+    let paid = &results[0]["structuredContent"]["payment"];
+    assert_eq!(paid["amount_msat"], "21000", "{}\n{logs}", results[0]);
+    let (results, logs) = calls(&peers, &two, &["weather"]).await;
+    let reused = &results[0]["structuredContent"]["payment"];
+    assert_eq!(reused["reused"], true, "{}\n{logs}", results[0]);
+    assert_eq!(reused["payment_hash"], paid["payment_hash"]);
+    assert_eq!(peers.balance_msat("payer").await, payer0 - PRICE_MSAT);
+    for host in [&one, &two] {
+        place.assert_used_by(&host.dir.path().join("state"));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn lsat_challenges_with_token_and_version_parameters_are_paid() {
     let Some(peers) = peers().await else { return };

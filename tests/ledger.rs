@@ -2,21 +2,52 @@
 //! connections, and real OS processes), windows roll, reservations count until settled, a
 //! kill -9 loses nothing, and old files migrate.
 //!
+//! Every behaviour is stated once, as a function of the backend, and runs against both:
+//! `sqlite::<name>` and `postgres::<name>` (a fresh database on the PostgreSQL that
+//! `scripts/test` starts; see `support/ledgers.rs`). What only one backend has (SQLite's file,
+//! PostgreSQL's URL) is tested on its own below.
+//!
 //! Tests that need other processes re-run this test binary with `LEDGER_TEST_CHILD` set,
 //! selecting [`child_process`] (which does nothing in a normal run).
+
+mod support;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::{Arc, Barrier};
 
+use support::ledgers::{Backend, Place};
 use tollgate::ledger::{
     Cap, Lease, Ledger, LedgerError, NewReceipt, NewReservation, PaymentStage, ReservationId,
     ReservationState,
 };
 
+for_each_backend!(
+    exactly_n_payments_fit_under_a_cap_with_eight_connections,
+    exactly_n_reservations_fit_when_none_commit,
+    exactly_n_payments_fit_under_a_cap_across_os_processes,
+    a_reservation_killed_before_commit_stays_pending_and_counted,
+    a_committed_receipt_survives_kill_9,
+    spend_outside_the_rolling_window_no_longer_counts,
+    rolling_spend_equals_the_sum_of_entries_inside_the_window,
+    open_reservations_count_against_a_rolling_cap_whatever_their_age,
+    release_frees_the_amount,
+    a_released_payment_that_was_paid_after_all_is_committed_not_lost,
+    a_pending_payment_stays_counted_and_only_an_unknown_proof_is_claimed_once,
+    commit_with_a_lower_actual_amount_counts_the_actual,
+    committing_twice_records_spend_once,
+    a_payment_must_fit_every_cap_and_exceeded_names_the_cap,
+    receipts_are_listed_per_key_newest_first_including_descendants,
+    revocations_are_durable_and_checked_across_a_chain,
+    amounts_beyond_64_bit_integers_are_refused_not_wrapped,
+    eight_connections_racing_to_claim_one_unknown_payment_claim_it_once,
+    a_reservation_and_its_proof_are_written_together_or_not_at_all,
+);
+
 const CHILD_MODE: &str = "LEDGER_TEST_CHILD";
 const CHILD_DIR: &str = "LEDGER_TEST_DIR";
+const CHILD_URL: &str = "LEDGER_TEST_URL";
 const CHILD_TAG: &str = "LEDGER_TEST_TAG";
 const CHILD_ATTEMPTS: &str = "LEDGER_TEST_ATTEMPTS";
 const T0: u64 = 1_800_000_000;
@@ -78,20 +109,21 @@ fn pay_loop(ledger: &Ledger, tag: &str, attempts: usize, cap: &Cap, amount: u64)
     paid
 }
 
-#[test]
-fn exactly_n_payments_fit_under_a_cap_with_eight_connections() {
+fn exactly_n_payments_fit_under_a_cap_with_eight_connections(backend: Backend) {
     const N: u64 = 50;
     const AMOUNT: u64 = 10_000;
-    let dir = tempfile::tempdir().unwrap();
-    Ledger::open(dir.path()).unwrap();
+    let Some(place) = Place::new(backend) else {
+        return;
+    };
+    drop(place.open());
     let barrier = Arc::new(Barrier::new(8));
     let threads: Vec<_> = (0..8)
         .map(|t| {
-            let dir = dir.path().to_owned();
+            let (state, config) = (place.state().to_owned(), place.config());
             let barrier = barrier.clone();
             std::thread::spawn(move || {
                 // Each thread its own connection, as separate processes would have.
-                let ledger = Ledger::open(&dir).unwrap();
+                let ledger = Ledger::open_with(&state, &config).unwrap();
                 barrier.wait();
                 pay_loop(
                     &*ledger,
@@ -106,7 +138,7 @@ fn exactly_n_payments_fit_under_a_cap_with_eight_connections() {
     let paid: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
     assert_eq!(paid, N);
 
-    let ledger = Ledger::open(dir.path()).unwrap();
+    let ledger = place.open();
     let status = ledger.status(&[total_cap(N, AMOUNT)], T0).unwrap();
     assert_eq!(status[0].spent_usd_micros, N * AMOUNT);
     assert_eq!(status[0].reserved_usd_micros, 0);
@@ -119,20 +151,21 @@ fn exactly_n_payments_fit_under_a_cap_with_eight_connections() {
     );
 }
 
-#[test]
-fn exactly_n_reservations_fit_when_none_commit() {
+fn exactly_n_reservations_fit_when_none_commit(backend: Backend) {
     // Open reservations alone must hold the line: nothing is committed here. And eight
     // connections create and migrate the fresh file at once.
     const N: u64 = 20;
-    let dir = tempfile::tempdir().unwrap();
+    let Some(place) = Place::new(backend) else {
+        return;
+    };
     let barrier = Arc::new(Barrier::new(8));
     let threads: Vec<_> = (0..8)
         .map(|t| {
-            let dir = dir.path().to_owned();
+            let (state, config) = (place.state().to_owned(), place.config());
             let barrier = barrier.clone();
             std::thread::spawn(move || {
                 barrier.wait();
-                let ledger = Ledger::open(&dir).unwrap();
+                let ledger = Ledger::open_with(&state, &config).unwrap();
                 (0..32)
                     .filter(|i| {
                         let r = reservation(&format!("t{t}-{i}"), 7, vec![total_cap(N, 7)]);
@@ -146,7 +179,7 @@ fn exactly_n_reservations_fit_when_none_commit() {
         .collect();
     let reserved: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
     assert_eq!(reserved as u64, N);
-    let ledger = Ledger::open(dir.path()).unwrap();
+    let ledger = place.open();
     assert_eq!(ledger.pending().unwrap().len() as u64, N);
     let status = ledger.status(&[total_cap(N, 7)], T0).unwrap();
     assert_eq!(
@@ -165,9 +198,13 @@ impl Drop for ChildProcess {
     }
 }
 
-fn spawn_child(mode: &str, dir: &Path, tag: &str, attempts: usize) -> ChildProcess {
+fn spawn_child(mode: &str, place: &Place, tag: &str, attempts: usize) -> ChildProcess {
     let exe = std::env::current_exe().unwrap();
-    let child = Command::new(exe)
+    let mut command = Command::new(exe);
+    if let Some(url) = &place.url {
+        command.env(CHILD_URL, url);
+    }
+    let child = command
         .args([
             "--exact",
             "child_process",
@@ -175,7 +212,7 @@ fn spawn_child(mode: &str, dir: &Path, tag: &str, attempts: usize) -> ChildProce
             "--test-threads=1",
         ])
         .env(CHILD_MODE, mode)
-        .env(CHILD_DIR, dir)
+        .env(CHILD_DIR, place.state())
         .env(CHILD_TAG, tag)
         .env(CHILD_ATTEMPTS, attempts.to_string())
         .stdout(Stdio::piped())
@@ -208,7 +245,7 @@ fn child_process() {
     let dir = std::env::var(CHILD_DIR).unwrap();
     let tag = std::env::var(CHILD_TAG).unwrap();
     let attempts: usize = std::env::var(CHILD_ATTEMPTS).unwrap().parse().unwrap();
-    let ledger = Ledger::open(Path::new(&dir)).unwrap();
+    let ledger = support::ledgers::open_in_child(Path::new(&dir), std::env::var(CHILD_URL).ok());
     let hang = || std::thread::sleep(std::time::Duration::from_secs(60));
     match mode.as_str() {
         "pay-loop" => {
@@ -237,12 +274,13 @@ fn child_process() {
     }
 }
 
-#[test]
-fn exactly_n_payments_fit_under_a_cap_across_os_processes() {
-    let dir = tempfile::tempdir().unwrap();
-    Ledger::open(dir.path()).unwrap();
+fn exactly_n_payments_fit_under_a_cap_across_os_processes(backend: Backend) {
+    let Some(place) = Place::new(backend) else {
+        return;
+    };
+    drop(place.open());
     let mut children: Vec<ChildProcess> = (0..4)
-        .map(|p| spawn_child("pay-loop", dir.path(), &format!("p{p}"), 40))
+        .map(|p| spawn_child("pay-loop", &place, &format!("p{p}"), 40))
         .collect();
     let mut paid = 0u64;
     for child in &mut children {
@@ -252,23 +290,24 @@ fn exactly_n_payments_fit_under_a_cap_across_os_processes() {
     }
     assert_eq!(paid, 60, "4 processes x 40 attempts under a 60-payment cap");
 
-    let ledger = Ledger::open(dir.path()).unwrap();
+    let ledger = place.open();
     let status = ledger.status(&[total_cap(60, 1_000)], T0).unwrap();
     assert_eq!(status[0].spent_usd_micros, 60_000);
     assert_eq!(ledger.all_receipts(None, 1000).unwrap().len(), 60);
     assert!(ledger.pending().unwrap().is_empty());
 }
 
-#[test]
-fn a_reservation_killed_before_commit_stays_pending_and_counted() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut child = spawn_child("reserve-then-hang", dir.path(), "killed", 0);
+fn a_reservation_killed_before_commit_stays_pending_and_counted(backend: Backend) {
+    let Some(place) = Place::new(backend) else {
+        return;
+    };
+    let mut child = spawn_child("reserve-then-hang", &place, "killed", 0);
     let mut stdout = BufReader::new(child.0.stdout.take().unwrap());
     let id: i64 = wait_for(&mut stdout, "reserved").parse().unwrap();
     child.0.kill().unwrap(); // SIGKILL
     child.0.wait().unwrap();
 
-    let ledger = Ledger::open(dir.path()).unwrap();
+    let ledger = place.open();
     let pending = ledger.pending().unwrap();
     assert_eq!(pending.len(), 1);
     assert_eq!(pending[0].id, ReservationId(id));
@@ -285,16 +324,17 @@ fn a_reservation_killed_before_commit_stays_pending_and_counted() {
     assert!(exceeded(&r), "{r:?}");
 }
 
-#[test]
-fn a_committed_receipt_survives_kill_9() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut child = spawn_child("commit-then-hang", dir.path(), "survivor", 0);
+fn a_committed_receipt_survives_kill_9(backend: Backend) {
+    let Some(place) = Place::new(backend) else {
+        return;
+    };
+    let mut child = spawn_child("commit-then-hang", &place, "survivor", 0);
     let mut stdout = BufReader::new(child.0.stdout.take().unwrap());
     let id: i64 = wait_for(&mut stdout, "committed").parse().unwrap();
     child.0.kill().unwrap();
     child.0.wait().unwrap();
 
-    let ledger = Ledger::open(dir.path()).unwrap();
+    let ledger = place.open();
     let receipts = ledger.all_receipts(None, 10).unwrap();
     assert_eq!(receipts.len(), 1);
     assert_eq!(receipts[0].reservation_id, ReservationId(id));
@@ -308,10 +348,11 @@ fn a_committed_receipt_survives_kill_9() {
     );
 }
 
-#[test]
-fn spend_outside_the_rolling_window_no_longer_counts() {
-    let dir = tempfile::tempdir().unwrap();
-    let ledger = Ledger::open(dir.path()).unwrap();
+fn spend_outside_the_rolling_window_no_longer_counts(backend: Backend) {
+    let Some(place) = Place::new(backend) else {
+        return;
+    };
+    let ledger = place.open();
     let day = Cap::rolling("policy:per-day", 3_000, 86_400);
     let id = ledger
         .reserve(reservation("a", 2_000, vec![day.clone()]), T0)
@@ -344,12 +385,13 @@ fn spend_outside_the_rolling_window_no_longer_counts() {
     );
 }
 
-#[test]
-fn rolling_spend_equals_the_sum_of_entries_inside_the_window() {
+fn rolling_spend_equals_the_sum_of_entries_inside_the_window(backend: Backend) {
     // Rolling windows are read from hourly totals plus the entries of the first, partial
     // hour; compare with the plain sum over entries at many edges, hour boundaries included.
-    let dir = tempfile::tempdir().unwrap();
-    let ledger = Ledger::open(dir.path()).unwrap();
+    let Some(place) = Place::new(backend) else {
+        return;
+    };
+    let ledger = place.open();
     let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
     let mut next = |n: u64| {
         seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
@@ -407,10 +449,11 @@ fn rolling_spend_equals_the_sum_of_entries_inside_the_window() {
     }
 }
 
-#[test]
-fn open_reservations_count_against_a_rolling_cap_whatever_their_age() {
-    let dir = tempfile::tempdir().unwrap();
-    let ledger = Ledger::open(dir.path()).unwrap();
+fn open_reservations_count_against_a_rolling_cap_whatever_their_age(backend: Backend) {
+    let Some(place) = Place::new(backend) else {
+        return;
+    };
+    let ledger = place.open();
     let hour = Cap::rolling("policy:per-hour", 1_000, 3_600);
     ledger
         .reserve(reservation("old", 800, vec![hour.clone()]), T0)
@@ -419,10 +462,11 @@ fn open_reservations_count_against_a_rolling_cap_whatever_their_age() {
     assert!(exceeded(&r), "{r:?}");
 }
 
-#[test]
-fn release_frees_the_amount() {
-    let dir = tempfile::tempdir().unwrap();
-    let ledger = Ledger::open(dir.path()).unwrap();
+fn release_frees_the_amount(backend: Backend) {
+    let Some(place) = Place::new(backend) else {
+        return;
+    };
+    let ledger = place.open();
     let cap = Cap::lifetime("policy:total", 1_000);
     let id = ledger
         .reserve(reservation("a", 1_000, vec![cap.clone()]), T0)
@@ -443,10 +487,11 @@ fn release_frees_the_amount() {
         .unwrap();
 }
 
-#[test]
-fn a_released_payment_that_was_paid_after_all_is_committed_not_lost() {
-    let dir = tempfile::tempdir().unwrap();
-    let ledger = Ledger::open(dir.path()).unwrap();
+fn a_released_payment_that_was_paid_after_all_is_committed_not_lost(backend: Backend) {
+    let Some(place) = Place::new(backend) else {
+        return;
+    };
+    let ledger = place.open();
     let cap = Cap::lifetime("policy:total", 10_000);
     let id = ledger
         .reserve(reservation("a", 1_000, vec![cap.clone()]), T0)
@@ -469,10 +514,11 @@ fn a_released_payment_that_was_paid_after_all_is_committed_not_lost() {
     ));
 }
 
-#[test]
-fn a_pending_payment_stays_counted_and_only_an_unknown_proof_is_claimed_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let ledger = Ledger::open(dir.path()).unwrap();
+fn a_pending_payment_stays_counted_and_only_an_unknown_proof_is_claimed_once(backend: Backend) {
+    let Some(place) = Place::new(backend) else {
+        return;
+    };
+    let ledger = place.open();
     let cap = Cap::lifetime("policy:total", 1_000);
     let mut r = reservation("call-1", 600, vec![cap.clone()]);
     r.lease = Some(lease("owner-a", T0 + 60));
@@ -556,10 +602,11 @@ fn a_pending_payment_stays_counted_and_only_an_unknown_proof_is_claimed_once() {
     );
 }
 
-#[test]
-fn commit_with_a_lower_actual_amount_counts_the_actual() {
-    let dir = tempfile::tempdir().unwrap();
-    let ledger = Ledger::open(dir.path()).unwrap();
+fn commit_with_a_lower_actual_amount_counts_the_actual(backend: Backend) {
+    let Some(place) = Place::new(backend) else {
+        return;
+    };
+    let ledger = place.open();
     let caps = vec![
         Cap::lifetime("policy:total", 10_000),
         Cap::rolling("policy:per-day", 5_000, 86_400),
@@ -583,10 +630,11 @@ fn commit_with_a_lower_actual_amount_counts_the_actual() {
     );
 }
 
-#[test]
-fn committing_twice_records_spend_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let ledger = Ledger::open(dir.path()).unwrap();
+fn committing_twice_records_spend_once(backend: Backend) {
+    let Some(place) = Place::new(backend) else {
+        return;
+    };
+    let ledger = place.open();
     let cap = Cap::lifetime("policy:total", 10_000);
     let id = ledger
         .reserve(reservation("a", 1_000, vec![cap.clone()]), T0)
@@ -623,10 +671,11 @@ fn committing_twice_records_spend_once() {
     ));
 }
 
-#[test]
-fn a_payment_must_fit_every_cap_and_exceeded_names_the_cap() {
-    let dir = tempfile::tempdir().unwrap();
-    let ledger = Ledger::open(dir.path()).unwrap();
+fn a_payment_must_fit_every_cap_and_exceeded_names_the_cap(backend: Backend) {
+    let Some(place) = Place::new(backend) else {
+        return;
+    };
+    let ledger = place.open();
     let parent = Cap::lifetime("budget:parent", 10_000);
     let child = Cap::lifetime("budget:child", 3_000);
     let policy = Cap::lifetime("policy:total", 1_000_000);
@@ -686,10 +735,11 @@ fn a_payment_must_fit_every_cap_and_exceeded_names_the_cap() {
     assert!(ledger.pending().unwrap().is_empty());
 }
 
-#[test]
-fn receipts_are_listed_per_key_newest_first_including_descendants() {
-    let dir = tempfile::tempdir().unwrap();
-    let ledger = Ledger::open(dir.path()).unwrap();
+fn receipts_are_listed_per_key_newest_first_including_descendants(backend: Backend) {
+    let Some(place) = Place::new(backend) else {
+        return;
+    };
+    let ledger = place.open();
     let parent = Cap::lifetime("budget:parent", 100_000);
     let child = Cap::lifetime("budget:child", 100_000);
     let sibling = Cap::lifetime("budget:sibling", 100_000);
@@ -738,15 +788,16 @@ fn receipts_are_listed_per_key_newest_first_including_descendants() {
     assert_eq!(row.json, r#"{"tx":"c2"}"#);
 }
 
-#[test]
-fn revocations_are_durable_and_checked_across_a_chain() {
-    let dir = tempfile::tempdir().unwrap();
+fn revocations_are_durable_and_checked_across_a_chain(backend: Backend) {
+    let Some(place) = Place::new(backend) else {
+        return;
+    };
     {
-        let ledger = Ledger::open(dir.path()).unwrap();
+        let ledger = place.open();
         ledger.revoke("aa11", T0).unwrap();
         ledger.revoke("aa11", T0 + 5).unwrap();
     }
-    let ledger = Ledger::open(dir.path()).unwrap();
+    let ledger = place.open();
     assert!(ledger.is_revoked(&["ff00".into(), "aa11".into()]).unwrap());
     assert!(!ledger.is_revoked(&["ff00".into()]).unwrap());
     assert!(!ledger.is_revoked(&[]).unwrap());
@@ -836,10 +887,11 @@ fn the_ledger_file_and_a_new_state_directory_are_private() {
     assert_eq!(mode(&wal), 0o600);
 }
 
-#[test]
-fn amounts_beyond_sqlite_integers_are_refused_not_wrapped() {
-    let dir = tempfile::tempdir().unwrap();
-    let ledger = Ledger::open(dir.path()).unwrap();
+fn amounts_beyond_64_bit_integers_are_refused_not_wrapped(backend: Backend) {
+    let Some(place) = Place::new(backend) else {
+        return;
+    };
+    let ledger = place.open();
     let r = ledger.reserve(
         reservation("a", u64::MAX, vec![Cap::lifetime("k", u64::MAX)]),
         T0,
@@ -851,10 +903,11 @@ fn amounts_beyond_sqlite_integers_are_refused_not_wrapped() {
         .unwrap();
 }
 
-#[test]
-fn eight_connections_racing_to_claim_one_unknown_payment_claim_it_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let ledger = Ledger::open(dir.path()).unwrap();
+fn eight_connections_racing_to_claim_one_unknown_payment_claim_it_once(backend: Backend) {
+    let Some(place) = Place::new(backend) else {
+        return;
+    };
+    let ledger = place.open();
     let id = ledger
         .reserve(
             reservation("raced", 500, vec![Cap::lifetime("policy:total", 10_000)]),
@@ -865,9 +918,10 @@ fn eight_connections_racing_to_claim_one_unknown_payment_claim_it_once() {
     let barrier = Arc::new(Barrier::new(8));
     let winners: Vec<bool> = (0..8)
         .map(|t| {
-            let (path, barrier) = (dir.path().to_owned(), barrier.clone());
+            let (state, config, barrier) =
+                (place.state().to_owned(), place.config(), barrier.clone());
             std::thread::spawn(move || {
-                let ledger = Ledger::open(&path).unwrap();
+                let ledger = Ledger::open_with(&state, &config).unwrap();
                 barrier.wait();
                 ledger
                     .claim_unknown("fp-raced", &lease(&format!("retry-{t}"), T0 + 60), T0)
@@ -885,11 +939,12 @@ fn eight_connections_racing_to_claim_one_unknown_payment_claim_it_once() {
 /// A proof made inside the reservation's transaction is recorded with it (pending, one
 /// write); a proof that cannot be made writes nothing; a reservation that does not fit never
 /// asks for a proof.
-#[test]
-fn a_reservation_and_its_proof_are_written_together_or_not_at_all() {
+fn a_reservation_and_its_proof_are_written_together_or_not_at_all(backend: Backend) {
     use tollgate::ledger::Proved;
-    let dir = tempfile::tempdir().unwrap();
-    let ledger = Ledger::open(dir.path()).unwrap();
+    let Some(place) = Place::new(backend) else {
+        return;
+    };
+    let ledger = place.open();
     let cap = total_cap(2, 1_000);
 
     let id = ledger
@@ -941,4 +996,213 @@ fn a_reservation_and_its_proof_are_written_together_or_not_at_all() {
     });
     assert!(exceeded(&over), "{over:?}");
     assert!(!asked, "a reservation that does not fit is never proved");
+}
+
+// What only the PostgreSQL backend has: its URL, its schema table, and its callers' runtimes.
+
+#[test]
+fn postgres_schema_is_versioned_and_a_newer_one_is_refused() {
+    let Some(place) = Place::new(Backend::Postgres) else {
+        return;
+    };
+    let url = place.url.clone().unwrap();
+    let ledger = tollgate::ledger::PostgresLedger::open(&url, 2).unwrap();
+    assert_eq!(
+        ledger.schema_version().unwrap(),
+        tollgate::ledger::postgres::SCHEMA_VERSION
+    );
+    drop(ledger);
+    // Opening again (another host) finds it current and changes nothing.
+    let again = tollgate::ledger::PostgresLedger::open(&url, 2).unwrap();
+    assert_eq!(
+        again.schema_version().unwrap(),
+        tollgate::ledger::postgres::SCHEMA_VERSION
+    );
+    drop(again);
+    support::ledgers::admin_sql(&url, "UPDATE tollgate_schema SET version = version + 1");
+    let err = tollgate::ledger::PostgresLedger::open(&url, 2).unwrap_err();
+    assert!(matches!(err, LedgerError::NewerSchema { .. }), "{err:?}");
+    assert!(err.to_string().contains("upgrade tollgate"), "{err}");
+}
+
+#[test]
+fn an_unreachable_database_is_named_without_its_password() {
+    // Port 1 on loopback: nothing listens there.
+    let err =
+        tollgate::ledger::PostgresLedger::open("postgres://alice:sekrit@127.0.0.1:1/books", 1)
+            .unwrap_err()
+            .to_string();
+    assert!(err.contains("postgres://127.0.0.1:1/books"), "{err}");
+    assert!(!err.contains("sekrit") && !err.contains("alice"), "{err}");
+    let err =
+        tollgate::ledger::PostgresLedger::open("postgres://alice:sekrit@h/d?sslmode=maybe", 1)
+            .unwrap_err()
+            .to_string();
+    assert!(err.contains("sslmode") && !err.contains("sekrit"), "{err}");
+}
+
+#[test]
+fn hosts_sharing_a_database_agree_on_what_was_recorded_first() {
+    let Some(place) = Place::new(Backend::Postgres) else {
+        return;
+    };
+    let (one, two) = (place.open(), place.open());
+    assert_eq!(one.agree_on("root_key_fingerprint", "aa").unwrap(), "aa");
+    assert_eq!(two.agree_on("root_key_fingerprint", "bb").unwrap(), "aa");
+    // SQLite's ledger is only reachable beside its own root key: nothing to agree on.
+    let Some(local) = Place::new(Backend::Sqlite) else {
+        return;
+    };
+    assert_eq!(
+        local.open().agree_on("root_key_fingerprint", "bb").unwrap(),
+        "bb"
+    );
+}
+
+/// The traits are synchronous: async callers use `block_in_place` (on a multi-thread
+/// runtime's worker) or `spawn_blocking`, or call straight from a worker. The PostgreSQL
+/// backend blocks on its own runtime, which must work from all three, and a ledger dropped
+/// inside async code must not panic.
+#[test]
+fn the_postgres_ledger_serves_async_callers_and_drops_inside_a_runtime() {
+    let Some(place) = Place::new(Backend::Postgres) else {
+        return;
+    };
+    let ledger = place.open();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        let cap = total_cap(2, 10);
+        let in_place = tokio::task::block_in_place(|| {
+            ledger.reserve(reservation("a", 10, vec![cap.clone()]), T0)
+        })
+        .unwrap();
+        let shared = ledger.clone();
+        let blocking = tokio::task::spawn_blocking(move || {
+            shared.reserve(reservation("b", 10, vec![total_cap(2, 10)]), T0)
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        assert_ne!(in_place, blocking);
+        let status = tokio::task::block_in_place(|| ledger.status(&[cap], T0)).unwrap();
+        assert_eq!(status[0].reserved_usd_micros, 20);
+        // Straight from a worker, as `serve` does at start: it steps out of this runtime.
+        assert_eq!(ledger.pending().unwrap().len(), 2);
+        drop(ledger); // the last handle, inside async code
+    });
+}
+
+/// A pool whose connections are all busy makes a caller wait, with a bound, then fail with an
+/// error that says so (and reserves nothing); the busy call is not disturbed.
+#[test]
+fn an_exhausted_pool_waits_a_bounded_time_then_says_so() {
+    use std::time::{Duration, Instant};
+    use tollgate::ledger::Proved;
+    use tollgate::ledger::prelude::*;
+    let Some(place) = Place::new(Backend::Postgres) else {
+        return;
+    };
+    let url = place.url.clone().unwrap();
+    let ledger = Arc::new(
+        tollgate::ledger::PostgresLedger::open_waiting(&url, 1, Duration::from_millis(300))
+            .unwrap(),
+    );
+    let cap = total_cap(10, 10);
+    let holder = {
+        let (ledger, cap) = (ledger.clone(), cap.clone());
+        std::thread::spawn(move || {
+            // Holds the only connection for 1.5 s, inside its transaction.
+            ledger.reserve_proved(reservation("slow", 10, vec![cap]), T0, &mut |_| {
+                std::thread::sleep(Duration::from_millis(1_500));
+                Ok(Proved {
+                    proof_json: "{}".to_owned(),
+                    valid_before: T0 + 60,
+                })
+            })
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let asked = Instant::now();
+    let err = ledger
+        .reserve(reservation("queued", 10, vec![cap.clone()]), T0)
+        .unwrap_err();
+    let waited = asked.elapsed();
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_millis(1_200),
+        "waited {waited:?}"
+    );
+    let text = err.to_string();
+    assert!(text.contains("no free connection"), "{text}");
+    assert!(
+        text.contains("all 1 in use") && text.contains("pool_size"),
+        "{text}"
+    );
+    assert!(!text.contains(&url), "{text}");
+    holder.join().unwrap().unwrap();
+    // Once free, the pool serves again; only the slow payment was reserved.
+    assert_eq!(
+        ledger.status(&[cap], T0).unwrap()[0].reserved_usd_micros,
+        10
+    );
+}
+
+/// `sslmode=require` encrypts (the server sees TLS); `verify-full` checks the certificate
+/// against `sslrootcert` (the test cluster's own CA) and refuses one that no trusted root
+/// signed, naming the database and not the URL.
+#[test]
+fn tls_is_used_when_the_url_asks_and_verify_full_checks_the_certificate() {
+    use tollgate::ledger::PostgresLedger;
+    use tollgate::ledger::prelude::*;
+    let Some(place) = Place::new(Backend::Postgres) else {
+        return;
+    };
+    let Some(ca) = support::ledgers::ca_file() else {
+        return;
+    };
+    let base = place.url.clone().unwrap();
+    let db = base.rsplit('/').next().unwrap().to_owned();
+
+    let required = PostgresLedger::open(&format!("{base}?sslmode=require"), 1).unwrap();
+    required
+        .reserve(reservation("tls", 5, vec![Cap::lifetime("k", 10)]), T0)
+        .unwrap();
+    let encrypted = support::ledgers::admin_query(
+        &std::env::var(support::ledgers::PG_URL).unwrap(),
+        &format!(
+            "SELECT bool_and(s.ssl)::text FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE a.datname = '{db}' AND a.application_name = 'tollgate'"
+        ),
+    );
+    assert_eq!(
+        encrypted.as_deref(),
+        Some("true"),
+        "the ledger's connection is TLS"
+    );
+    drop(required);
+
+    let verified =
+        PostgresLedger::open(&format!("{base}?sslmode=verify-full&sslrootcert={ca}"), 1).unwrap();
+    assert_eq!(verified.pending().unwrap().len(), 1);
+    drop(verified);
+
+    // The system's roots do not know the test CA: refused before anything is sent.
+    let err = PostgresLedger::open(&format!("{base}?sslmode=verify-full"), 1)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("127.0.0.1"), "{err}");
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+    let err = PostgresLedger::open(
+        &format!("{base}?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem"),
+        1,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("sslrootcert") && err.contains("/nonexistent/ca.pem"),
+        "{err}"
+    );
 }

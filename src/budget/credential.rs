@@ -98,6 +98,13 @@ impl RootKey {
         Ok(RootKey(key, DerivedKey::new(&key)))
     }
 
+    /// A name for this key that is safe to show and to store (a labelled SHA-256 of it; the
+    /// key cannot be recovered from it): every tollgate sharing a ledger must have the same
+    /// one, or credentials minted on one would not verify on another.
+    pub fn fingerprint(&self) -> String {
+        derived_id("rootkey:", b"tollgate/root-key-fingerprint\0", &self.0)
+    }
+
     /// Mints a root credential with these caveats.
     pub fn mint(&self, caveats: &[String]) -> Result<Macaroon, CredentialError> {
         self.mint_with_id(&hex::encode(rand::random::<[u8; 16]>()), caveats)
@@ -239,6 +246,16 @@ mod tests {
     }
 
     #[cfg(unix)]
+    #[test]
+    fn the_fingerprint_names_the_key_without_showing_it() {
+        let (_a, one) = root();
+        let (_b, two) = root();
+        assert_eq!(one.fingerprint(), one.fingerprint());
+        assert_ne!(one.fingerprint(), two.fingerprint());
+        assert!(one.fingerprint().starts_with("rootkey:"));
+        assert!(!one.fingerprint().contains(&hex::encode(one.0)));
+    }
+
     #[test]
     fn the_root_key_file_is_private() {
         use std::os::unix::fs::PermissionsExt as _;

@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 
 use tollgate::config::Config;
-use tollgate::ledger::Ledger;
 use tollgate::money::UsdMicros;
 
 /// `tollgate approve|deny <id>`: a person's decision, recorded in the shared ledger.
@@ -13,7 +12,7 @@ pub fn decide(config: Option<PathBuf>, id: &str, approve: bool) -> anyhow::Resul
     if !tollgate::approval::is_id(id) {
         anyhow::bail!("{id:?} is not an approval id (ap_ followed by 32 hex digits)");
     }
-    let ledger = Ledger::open(&config.state_dir)?;
+    let ledger = super::open_ledger(&config)?;
     let verb = if approve { "approved" } else { "denied" };
     match ledger.decide_approval(id, approve, "cli", tollgate::money::now_unix())? {
         Decided::Done(a) => {
@@ -31,7 +30,7 @@ pub fn decide(config: Option<PathBuf>, id: &str, approve: bool) -> anyhow::Resul
 
 pub fn approvals(config: Option<PathBuf>) -> anyhow::Result<()> {
     let config = Config::load(config.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let ledger = Ledger::open(&config.state_dir)?;
+    let ledger = super::open_ledger(&config)?;
     let pending = ledger.pending_approvals(tollgate::money::now_unix())?;
     for a in &pending {
         print_approval(a);

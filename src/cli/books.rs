@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use clap::ValueEnum;
 
 use tollgate::config::Config;
-use tollgate::ledger::Ledger;
 use tollgate::money::UsdMicros;
 
 use super::print_table;
@@ -29,7 +28,7 @@ pub fn receipts(
     format: ReceiptFormat,
 ) -> anyhow::Result<()> {
     let config = Config::load(config.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let ledger = Ledger::open(&config.state_dir)?;
+    let ledger = super::open_ledger(&config)?;
     let rows = ledger.all_receipts(since, 100_000)?;
     let receipts: Vec<serde_json::Value> = rows
         .iter()
@@ -95,7 +94,7 @@ pub fn budget(config: Option<PathBuf>, format: BudgetFormat) -> anyhow::Result<(
         let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
         anyhow::anyhow!("the policy has problems:\n{}", lines.join("\n"))
     })?;
-    let ledger = Ledger::open(&config.state_dir)?;
+    let ledger = super::open_ledger(&config)?;
     let now = tollgate::money::now_unix();
     let mut caps = Vec::new();
     if let Some(day) = policy.per_day {

@@ -74,6 +74,33 @@ pub fn check(config: Option<PathBuf>) -> ExitCode {
         println!("{} problem(s) found", other_problems.len());
         return ExitCode::FAILURE;
     }
+    if let Some(url) = &config.ledger.url {
+        // Reachable, and of a schema this tollgate can use; nothing is written.
+        match tollgate::ledger::PostgresLedger::probe(url) {
+            Ok((name, version)) if version > tollgate::ledger::postgres::SCHEMA_VERSION => {
+                println!(
+                    "error: ledger {name} (from {}): schema version {version} is newer than \
+                     this tollgate understands ({}); upgrade tollgate",
+                    config.ledger_url_source,
+                    tollgate::ledger::postgres::SCHEMA_VERSION
+                );
+                return ExitCode::FAILURE;
+            }
+            Ok((name, version)) => println!(
+                "ledger {name} (from {}): reachable, schema version {version}{}",
+                config.ledger_url_source,
+                if version == 0 {
+                    " (set up at the first `serve` or `tollgate ledger migrate`)"
+                } else {
+                    ""
+                }
+            ),
+            Err(e) => {
+                println!("error: ledger (from {}): {e}", config.ledger_url_source);
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     println!("{} tool(s) OK", catalog.len());
     ExitCode::SUCCESS
 }

@@ -45,6 +45,9 @@ pub fn demo_serve(dir: Option<PathBuf>) -> anyhow::Result<()> {
     // serve's runtime are started after this. `serve` reads the key from the environment,
     // as it does for every host.
     unsafe { std::env::set_var(tollgate::wallet::EVM_KEY_ENV, &key) };
+    // The sandbox keeps its own ledger in its directory, never a shared one.
+    // SAFETY: as above.
+    unsafe { std::env::remove_var(tollgate::config::LEDGER_URL_ENV) };
     let sandbox = tollgate::demo::start_in_background(&dir, key).map_err(|e| anyhow::anyhow!(e))?;
     eprintln!(
         "tollgate demo --serve: SANDBOX money only. A paid x402 API at http://{} settled on an \

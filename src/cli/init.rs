@@ -11,6 +11,16 @@ pub fn init(config: Option<PathBuf>) -> anyhow::Result<()> {
     let path = config
         .state_dir
         .join(tollgate::budget::credential::ROOT_KEY_FILE);
+    if config.ledger.url.is_some() {
+        // A shared ledger: the first host records its key's fingerprint; the others must
+        // hold the same key (copied), which this checks now rather than at `serve`.
+        let ledger = super::open_ledger(&config)?;
+        super::agree_on_root_key(&*ledger, &RootKey::load(&config.state_dir)?, &config)?;
+        println!(
+            "the ledger {} is shared; this root key is the one it records",
+            ledger.location()
+        );
+    }
     if created {
         println!("created the root key {} (mode 0600)", path.display());
     } else {

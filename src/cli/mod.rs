@@ -7,16 +7,21 @@ pub mod books;
 pub mod check;
 pub mod demo;
 pub mod init;
+pub mod ledger;
 pub mod reconcile;
 pub mod serve;
 pub mod token;
 pub mod wallet;
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
+use anyhow::Context as _;
+use tollgate::budget::credential::RootKey;
 use tollgate::budget::policy::Policy;
 use tollgate::catalog::Catalog;
 use tollgate::config::{Config, Problem};
+use tollgate::ledger::Ledger;
 
 /// Loads the config, the catalog and the policy, or every problem found.
 pub fn load(config: Option<PathBuf>) -> Result<(Config, Catalog, Policy), Vec<Problem>> {
@@ -31,6 +36,36 @@ pub fn load(config: Option<PathBuf>) -> Result<(Config, Catalog, Policy), Vec<Pr
             Err(problems)
         }
     }
+}
+
+/// Opens the ledger the config names (`[ledger] url` or `TOLLGATE_LEDGER_URL`: the shared
+/// PostgreSQL database; else the SQLite file in the state directory).
+pub fn open_ledger(config: &Config) -> anyhow::Result<Arc<Ledger>> {
+    Ledger::open_with(&config.state_dir, &config.ledger).context("cannot open the ledger")
+}
+
+/// The name under which a shared ledger records the fingerprint of its hosts' root key.
+pub const ROOT_KEY_FACT: &str = "root_key_fingerprint";
+
+/// Refuses to go on when the ledger is shared with tollgates holding another root key
+/// (credentials minted by one would not verify on the other); the first to ask records its.
+pub fn agree_on_root_key(ledger: &Ledger, root: &RootKey, config: &Config) -> anyhow::Result<()> {
+    let mine = root.fingerprint();
+    let recorded = ledger.agree_on(ROOT_KEY_FACT, &mine)?;
+    if recorded != mine {
+        anyhow::bail!(
+            "the ledger {} is shared with tollgates whose root key is another one (its \
+             fingerprint {recorded}, this one's {mine}): credentials minted by one would not \
+             verify on the other. Copy {} from a host already using this ledger over this \
+             host's (same file, mode 0600), then start again",
+            ledger.location(),
+            config
+                .state_dir
+                .join(tollgate::budget::credential::ROOT_KEY_FILE)
+                .display()
+        );
+    }
+    Ok(())
 }
 
 /// `check` goes further than `serve` at start: it compiles every schema.

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 
 use tollgate::config::Config;
-use tollgate::ledger::Ledger;
 
 pub fn log_reconciled(
     outcome: Result<tollgate::checkout::reconcile::Report, tollgate::ledger::LedgerError>,
@@ -35,7 +34,7 @@ pub fn log_reconciled(
 
 pub fn reconcile(config: Option<PathBuf>) -> anyhow::Result<()> {
     let config = Config::load(config.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let ledger = Ledger::open(&config.state_dir)?;
+    let ledger = super::open_ledger(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()

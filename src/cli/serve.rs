@@ -8,7 +8,6 @@ use rmcp::ServiceExt as _;
 
 use tollgate::budget::credential::{CredentialError, RootKey};
 use tollgate::checkout::Checkout;
-use tollgate::ledger::Ledger;
 use tollgate::rails::{Equipment, Rails};
 use tollgate::server::Tollgate;
 use tollgate::upstream::Upstream;
@@ -50,7 +49,8 @@ pub fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
             Some(wallet) => tracing::info!(address = %wallet.address(), "EVM wallet ready"),
             None => tracing::info!("no EVM wallet configured; paid tools will not pay"),
         }
-        let ledger = Ledger::open(&config.state_dir).context("cannot open the ledger")?;
+        let ledger = tokio::task::block_in_place(|| super::open_ledger(&config))?;
+        tracing::info!(ledger = %ledger.location(), "ledger open");
         let lightning = match &config.lightning {
             Some(c) => {
                 let lightning = tollgate::lightning::Lightning::open(c)?;
@@ -101,7 +101,12 @@ pub fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
         }
         let mut payments = Checkout::new(policy, config.assets.clone(), rails, ledger, upstream);
         payments.root = match RootKey::load(&config.state_dir) {
-            Ok(root) => Some(root),
+            Ok(root) => {
+                tokio::task::block_in_place(|| {
+                    super::agree_on_root_key(&*payments.ledger, &root, &config)
+                })?;
+                Some(root)
+            }
             Err(CredentialError::NoRootKey(_)) => None,
             Err(e) => return Err(e.into()),
         };

@@ -9,7 +9,6 @@ use tollgate::budget::caveat::{Caveat, Restrictions};
 use tollgate::budget::credential::{Credential, RootKey};
 use tollgate::budget::macaroon::Macaroon;
 use tollgate::config::Config;
-use tollgate::ledger::Ledger;
 use tollgate::money::UsdMicros;
 
 #[derive(Debug, Subcommand)]
@@ -101,6 +100,10 @@ pub fn token(command: TokenCommand) -> anyhow::Result<()> {
                 Caveat::parse(caveat).with_context(|| format!("caveat {caveat:?}"))?;
             }
             let root = RootKey::load(&config.state_dir)?;
+            if config.ledger.url.is_some() {
+                // A credential only this host would honour is no use on a shared ledger.
+                super::agree_on_root_key(&*super::open_ledger(&config)?, &root, &config)?;
+            }
             println!("{}", root.mint(&caveats)?.to_base64url());
         }
         TokenCommand::Attenuate { token, caveats } => {
@@ -115,7 +118,7 @@ pub fn token(command: TokenCommand) -> anyhow::Result<()> {
             let config = Config::load(config.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
             let root = RootKey::load(&config.state_dir)?;
             let credential = Credential::verify(&token, &root, 0)?;
-            let ledger = Ledger::open(&config.state_dir)?;
+            let ledger = super::open_ledger(&config)?;
             ledger.revoke(credential.id(), tollgate::money::now_unix())?;
             println!(
                 "revoked {} and every credential attenuated from it",

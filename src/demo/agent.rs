@@ -448,6 +448,8 @@ async fn connect(
         .env("TOLLGATE_EVM_KEY", sandbox.buyer_key())
         .env("RUST_LOG", "tollgate=info,rmcp=warn")
         .env_remove("TOLLGATE_EVM_KEYSTORE_PASSWORD")
+        // Sandbox payments go to the sandbox's own ledger, never a shared one.
+        .env_remove(crate::config::LEDGER_URL_ENV)
         .kill_on_drop(true);
     match token {
         Some(token) => command.env("TOLLGATE_TOKEN", token),
@@ -505,6 +507,7 @@ async fn run_tollgate(tollgate: &Path, args: &[&str]) -> Result<String, DemoErro
         tokio::process::Command::new(tollgate)
             .args(args)
             .env("RUST_LOG", "tollgate=warn")
+            .env_remove(crate::config::LEDGER_URL_ENV)
             .stdin(Stdio::null())
             .kill_on_drop(true)
             .output(),

@@ -6,12 +6,15 @@
 //! * [`Approvals`] ([`approvals`]), [`Tokens`] ([`tokens`]), [`Revocations`];
 //! * [`Store`]: all of them; callers hold a [`Ledger`] (`dyn Store`) and never name a backend.
 //!
-//! The one backend today is [`SqliteLedger`] (`sqlite/`): one SQLite file, `ledger.sqlite3` in
-//! the state directory. No SQLite type crosses the traits.
+//! Two backends: [`SqliteLedger`] (`sqlite/`, the default): one SQLite file, `ledger.sqlite3`
+//! in the state directory; and [`PostgresLedger`] (`postgres/`): a PostgreSQL database shared
+//! by tollgates on several hosts (`[ledger] url` or `TOLLGATE_LEDGER_URL`; `Ledger::open_with`
+//! chooses). No SQLite or PostgreSQL type crosses the traits. [`transfer`] moves a ledger from
+//! one to the other.
 //!
 //! It owns the two invariants that need a disk: a budget is never exceeded, even by many
-//! concurrent calls in several tollgate processes sharing one file (the check and the
-//! reservation are one `BEGIN IMMEDIATE` transaction); and a crash loses no receipt and leaves
+//! concurrent calls in several tollgate processes (and hosts) sharing one ledger (the check and
+//! the reservation are one transaction across every cap); and a crash loses no receipt and leaves
 //! no budget wrong (a reservation counts until it is committed or released, and a proof is
 //! recorded before it leaves the process, so a restart can reconcile it).
 //!
@@ -39,15 +42,17 @@
 //! partial hour (both through indexes on key and time). It never reads receipts or history
 //! before the window, so it costs the same with a million receipts as with ten.
 //!
-//! Every method blocks (a commit waits for an fsync, a writer may wait up to five seconds for
+//! Every method blocks (a commit waits for an fsync or the database, a writer may wait for
 //! another process's transaction); call it from `spawn_blocking` or `block_in_place` in async
 //! code.
 //! Times are Unix seconds given by the caller, so tests control the clock.
 
 mod approvals;
 mod error;
+pub mod postgres;
 mod sqlite;
 mod tokens;
+pub mod transfer;
 
 use std::fmt;
 use std::path::Path;
@@ -55,6 +60,7 @@ use std::sync::Arc;
 
 pub use approvals::{Approval, ApprovalState, Approvals, Decided, NewApproval, Redeemed};
 pub use error::LedgerError;
+pub use postgres::PostgresLedger;
 pub use sqlite::SqliteLedger;
 pub use tokens::{PaidToken, Tokens};
 
@@ -557,8 +563,39 @@ pub trait Revocations {
 pub trait Store:
     Reservations + Owners + Approvals + Tokens + Revocations + Send + Sync + fmt::Debug
 {
-    /// Where the ledger lives, for messages (a file path; never a secret).
+    /// Where the ledger lives, for messages (a file path, or `postgres://host:port/db`; never
+    /// a secret).
     fn location(&self) -> String;
+
+    /// A fact every process sharing this ledger must agree on (e.g. `root_key_fingerprint`):
+    /// records `value` under `name` if nothing is recorded yet, and returns what is recorded
+    /// (the caller refuses to go on if it differs from its own). The default is for a ledger
+    /// that only processes sharing one state directory can reach: they share everything in
+    /// it already, so there is nothing to record.
+    fn agree_on(&self, name: &str, value: &str) -> Result<String, LedgerError> {
+        let _ = name;
+        Ok(value.to_owned())
+    }
+}
+
+/// Where the ledger lives: `[ledger]` in `tollgate.toml`, or `TOLLGATE_LEDGER_URL`.
+#[derive(Clone, Default)]
+pub struct LedgerConfig {
+    /// A PostgreSQL URL (`postgres://user@host:port/db?sslmode=verify-full`), shared by every
+    /// host whose config names it; `None`: the embedded SQLite file in the state directory.
+    pub url: Option<String>,
+    /// The most connections this process opens to the database.
+    pub pool_size: usize,
+}
+
+impl fmt::Debug for LedgerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The URL may carry a password: only its host and database are shown.
+        f.debug_struct("LedgerConfig")
+            .field("url", &self.url.as_deref().map(postgres::redacted))
+            .field("pool_size", &self.pool_size)
+            .finish()
+    }
 }
 
 /// The ledger, whatever its backend.
@@ -585,5 +622,14 @@ impl dyn Store {
     /// 0700) and the file (mode 0600) if needed, and migrating an older schema.
     pub fn open(state_dir: &Path) -> Result<Arc<Ledger>, LedgerError> {
         Ok(Arc::new(sqlite::SqliteLedger::open(state_dir)?))
+    }
+
+    /// Opens the ledger `config` names: the PostgreSQL database of its URL (connecting and
+    /// migrating it), else the embedded file in `state_dir` ([`Ledger::open`]).
+    pub fn open_with(state_dir: &Path, config: &LedgerConfig) -> Result<Arc<Ledger>, LedgerError> {
+        match &config.url {
+            Some(url) => Ok(Arc::new(PostgresLedger::open(url, config.pool_size)?)),
+            None => Self::open(state_dir),
+        }
     }
 }

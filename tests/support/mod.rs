@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod l402_peer;
+pub mod ledgers;
 pub mod mcp;
 pub mod mpp_peer;
 pub mod seller;
