@@ -10,6 +10,7 @@
 //! Adding a rail is one folder here (a type implementing [`Rail`], its wire format beside
 //! it), one line in [`Rails::new`], and one config table for its wallet.
 
+pub mod closing;
 pub mod l402;
 pub mod mpp;
 pub mod x402;
@@ -160,6 +161,8 @@ pub struct Settled {
 /// Every rail this process has.
 pub struct Rails {
     rails: Vec<Box<dyn Rail>>,
+    /// Whether new proofs may be made (closed at shutdown).
+    signing: closing::Signing,
 }
 
 /// What the rails are built from: the wallets and where to ask about unknown outcomes.
@@ -181,13 +184,29 @@ impl Rails {
             lightning,
             rpc,
         } = equipment;
+        let rails: Vec<Box<dyn Rail>> = vec![
+            Box::new(x402::X402::new(evm, rpc.clone())),
+            Box::new(l402::L402::new(lightning)),
+            Box::new(mpp::Mpp::new(tempo, rpc)),
+        ];
+        let signing = closing::Signing::default();
         Rails {
-            rails: vec![
-                Box::new(x402::X402::new(evm, rpc.clone())),
-                Box::new(l402::L402::new(lightning)),
-                Box::new(mpp::Mpp::new(tempo, rpc)),
-            ],
+            rails: rails
+                .into_iter()
+                .map(|rail| {
+                    Box::new(closing::Closable {
+                        rail,
+                        signing: signing.clone(),
+                    }) as Box<dyn Rail>
+                })
+                .collect(),
+            signing,
         }
+    }
+
+    /// Refuses every new proof from now on (shutdown), after the proofs being made finish.
+    pub async fn close_signing(&self) {
+        self.signing.close().await;
     }
 
     /// Every rail, without wallets: enough to read challenges.

@@ -115,10 +115,9 @@ impl Tollgate {
             PRICE_CHECK => Some(self.price_check(arguments, context).await),
             PAYMENT_STATUS => Some(payment_status(&self.checkout, arguments)),
             BUDGET_STATUS | LIST_RECEIPTS | DELEGATE_BUDGET => {
-                let caller = match self
-                    .checkout
-                    .identify(super::request_token(context).as_deref())
-                {
+                let identified = super::request_token(context)
+                    .and_then(|token| self.checkout.identify(token.as_deref()));
+                let caller = match identified {
                     Ok(caller) => caller,
                     Err(reason) => {
                         return Some(tool_error(format!("your credential is refused: {reason}")));
@@ -186,7 +185,10 @@ impl Tollgate {
             Ok(prepared) => prepared,
             Err(result) => return result,
         };
-        let token = super::request_token(context);
+        let token = match super::request_token(context) {
+            Ok(token) => token,
+            Err(reason) => return tool_error(format!("your credential is refused: {reason}")),
+        };
         let port = super::McpPort {
             server: self,
             progress: Progress::new(context),

@@ -13,6 +13,7 @@
 //! unknown tool name).
 
 mod approval;
+pub mod http;
 mod meta;
 mod shapes;
 mod tools;
@@ -39,6 +40,8 @@ pub struct Tollgate {
     checkout: Arc<Checkout>,
     /// `tools/list`, built once: the catalog does not change while serving.
     tools: Arc<Vec<Tool>>,
+    /// Tool calls in flight, so that a shutdown can wait for them.
+    calls: Arc<InFlight>,
 }
 
 impl Tollgate {
@@ -49,6 +52,7 @@ impl Tollgate {
             catalog,
             checkout: Arc::new(checkout),
             tools: Arc::new(list),
+            calls: Default::default(),
         }
     }
 
@@ -89,7 +93,9 @@ impl Tollgate {
         continuation: approval::Continuation,
         context: &RequestContext<RoleServer>,
     ) -> CallToolResponse {
-        let caller = match self.checkout.identify(request_token(context).as_deref()) {
+        let identified =
+            request_token(context).and_then(|token| self.checkout.identify(token.as_deref()));
+        let caller = match identified {
             Ok(caller) => caller,
             Err(reason) => {
                 return tool_error(format!(
@@ -301,6 +307,7 @@ impl ServerHandler for Tollgate {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
+        let _in_flight = self.calls.enter();
         let mut arguments = request.arguments.unwrap_or_default();
         if let Some(result) = self
             .call_meta_tool(&request.name, &arguments, &context)
@@ -349,13 +356,75 @@ impl ServerHandler for Tollgate {
     }
 }
 
-/// The token a request carries in `_meta["tollgate/token"]`.
-fn request_token(context: &RequestContext<RoleServer>) -> Option<String> {
-    context
+/// The token a request presents: over HTTP, the bearer credential the HTTP gate verified
+/// (never `_meta`: a network caller is who its request says); over stdio,
+/// `_meta["tollgate/token"]` (absent: the process's own token or the default profile, which
+/// only a stdio server has). `Err` when an HTTP request reached the handler without one.
+fn request_token(context: &RequestContext<RoleServer>) -> Result<Option<String>, String> {
+    if let Some(parts) = context.extensions.get::<::http::request::Parts>() {
+        return match parts.extensions.get::<http::NetworkCaller>() {
+            Some(caller) => Ok(Some(caller.token.to_string())),
+            None => Err("the HTTP request carries no verified credential".to_owned()),
+        };
+    }
+    Ok(context
         .meta
         .0
         .0
         .get("tollgate/token")
         .and_then(Value::as_str)
-        .map(str::to_owned)
+        .map(str::to_owned))
+}
+
+/// Counts what is in flight (tool calls; HTTP responses being written);
+/// [`InFlight::idle`] resolves when there is none.
+#[derive(Default)]
+pub(crate) struct InFlight {
+    count: std::sync::atomic::AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+/// One thing in flight; counted until dropped.
+pub(crate) struct Entered(Arc<InFlight>);
+
+impl InFlight {
+    pub(crate) fn enter(self: &Arc<Self>) -> Entered {
+        self.count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Entered(self.clone())
+    }
+
+    pub(crate) fn count(&self) -> usize {
+        self.count.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Resolves once nothing is in flight.
+    pub(crate) async fn idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.count() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Entered {
+    /// Keeps the count held by whatever owns this (a closure that must capture it).
+    pub(crate) fn hold(&self) {}
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        if self
+            .0
+            .count
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst)
+            == 1
+        {
+            self.0.idle.notify_waiters();
+        }
+    }
 }
