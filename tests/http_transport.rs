@@ -110,7 +110,10 @@ macro_rules! both_revisions {
     };
 }
 
-both_revisions!(the_python_client_lists_and_calls_as_its_bearer_alone);
+both_revisions!(
+    the_python_client_lists_and_calls_as_its_bearer_alone,
+    a_person_approves_a_payment_over_http_by_elicitation,
+);
 
 async fn the_python_client_lists_and_calls_as_its_bearer_alone(mode: Mode) {
     let Some(python) = python() else { return };
@@ -333,6 +336,15 @@ async fn a_listener_off_loopback_is_refused_without_a_tls_proxy() {
 // ---------------------------------------------------------------- paid, against the real seller
 
 fn seller_site(peers: &support::x402_peer::X402Peers, http: &str) -> Site {
+    seller_site_asking(peers, http, "")
+}
+
+/// The seller's site with `policy_extra` in the policy's `[caps]` (`approve_above = ...`).
+fn seller_site_asking(
+    peers: &support::x402_peer::X402Peers,
+    http: &str,
+    policy_extra: &str,
+) -> Site {
     let config = format!(
         "[[assets]]\nnetwork = \"eip155:31337\"\naddress = \"{}\"\nsymbol = \"USDC\"\ndecimals = 6\n\
          [rpc]\n\"eip155:31337\" = \"{}\"\n[approval]\nlisten = \"off\"\n{http}",
@@ -346,8 +358,10 @@ fn seller_site(peers: &support::x402_peer::X402Peers, http: &str) -> Site {
          url = \"{0}/hang-after-pay\"\nmax_price = \"0.01 USD\"\ntimeout_ms = 20000\n",
         peers.seller("v2")
     );
-    let policy = "[caps]\nper_call = \"0.01 USD\"\n[allow]\nnetworks = [\"eip155:31337\"]\nassets = [\"USDC\"]\n";
-    Site::new(&config, &tools, Some(policy))
+    let policy = format!(
+        "[caps]\nper_call = \"0.01 USD\"\n{policy_extra}\n[allow]\nnetworks = [\"eip155:31337\"]\nassets = [\"USDC\"]\n"
+    );
+    Site::new(&config, &tools, Some(&policy))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -492,6 +506,67 @@ async fn sigterm_lets_a_paid_call_in_flight_finish_and_refuses_new_requests() {
     assert_eq!(site.receipts().len(), 1);
 }
 
+/// Above the threshold: the host's user is asked (an SSE request on 2025-11-25, an input
+/// request on 2026-07-28); accepted → paid with the person's approval on the receipt;
+/// declined → refused, nothing signed.
+async fn a_person_approves_a_payment_over_http_by_elicitation(mode: Mode) {
+    let Some(python) = python() else { return };
+    let Some(peers) = support::x402_peer::start().await else {
+        return;
+    };
+    let site = seller_site_asking(&peers, "", "approve_above = \"0.0005 USD\"");
+    let a = site.mint(&["budget_usd_micros <= 1000000"]);
+    let key = peers.str("/buyer_key");
+    let server = HttpServer::start(&site.config(), &[("TOLLGATE_EVM_KEY", &key)]).await;
+    let payee = peers.str("/v2/payee");
+    let before = peers.balance("v2", &payee).await;
+    let steps = json!([{"op": "call_tool", "name": "weather", "arguments": {}}]);
+
+    let accepted = drive_url(
+        &python,
+        mode,
+        &server.url,
+        Some(&a),
+        steps.clone(),
+        Some("accept"),
+    )
+    .await;
+    assert_eq!(accepted["protocol_version"], mode.revision(), "{accepted}");
+    assert_eq!(
+        accepted["elicitations"].as_array().map(Vec::len),
+        Some(1),
+        "{accepted}"
+    );
+    let paid = structured(&accepted, 0);
+    assert_eq!(paid["result"]["report"], "sunny", "{paid}");
+    assert_eq!(
+        paid["payment"]["approval"]["approved_by"], "person",
+        "{paid}"
+    );
+    assert_eq!(
+        paid["payment"]["approval"]["channel"], "elicitation",
+        "{paid}"
+    );
+    assert_eq!(peers.balance("v2", &payee).await, before + PRICE);
+
+    let declined = drive_url(&python, mode, &server.url, Some(&a), steps, Some("decline")).await;
+    let result = &declined["steps"][0]["result"];
+    assert_eq!(result["isError"], json!(true), "{declined}");
+    assert!(
+        result["content"][0]["text"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("nothing was paid"),
+        "{result}"
+    );
+    assert_eq!(
+        peers.balance("v2", &payee).await,
+        before + PRICE,
+        "nothing more moved"
+    );
+    assert_eq!(site.receipts().len(), 1);
+}
+
 async fn wait_for(server: &HttpServer, needle: &str, within: Duration) {
     let deadline = tokio::time::Instant::now() + within;
     while !server.logs().contains(needle) {
@@ -502,4 +577,94 @@ async fn wait_for(server: &HttpServer, needle: &str, within: Duration) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_an_anonymous_profile_the_owner_names_serves_requests_without_a_bearer() {
+    let Some(python) = python() else { return };
+    let up = free_upstream().await;
+    let policy = "default_profile = \"desk\"\n\
+                  [profiles.desk]\nbudget = \"2 USD\"\n\
+                  [profiles.guest]\nbudget = \"0.5 USD\"\n";
+    // The policy's default profile is for stdio: without a bearer, 401.
+    let site = Site::new("", &free_tools(&up.base()), Some(policy));
+    let server = HttpServer::start(&site.config(), &[]).await;
+    let response = post(&server.url, None, None, &[], &initialize()).await;
+    assert_eq!(
+        response.status(),
+        401,
+        "default_profile does not apply to network callers"
+    );
+    drop(server);
+
+    let site = Site::new(
+        "[http]\nanonymous_profile = \"guest\"\n",
+        &free_tools(&up.base()),
+        Some(policy),
+    );
+    let server = HttpServer::start(&site.config(), &[]).await;
+    let steps = json!([{"op": "call_tool", "name": "budget_status", "arguments": {}}]);
+    let report = drive_url(&python, Mode::Legacy, &server.url, None, steps, None).await;
+    let caps = &structured(&report, 0)["caps"];
+    assert_eq!(
+        caps[0]["limit_usd"], "0.5",
+        "served as the guest profile: {caps}"
+    );
+}
+
+/// A call that meets its 402 after shutdown began signs nothing: the rails are closed.
+#[tokio::test(flavor = "multi_thread")]
+async fn nothing_is_signed_after_shutdown_began() {
+    use support::seller::{BUYER_KEY, payment_required, requirements, settled, signature_of};
+    let Some(python) = python() else { return };
+    // The unpaid request is answered (402) 3 s after it arrives; a paid one would settle.
+    let up = TestUpstream::start(|seen| match signature_of(seen) {
+        None => Reply::Delayed(
+            Box::new(payment_required(json!([requirements("1000")]), "pay")),
+            Duration::from_secs(3),
+        ),
+        Some(_) => settled(json!({"report": "paid"}), &json!("0x0")),
+    })
+    .await;
+    let tools = format!(
+        "[[tool]]\nname = \"report\"\ndescription = \"Paid report\"\nurl = \"{}/report\"\n\
+         max_price = \"0.01 USD\"\n",
+        up.base()
+    );
+    let site = Site::new("", &tools, None);
+    let a = site.mint(&["budget_usd_micros <= 1000000"]);
+    let mut server = HttpServer::start(&site.config(), &[("TOLLGATE_EVM_KEY", BUYER_KEY)]).await;
+    let url = server.url.clone();
+    let call = tokio::spawn(async move {
+        let steps = json!([
+            {"op": "list_tools"},
+            {"op": "call_tool", "name": "report", "arguments": {}},
+        ]);
+        drive_url(&python, Mode::Legacy, &url, Some(&a), steps, None).await
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while up.seen().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "{}", server.logs());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.terminate();
+
+    let report = call.await.unwrap();
+    let result = &report["steps"][1]["result"];
+    assert_eq!(result["isError"], json!(true), "{report}");
+    let text = result["content"][0]["text"].as_str().unwrap_or_default();
+    assert!(
+        text.contains("shutting down") && text.contains("nothing was paid"),
+        "{text}"
+    );
+    assert!(
+        up.seen().iter().all(|seen| signature_of(seen).is_none()),
+        "no payment was sent"
+    );
+    let status = tokio::time::timeout(Duration::from_secs(15), server.child.wait())
+        .await
+        .expect("the server exits")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(site.receipts().is_empty());
 }
