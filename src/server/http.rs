@@ -282,10 +282,21 @@ pub async fn serve(
         .map(str::to_owned)
         .collect();
     hosts.extend(settings.allowed_hosts.iter().cloned());
+    // A page on tollgate's own origin may call it (tollgate serves no page there); any other
+    // browser origin must be listed.
+    let mut origins = settings.allowed_origins.clone();
+    if let Ok(addr) = listener.local_addr() {
+        let port = addr.port();
+        origins.extend([
+            format!("http://127.0.0.1:{port}"),
+            format!("http://localhost:{port}"),
+            format!("http://[::1]:{port}"),
+        ]);
+    }
     let ended = CancellationToken::new();
     let config = StreamableHttpServerConfig::default()
         .with_allowed_hosts(hosts)
-        .with_allowed_origins(settings.allowed_origins.clone())
+        .with_allowed_origins(origins)
         .enforce_origin_validation()
         .with_max_request_body_bytes(settings.max_body_bytes)
         .with_cancellation_token(ended.clone());
