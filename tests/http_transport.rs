@@ -125,7 +125,7 @@ async fn the_python_client_lists_and_calls_as_its_bearer_alone(mode: Mode) {
     let server = HttpServer::start(&site.config(), &[("TOLLGATE_TOKEN", &process_token)]).await;
     let steps = json!([
         {"op": "list_tools"},
-        {"op": "call_tool", "name": "notes", "arguments": {}},
+        {"op": "call_tool", "name": "notes", "arguments": {}, "progress": true},
         {"op": "call_tool", "name": "budget_status", "arguments": {},
          "meta": {"tollgate/token": process_token}},
     ]);
@@ -142,6 +142,12 @@ async fn the_python_client_lists_and_calls_as_its_bearer_alone(mode: Mode) {
         "{names:?}"
     );
     assert_eq!(structured(&report, 1)["result"]["note"], "buy milk");
+    let progress = report["steps"][1]["progress"].as_array().unwrap();
+    assert_eq!(
+        progress.last().map(|p| &p["message"]),
+        Some(&json!("done")),
+        "progress notifications arrive over HTTP: {progress:?}"
+    );
     // The bearer's budget (1 USD), not TOLLGATE_TOKEN's nor `_meta`'s (2 USD).
     let caps = &structured(&report, 2)["caps"];
     assert_eq!(caps.as_array().map(Vec::len), Some(1), "{caps}");
@@ -318,6 +324,30 @@ async fn sessions_beyond_the_limit_are_refused() {
     open_session(&server.url, &a).await;
     let third = post(&server.url, Some(&a), None, &[], &initialize()).await;
     assert_eq!(third.status(), 503);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_session_expires() {
+    let up = free_upstream().await;
+    let site = Site::new(
+        "[http]\nsession_idle_secs = 1\n",
+        &free_tools(&up.base()),
+        None,
+    );
+    let a = site.mint(&["budget_usd_micros <= 1000000"]);
+    let server = HttpServer::start(&site.config(), &[]).await;
+    let session = open_session(&server.url, &a).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let response = post(
+        &server.url,
+        Some(&a),
+        Some(&session),
+        &[],
+        &tools_call(2, "notes"),
+    )
+    .await;
+    assert_eq!(response.status(), 404, "the idle session is gone");
+    assert!(up.seen().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread")]
