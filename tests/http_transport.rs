@@ -324,6 +324,22 @@ async fn sessions_beyond_the_limit_are_refused() {
     open_session(&server.url, &a).await;
     let third = post(&server.url, Some(&a), None, &[], &initialize()).await;
     assert_eq!(third.status(), 503);
+    // An initialize whose header names the stateless revision opens no session beyond either.
+    let mut modern = initialize();
+    modern["params"]["protocolVersion"] = json!("2026-07-28");
+    let fourth = post(
+        &server.url,
+        Some(&a),
+        None,
+        &[("mcp-protocol-version", "2026-07-28")],
+        &modern,
+    )
+    .await;
+    let status = fourth.status();
+    assert!(
+        fourth.headers().get("mcp-session-id").is_none(),
+        "no session beyond the bound ({status})"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -42,8 +42,9 @@ use super::Tollgate;
 /// The header a session id travels in.
 const SESSION_HEADER: &str = "mcp-session-id";
 
-/// How the HTTP transport is bounded and who it admits (from `[http]`).
-#[derive(Debug, Clone)]
+/// How the HTTP transport is bounded and who it admits (from `[http]`). No `Debug`: it holds
+/// the anonymous profile's credential.
+#[derive(Clone)]
 pub struct Settings {
     /// `Host` values accepted besides the loopback names.
     pub allowed_hosts: Vec<String>,
@@ -144,25 +145,46 @@ impl Gate {
                 self.mcp.handle(request).await
             }
             None if request.method() == Method::POST => {
-                // A request without a session may open one (an `initialize`).
-                let _opening = self.opening.lock().await;
-                let open = self.sessions.sessions.read().await.len();
-                if open >= self.settings.max_sessions {
-                    tracing::warn!(open, "session limit reached; a new session was refused");
-                    return plain(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "too many open sessions; try again later",
-                    );
+                // A request without a session may open one (an `initialize`). A request of
+                // revision 2026-07-28 or later (its header says so) is stateless: it is not
+                // held up behind other sessions being opened, since its answer may take as
+                // long as a paid call.
+                let stateless = request
+                    .headers()
+                    .get("mcp-protocol-version")
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v >= "2026-07-28");
+                let _opening = match stateless {
+                    true => None,
+                    false => Some(self.opening.lock().await),
+                };
+                if !stateless && self.open_sessions().await >= self.settings.max_sessions {
+                    return too_many_sessions();
                 }
                 let response = self.mcp.handle(request).await;
-                if let Some(id) = response.headers().get(SESSION_HEADER) {
-                    let id = String::from_utf8_lossy(id.as_bytes()).into_owned();
-                    self.lock_bound().insert(id, who);
+                let Some(id) = response.headers().get(SESSION_HEADER) else {
+                    return response;
+                };
+                let id = String::from_utf8_lossy(id.as_bytes()).into_owned();
+                if stateless && self.open_sessions().await > self.settings.max_sessions {
+                    // An `initialize` that named a later revision in its header still opens a
+                    // session: over the bound, it is closed at once.
+                    let _ = rmcp::transport::streamable_http_server::SessionManager::close_session(
+                        &*self.sessions,
+                        &id.clone().into(),
+                    )
+                    .await;
+                    return too_many_sessions();
                 }
+                self.lock_bound().insert(id, who);
                 response
             }
             None => self.mcp.handle(request).await,
         }
+    }
+
+    async fn open_sessions(&self) -> usize {
+        self.sessions.sessions.read().await.len()
     }
 
     fn lock_bound(&self) -> std::sync::MutexGuard<'_, HashMap<String, [u8; 32]>> {
@@ -215,6 +237,14 @@ fn bearer(headers: &http::HeaderMap) -> Presented {
         }
         _ => Presented::Malformed,
     }
+}
+
+fn too_many_sessions() -> Response<Body> {
+    tracing::warn!("session limit reached; a new session was refused");
+    plain(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "too many open sessions; try again later",
+    )
 }
 
 /// 401 with the challenge RFC 6750 describes (`error="invalid_token"` when one was presented).
