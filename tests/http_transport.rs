@@ -77,6 +77,7 @@ impl Site {
 async fn free_upstream() -> TestUpstream {
     TestUpstream::start(|seen| match seen.path() {
         "/notes" => Reply::json(200, json!({"note": "buy milk"})),
+        "/hang" => Reply::Hang,
         _ => Reply::text(404, "text/plain", "no such path"),
     })
     .await
@@ -112,6 +113,7 @@ macro_rules! both_revisions {
 
 both_revisions!(
     the_python_client_lists_and_calls_as_its_bearer_alone,
+    the_client_cancels_a_call_over_http,
     a_person_approves_a_payment_over_http_by_elicitation,
 );
 
@@ -153,6 +155,38 @@ async fn the_python_client_lists_and_calls_as_its_bearer_alone(mode: Mode) {
     assert_eq!(caps.as_array().map(Vec::len), Some(1), "{caps}");
     assert_eq!(caps[0]["limit_usd"], "1", "{caps}");
     assert_eq!(up.seen().len(), 1, "one upstream request");
+}
+
+/// A cancelled call drops its upstream request.
+async fn the_client_cancels_a_call_over_http(mode: Mode) {
+    let Some(python) = python() else { return };
+    let up = free_upstream().await;
+    let tools = format!(
+        "{}\n[[tool]]\nname = \"stuck\"\ndescription = \"Never answers\"\nurl = \"{}/hang\"\n\
+         timeout_ms = 60000\n",
+        free_tools(&up.base()),
+        up.base()
+    );
+    let site = Site::new("", &tools, None);
+    let a = site.mint(&["budget_usd_micros <= 1000000"]);
+    let server = HttpServer::start(&site.config(), &[]).await;
+    let steps = json!([
+        {"op": "list_tools"},
+        {"op": "call_tool", "name": "stuck", "arguments": {}, "cancel_after_ms": 1000},
+        {"op": "sleep", "ms": 500},
+    ]);
+    let report = drive_url(&python, mode, &server.url, Some(&a), steps, None).await;
+    assert_eq!(report["steps"][1]["cancelled"], json!(true), "{report}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !up.seen().iter().any(|s| s.method == "CLOSED") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the upstream request was dropped: {:?}\n{}",
+            up.seen().iter().map(|s| &s.method).collect::<Vec<_>>(),
+            server.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
