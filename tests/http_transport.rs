@@ -748,3 +748,79 @@ async fn nothing_is_signed_after_shutdown_began() {
     assert!(status.success(), "{status:?}");
     assert!(site.receipts().is_empty());
 }
+
+/// Over HTTP an approval belongs to the bearer it was asked for: another agent can neither
+/// read its state nor pay with it.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_approval_is_seen_and_used_only_by_the_agent_it_was_asked_for() {
+    let Some(python) = python() else { return };
+    let Some(peers) = support::x402_peer::start().await else {
+        return;
+    };
+    let site = seller_site_asking(&peers, "", "approve_above = \"0.0005 USD\"");
+    let (a, b) = (
+        site.mint(&["budget_usd_micros <= 1000000"]),
+        site.mint(&["budget_usd_micros <= 1000000"]),
+    );
+    let key = peers.str("/buyer_key");
+    let server = HttpServer::start(&site.config(), &[("TOLLGATE_EVM_KEY", &key)]).await;
+    let payee = peers.str("/v2/payee");
+    let before = peers.balance("v2", &payee).await;
+    let call = |approval: Option<&str>| {
+        let mut arguments = json!({});
+        if let Some(id) = approval {
+            arguments["approval_id"] = json!(id);
+        }
+        json!([{"op": "call_tool", "name": "weather", "arguments": arguments}])
+    };
+
+    // A is asked to get a person's approval (no elicitation declared).
+    let asked = drive_url(
+        &python,
+        Mode::Legacy,
+        &server.url,
+        Some(&a),
+        call(None),
+        None,
+    )
+    .await;
+    let id = structured(&asked, 0)["approval_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{asked}"))
+        .to_owned();
+    site.cli(&["approve", &id]);
+
+    // B: the approval is unknown to it, and using it pays nothing (a new one is asked).
+    let steps = json!([
+        {"op": "call_tool", "name": "payment_status", "arguments": {"approval_id": id}},
+        {"op": "call_tool", "name": "weather", "arguments": {"approval_id": id}},
+    ]);
+    let foreign = drive_url(&python, Mode::Legacy, &server.url, Some(&b), steps, None).await;
+    let status = &foreign["steps"][0]["result"];
+    assert_eq!(status["isError"], json!(true), "{foreign}");
+    assert!(
+        status["content"][0]["text"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("there is no approval"),
+        "{status}"
+    );
+    let retried = structured(&foreign, 1);
+    assert_eq!(retried["status"], "approval_required", "{retried}");
+    assert_ne!(retried["approval_id"], json!(id), "B gets its own question");
+    assert_eq!(peers.balance("v2", &payee).await, before, "B paid nothing");
+
+    // A pays with it.
+    let paid = drive_url(
+        &python,
+        Mode::Legacy,
+        &server.url,
+        Some(&a),
+        call(Some(&id)),
+        None,
+    )
+    .await;
+    let receipt = &structured(&paid, 0)["payment"];
+    assert_eq!(receipt["approval"]["approved_by"], "person", "{paid}");
+    assert_eq!(peers.balance("v2", &payee).await, before + PRICE);
+}

@@ -42,6 +42,9 @@ pub struct Tollgate {
     tools: Arc<Vec<Tool>>,
     /// Tool calls in flight, so that a shutdown can wait for them.
     calls: Arc<InFlight>,
+    /// Out-of-band approvals asked for network callers: approval id → SHA-256 of the bearer
+    /// it was issued to. Over HTTP, an approval id is visible and usable only by its caller.
+    issued: Arc<std::sync::Mutex<std::collections::HashMap<String, [u8; 32]>>>,
 }
 
 impl Tollgate {
@@ -53,6 +56,7 @@ impl Tollgate {
             checkout: Arc::new(checkout),
             tools: Arc::new(list),
             calls: Default::default(),
+            issued: Default::default(),
         }
     }
 
@@ -374,6 +378,40 @@ fn request_token(context: &RequestContext<RoleServer>) -> Result<Option<String>,
         .get("tollgate/token")
         .and_then(Value::as_str)
         .map(str::to_owned))
+}
+
+/// Over HTTP, who is calling as far as approvals go: the SHA-256 of the request's bearer
+/// (zeros when an HTTP request somehow carries none, matching nothing issued); `None` over
+/// stdio, where one process serves one host.
+fn network_owner(context: &RequestContext<RoleServer>) -> Option<[u8; 32]> {
+    use sha2::Digest as _;
+    let parts = context.extensions.get::<::http::request::Parts>()?;
+    Some(match parts.extensions.get::<http::NetworkCaller>() {
+        Some(caller) => sha2::Sha256::digest(caller.token.as_bytes()).into(),
+        None => [0; 32],
+    })
+}
+
+impl Tollgate {
+    /// Records that approval `id` was asked for `owner` (a network caller).
+    fn issue(&self, id: &str, owner: Option<[u8; 32]>) {
+        if let Some(owner) = owner {
+            self.issued
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(id.to_owned(), owner);
+        }
+    }
+
+    /// Whether approval `id` may be seen and used by `owner` (always over stdio).
+    fn issued_to(&self, id: &str, owner: Option<[u8; 32]>) -> bool {
+        let Some(owner) = owner else { return true };
+        self.issued
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(id)
+            .is_some_and(|o| *o == owner)
+    }
 }
 
 /// Counts what is in flight (tool calls; HTTP responses being written);
