@@ -85,9 +85,13 @@ impl Default for ApprovalConfig {
 pub struct HttpConfig {
     /// Where `serve --http` listens when no address follows the flag.
     pub listen: String,
-    /// The owner states that a TLS proxy in front of tollgate terminates TLS: required for a
-    /// listener that is not on loopback (tollgate serves plain HTTP only).
+    /// The owner states that a TLS proxy in front of tollgate terminates TLS: with it, a
+    /// listener off loopback may serve plain HTTP.
     pub behind_tls_proxy: bool,
+    /// TLS on the listener itself: a PEM certificate chain and its PEM private key (both or
+    /// neither). Relative to the config file.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
     /// `Host` values accepted besides the loopback names (`localhost`, `127.0.0.1`, `::1`):
     /// the public name a proxy forwards (`tollgate.example.com`), against DNS rebinding.
     pub allowed_hosts: Vec<String>,
@@ -116,6 +120,8 @@ impl Default for HttpConfig {
         HttpConfig {
             listen: "127.0.0.1:8402".to_owned(),
             behind_tls_proxy: false,
+            tls_cert: None,
+            tls_key: None,
             allowed_hosts: Vec::new(),
             allowed_origins: Vec::new(),
             max_body_bytes: 1024 * 1024,
@@ -136,11 +142,18 @@ impl HttpConfig {
             Err(_) => Some(format!(
                 "{listen:?} is not an address like \"127.0.0.1:8402\""
             )),
-            Ok(addr) if !addr.ip().is_loopback() && !self.behind_tls_proxy => Some(format!(
-                "{addr} is not a loopback address and tollgate serves plain HTTP: bearer \
-                 credentials would cross the network in the clear. Put a TLS proxy in front \
-                 and set `[http] behind_tls_proxy = true`, or listen on 127.0.0.1"
-            )),
+            Ok(addr)
+                if !addr.ip().is_loopback()
+                    && !self.behind_tls_proxy
+                    && self.tls_cert.is_none() =>
+            {
+                Some(format!(
+                    "{addr} is not a loopback address and no TLS is configured: bearer \
+                     credentials would cross the network in the clear. Set `[http] tls_cert` \
+                     and `tls_key`, or put a TLS proxy in front and set `[http] \
+                     behind_tls_proxy = true`, or listen on 127.0.0.1"
+                ))
+            }
             Ok(_) => None,
         }
     }
@@ -274,7 +287,11 @@ impl Config {
                 })
                 .collect(),
             approval: file.approval,
-            http: file.http,
+            http: HttpConfig {
+                tls_cert: file.http.tls_cert.clone().map(&at),
+                tls_key: file.http.tls_key.clone().map(&at),
+                ..file.http
+            },
             raw_assets: file.assets,
             raw_rpc: file.rpc,
         }
@@ -370,6 +387,13 @@ impl Config {
             }
         }
         let h = &self.http;
+        if h.tls_cert.is_some() != h.tls_key.is_some() {
+            problems.push(Problem::new(
+                &file,
+                "http.tls_cert",
+                "tls_cert and tls_key go together (a PEM certificate chain and its key)",
+            ));
+        }
         if let Some(why) = h.refuse_listen(&h.listen) {
             problems.push(Problem::new(&file, "http.listen", why));
         }

@@ -152,6 +152,15 @@ fn names_each_bad_http_key() {
     assert!(out.contains("behind_tls_proxy"), "{out}");
     assert!(out.contains("6 problem(s) found"), "{out}");
 
+    // A certificate without its key is named.
+    std::fs::write(
+        &config,
+        "tools_dir = \"tools\"\n[http]\ntls_cert = \"cert.pem\"\n",
+    )
+    .unwrap();
+    let (ok, out) = check(&config);
+    assert!(!ok && out.contains("http.tls_cert: "), "{out}");
+
     // Behind a TLS proxy the owner states, a public listener is accepted.
     std::fs::write(
         &config,

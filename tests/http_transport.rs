@@ -824,3 +824,78 @@ async fn an_approval_is_seen_and_used_only_by_the_agent_it_was_asked_for() {
     assert_eq!(receipt["approval"]["approved_by"], "person", "{paid}");
     assert_eq!(peers.balance("v2", &payee).await, before + PRICE);
 }
+
+/// With `[http] tls_cert` and `tls_key` the listener speaks TLS (and may leave loopback).
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_on_the_listener_serves_https_only() {
+    let Some(openssl) =
+        support::mcp::require_peer("openssl", std::path::Path::new("/usr/bin/openssl"))
+    else {
+        return;
+    };
+    let up = free_upstream().await;
+    let site = Site::new(
+        "[http]\ntls_cert = \"cert.pem\"\ntls_key = \"key.pem\"\n",
+        &free_tools(&up.base()),
+        None,
+    );
+    let dir = site.dir.path();
+    // A CA, and a certificate for 127.0.0.1 signed by it (the client trusts the CA only).
+    let script = "set -e\n\
+        O=\"$1\"\n\
+        $O req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
+          -subj /CN=test-ca -keyout ca.key -out ca.pem 2>/dev/null\n\
+        $O req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=localhost \
+          -keyout key.pem -out leaf.csr 2>/dev/null\n\
+        printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\nbasicConstraints=CA:FALSE\\n' > ext\n\
+        $O x509 -req -in leaf.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 \
+          -extfile ext -out cert.pem 2>/dev/null\n";
+    let made = Command::new("sh")
+        .args(["-c", script, "sh"])
+        .arg(&openssl)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let a = site.mint(&["budget_usd_micros <= 1000000"]);
+    let server = HttpServer::start(&site.config(), &[]).await;
+    assert!(
+        server.url.starts_with("https://127.0.0.1:"),
+        "{}",
+        server.url
+    );
+
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cert = std::fs::read(dir.join("ca.pem")).unwrap();
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .tls_certs_only([reqwest::Certificate::from_pem(&cert).unwrap()])
+        .build()
+        .unwrap();
+    let send = |bearer: Option<&str>| {
+        let mut request = client
+            .post(&server.url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(initialize().to_string());
+        if let Some(bearer) = bearer {
+            request = request.header("authorization", format!("Bearer {bearer}"));
+        }
+        request.send()
+    };
+    let served = send(Some(&a)).await.unwrap();
+    assert_eq!(served.status(), 200);
+    assert!(served.headers().get("mcp-session-id").is_some());
+    assert_eq!(send(None).await.unwrap().status(), 401);
+    // Plain HTTP to the TLS listener gets no MCP answer.
+    let plain_url = server.url.replacen("https://", "http://", 1);
+    let plain = support::http_server::client()
+        .post(&plain_url)
+        .header("authorization", format!("Bearer {a}"))
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(initialize().to_string())
+        .send()
+        .await;
+    assert!(plain.is_err(), "{plain:?}");
+}

@@ -186,6 +186,10 @@ async fn serve_http(
         session_idle: std::time::Duration::from_secs(http.session_idle_secs),
         anonymous_token,
         shutdown_grace: std::time::Duration::from_secs(http.shutdown_grace_secs),
+        tls: match (&http.tls_cert, &http.tls_key) {
+            (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
+            _ => None,
+        },
     };
     let listener = tokio::net::TcpListener::bind(&listen)
         .await
@@ -193,7 +197,12 @@ async fn serve_http(
     let addr = listener
         .local_addr()
         .context("the HTTP listener's address")?;
-    eprintln!("tollgate: MCP over HTTP on http://{addr}/mcp");
+    let scheme = if settings.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    eprintln!("tollgate: MCP over HTTP on {scheme}://{addr}/mcp");
     tracing::info!(%addr, tools = catalog.len(), "serving MCP over streamable HTTP");
     let server = Tollgate::new(catalog, payments);
     tollgate::server::http::serve(server, listener, settings, shutdown_signal())
@@ -201,6 +210,34 @@ async fn serve_http(
         .context("the HTTP server failed")?;
     tracing::info!("shut down");
     Ok(())
+}
+
+/// TLS for the listener from `[http] tls_cert` (a PEM chain) and `tls_key` (its PEM key).
+fn tls_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .with_context(|| format!("cannot read [http] tls_cert {}", cert.display()))?;
+    anyhow::ensure!(
+        !chain.is_empty(),
+        "[http] tls_cert {} holds no certificate",
+        cert.display()
+    );
+    let key = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("cannot read [http] tls_key {}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .context("[http] tls_cert and tls_key do not make a TLS identity")?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 /// The credential of `[http] anonymous_profile`, which requests without a bearer are served as.

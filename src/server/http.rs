@@ -59,6 +59,8 @@ pub struct Settings {
     pub anonymous_token: Option<String>,
     /// How long calls in flight may take to finish after a shutdown signal.
     pub shutdown_grace: Duration,
+    /// TLS on the listener (`[http] tls_cert`, `tls_key`); `None`: plain HTTP.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// The verified credential a network request carries, put in the request's extensions by the
@@ -293,6 +295,23 @@ fn plain(status: StatusCode, text: &str) -> Response<Body> {
     response
 }
 
+/// Serves HTTP/1.1 on one connection (plain or TLS) through the gate.
+async fn serve_connection<I>(io: I, gate: Arc<Gate>)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |request| {
+        let gate = gate.clone();
+        async move { Ok::<_, Infallible>(gate.handle(request).await) }
+    });
+    // No `header_read_timeout`: hyper 1 arms it while a response is still streaming and
+    // closes a connection whose call's SSE stream lasts longer than it.
+    let connection = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
+    if let Err(e) = connection.await {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
 /// Serves MCP on `listener` until `shutdown` resolves, then shuts down gracefully: no new
 /// connection or request, no new signature, calls in flight given `shutdown_grace` to finish,
 /// then every session ended.
@@ -317,10 +336,15 @@ pub async fn serve(
     let mut origins = settings.allowed_origins.clone();
     if let Ok(addr) = listener.local_addr() {
         let port = addr.port();
+        let scheme = if settings.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         origins.extend([
-            format!("http://127.0.0.1:{port}"),
-            format!("http://localhost:{port}"),
-            format!("http://[::1]:{port}"),
+            format!("{scheme}://127.0.0.1:{port}"),
+            format!("{scheme}://localhost:{port}"),
+            format!("{scheme}://[::1]:{port}"),
         ]);
     }
     let ended = CancellationToken::new();
@@ -374,20 +398,22 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let gate = gate.clone();
+        let tls = settings.tls.clone();
         // Connections are not shut down with the listener: a call's result may still have to
         // travel on one (new requests on them get 503). They end with their streams, or are
         // dropped when serving ends.
         tasks.spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
-                let gate = gate.clone();
-                async move { Ok::<_, Infallible>(gate.handle(request).await) }
-            });
-            // No `header_read_timeout`: hyper 1 arms it while a response is still streaming
-            // and closes a connection whose call's SSE stream lasts longer than it.
-            let connection = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service);
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "connection ended with an error");
+            match tls {
+                None => serve_connection(TokioIo::new(stream), gate).await,
+                Some(acceptor) => {
+                    let handshake =
+                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream));
+                    match handshake.await {
+                        Ok(Ok(stream)) => serve_connection(TokioIo::new(stream), gate).await,
+                        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!("TLS handshake timed out"),
+                    }
+                }
             }
             drop(permit);
         });

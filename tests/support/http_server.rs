@@ -108,7 +108,10 @@ pub async fn post(
     for (k, v) in extra {
         request = request.header(*k, *v);
     }
-    request.send().await.expect("send")
+    match request.send().await {
+        Ok(response) => response,
+        Err(e) => panic!("send: {e:?}"),
+    }
 }
 
 /// An `initialize` request at 2025-11-25.
