@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use reqwest::header::{HeaderMap, HeaderValue};
 use serde_json::json;
-use tollgate::pay::{self, x402};
+use tollgate::rails::{self, x402::wire as x402};
 use tollgate::wallet::EvmWallet;
 
 const ROUNDS: usize = 5000;
@@ -34,7 +34,7 @@ fn main() {
     let mut sign = Vec::with_capacity(ROUNDS);
     for _ in 0..ROUNDS {
         let t0 = Instant::now();
-        let challenge = pay::read_challenge(&headers, b"{}");
+        let challenge = rails::read_challenge(&headers, b"{}");
         parse.push(t0.elapsed());
         let offer = &challenge.offers[0];
         let t1 = Instant::now();

@@ -1,9 +1,9 @@
 //! Paid x402 calls the way hosts make them, against the real v2 seller (`@x402/express`
 //! 2.27.0 on anvil), side by side with the reference buyer `@x402/fetch` in one run:
 //!
-//! * tollgate's own cost per paid call: the median of sequential paid calls through tollgate
-//!   (MCP over stdio) minus the median of the same paid request sent with a pre-signed
-//!   `PAYMENT-SIGNATURE` (the seller's verify + settle, which nobody can avoid);
+//! * tollgate's own cost per paid call: paid calls through tollgate (MCP over stdio) alternating
+//!   with the same paid request sent with a pre-signed `PAYMENT-SIGNATURE` (the seller's verify
+//!   + settle, which nobody can avoid); the median of the pairs' differences;
 //! * throughput with 8 calls in flight on one MCP session, distinct and identical arguments,
 //!   and `@x402/fetch` with 8 concurrent loops: calls/s and errors;
 //! * spawn → first paid result: a fresh `tollgate serve`, initialize, one paid call;
@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use stdio::Session;
 
-const SEQUENTIAL: usize = 30;
+const SEQUENTIAL: usize = 60;
 const CONCURRENCY: usize = 8;
 const SECONDS: u64 = 10;
 
@@ -124,55 +124,63 @@ fn fetch_load(peers: &x402_peer::X402Peers, identical: bool) -> Value {
     })
 }
 
-/// Sequential paid calls through tollgate: latencies in ms.
-fn sequential(config: &Path, key: &str) -> Vec<f64> {
+/// Paid calls made one at a time, alternating: a paid request sent with a pre-signed
+/// `PAYMENT-SIGNATURE` (the seller's verify + settle, which nobody can avoid), then a paid call
+/// through tollgate (MCP over stdio: the 402, choosing, reserving, signing, the paid request,
+/// the receipt). Alternating pairs cancel the drift of a shared machine; tollgate's own cost
+/// is the median of each pair's difference. Latencies in ms: (pre-signed, tollgate, own).
+fn paired(
+    runtime: &tokio::runtime::Runtime,
+    peers: &x402_peer::X402Peers,
+    config: &Path,
+    key: &str,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let wallet = tollgate::wallet::EvmWallet::from_hex(&peers.str("/buyer_key")).unwrap();
     let mut session = Session::start(config, &[("TOLLGATE_EVM_KEY", key)]);
-    let mut ms = Vec::new();
+    let (mut signed, mut ours, mut own) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..SEQUENTIAL + 2 {
+        let presigned = runtime.block_on(async {
+            let url = format!("{}/weather?city=p{i}", peers.seller("v2"));
+            let unpaid = http.get(&url).send().await.unwrap();
+            let headers = unpaid.headers().clone();
+            let body = unpaid.bytes().await.unwrap();
+            let challenge = tollgate::rails::read_challenge(&headers, &body);
+            let proof = tollgate::rails::x402::wire::prove(
+                &challenge.offers[0],
+                &wallet,
+                tollgate::money::now_unix(),
+            )
+            .unwrap();
+            let mut paid = http.get(&url);
+            for (name, value) in &proof.headers {
+                paid = paid.header(name, value);
+            }
+            let t0 = Instant::now();
+            let r = paid.send().await.unwrap();
+            let status = r.status();
+            let _ = r.bytes().await;
+            assert!(status.is_success(), "{status}");
+            t0.elapsed().as_secs_f64() * 1e3
+        });
         let t0 = Instant::now();
         session.call_tool(i as u64 + 1, "weather", json!({"city": format!("s{i}")}));
         let r = session.response(i as u64 + 1).expect("tollgate answered");
+        let through = t0.elapsed().as_secs_f64() * 1e3;
         assert!(
             r["result"]["structuredContent"]["payment"].is_object(),
             "{r}"
         );
+        // The first two warm both paths up (connections, schema compilation).
         if i >= 2 {
-            ms.push(t0.elapsed().as_secs_f64() * 1e3);
+            signed.push(presigned);
+            ours.push(through);
+            own.push(through - presigned);
         }
     }
     session.finish();
-    ms
-}
-
-/// The same paid request sent with a pre-signed `PAYMENT-SIGNATURE`: the seller's share.
-async fn presigned(peers: &x402_peer::X402Peers) -> Vec<f64> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    let wallet = tollgate::wallet::EvmWallet::from_hex(&peers.str("/buyer_key")).unwrap();
-    let mut ms = Vec::new();
-    for i in 0..SEQUENTIAL + 2 {
-        let url = format!("{}/weather?city=p{i}", peers.seller("v2"));
-        let unpaid = http.get(&url).send().await.unwrap();
-        let headers = unpaid.headers().clone();
-        let body = unpaid.bytes().await.unwrap();
-        let challenge = tollgate::pay::read_challenge(&headers, &body);
-        let proof =
-            tollgate::pay::x402::prove(&challenge.offers[0], &wallet, tollgate::money::now_unix())
-                .unwrap();
-        let mut paid = http.get(&url);
-        for (name, value) in &proof.headers {
-            paid = paid.header(name, value);
-        }
-        let t0 = Instant::now();
-        let r = paid.send().await.unwrap();
-        let status = r.status();
-        let _ = r.bytes().await;
-        assert!(status.is_success(), "{status}");
-        if i >= 2 {
-            ms.push(t0.elapsed().as_secs_f64() * 1e3);
-        }
-    }
-    ms
+    (signed, ours, own)
 }
 
 /// Spawn → first paid result, in ms.
@@ -190,8 +198,9 @@ fn first_paid(config: &Path, key: &str) -> f64 {
     ms
 }
 
-/// fsync + fdatasync calls of one `tollgate serve` making `calls` paid calls, under strace.
-fn fsyncs(config: &Path, key: &str, calls: usize) -> Option<f64> {
+/// fsync + fdatasync calls of one `tollgate serve` making `calls` paid calls, under strace:
+/// how many per paid call, and how long one takes on this disk (µs, strace's mean).
+fn fsyncs(config: &Path, key: &str, calls: usize) -> Option<(f64, f64)> {
     let strace = Command::new("strace").arg("-V").output().ok()?;
     if !strace.status.success() {
         return None;
@@ -234,12 +243,18 @@ fn fsyncs(config: &Path, key: &str, calls: usize) -> Option<f64> {
     }
     child.wait().ok()?;
     let report = std::fs::read_to_string(out.path()).ok()?;
-    let count: f64 = report
+    // `% time  seconds  usecs/call  calls  errors  syscall`
+    let rows: Vec<(f64, f64)> = report
         .lines()
         .filter(|l| l.contains("fsync") || l.contains("fdatasync"))
-        .filter_map(|l| l.split_whitespace().nth(3)?.parse::<f64>().ok())
-        .sum();
-    Some(count / calls as f64)
+        .filter_map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            Some((cols.get(2)?.parse().ok()?, cols.get(3)?.parse().ok()?))
+        })
+        .collect();
+    let count: f64 = rows.iter().map(|(_, n)| n).sum();
+    let micros: f64 = rows.iter().map(|(us, n)| us * n).sum::<f64>() / count.max(1.0);
+    Some((count / calls as f64, micros))
 }
 
 fn main() {
@@ -252,12 +267,18 @@ fn main() {
     let config = setup(dir.path(), &peers);
     let key = peers.str("/buyer_key");
 
-    let signed = median(runtime.block_on(presigned(&peers)));
-    let ours = median(sequential(&config, &key));
+    let (signed, ours, own) = paired(&runtime, &peers, &config, &key);
+    let mut sorted = own.clone();
+    sorted.sort_by(|a, b| a.total_cmp(b));
     println!(
-        "sequential paid call, median of {SEQUENTIAL}: pre-signed request {signed:.2} ms, \
-         tollgate {ours:.2} ms: tollgate's own cost {:.2} ms per paid call",
-        ours - signed
+        "sequential paid calls, {SEQUENTIAL} alternating pairs: pre-signed request median {:.2} \
+         ms, through tollgate median {:.2} ms; tollgate's own cost per paid call: median {:.2} \
+         ms (quartiles {:.2} to {:.2})",
+        median(signed),
+        median(ours),
+        median(own),
+        sorted[sorted.len() / 4],
+        sorted[sorted.len() * 3 / 4],
     );
 
     for identical in [false, true] {
@@ -285,9 +306,10 @@ fn main() {
         spawn.iter().map(|m| m.round()).collect::<Vec<_>>()
     );
     match fsyncs(&config, &key, 20) {
-        Some(per_call) => {
-            println!("fsync/fdatasync per paid call (strace, 20 calls): {per_call:.1}")
-        }
+        Some((per_call, micros)) => println!(
+            "fsync/fdatasync per paid call (strace, 20 calls): {per_call:.1}, {micros:.0} µs each \
+             on this disk (the reservation's, which must reach the disk before the proof leaves)"
+        ),
         None => println!("fsyncs per paid call: strace is not installed (apt-get install strace)"),
     }
 }

@@ -33,7 +33,6 @@ pub mod loopback;
 pub mod money;
 pub mod pay;
 pub mod rails;
-pub mod reconcile;
 pub mod rpc;
 pub mod server;
 pub mod toml_input;

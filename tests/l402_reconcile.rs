@@ -14,9 +14,9 @@ use sha2::{Digest, Sha256};
 use support::l402_peer::{L402Peers, start};
 use tollgate::ledger::{Cap, Lease, Ledger, NewReservation, ReservationId};
 use tollgate::lightning::Lightning;
+use tollgate::lightning::Network;
 use tollgate::lightning::lnbits::Lnbits;
 use tollgate::pay::Proof;
-use tollgate::pay::l402::Network;
 
 const ORIGIN: &str = "http://127.0.0.1:9";
 
@@ -116,7 +116,7 @@ async fn pending_lightning_payments_are_settled_or_released_at_start() {
     });
     // While their owner's lease runs they belong to a live call: not touched.
     let now = tollgate::money::now_unix();
-    let report = tollgate::reconcile::reconcile(&*ledger, &rails, "restart", now)
+    let report = tollgate::checkout::reconcile::reconcile(&*ledger, &rails, "restart", now)
         .await
         .unwrap();
     assert_eq!(report.live, 2, "{report:?}");
@@ -125,7 +125,7 @@ async fn pending_lightning_payments_are_settled_or_released_at_start() {
 
     // As at a start after the owner's lease lapsed: asked, and settled.
     let later = now + LEASE + 1;
-    let report = tollgate::reconcile::reconcile(&*ledger, &rails, "restart", later)
+    let report = tollgate::checkout::reconcile::reconcile(&*ledger, &rails, "restart", later)
         .await
         .unwrap();
     assert_eq!((report.settled, report.released), (1, 1), "{report:?}");

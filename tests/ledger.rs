@@ -881,3 +881,64 @@ fn eight_connections_racing_to_claim_one_unknown_payment_claim_it_once() {
         .collect();
     assert_eq!(winners.iter().filter(|w| **w).count(), 1, "{winners:?}");
 }
+
+/// A proof made inside the reservation's transaction is recorded with it (pending, one
+/// write); a proof that cannot be made writes nothing; a reservation that does not fit never
+/// asks for a proof.
+#[test]
+fn a_reservation_and_its_proof_are_written_together_or_not_at_all() {
+    use tollgate::ledger::Proved;
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Ledger::open(dir.path()).unwrap();
+    let cap = total_cap(2, 1_000);
+
+    let id = ledger
+        .reserve_proved(reservation("a", 1_000, vec![cap.clone()]), T0, &mut |id| {
+            Ok(Proved {
+                proof_json: format!(r#"{{"signed_for":{}}}"#, id.0),
+                valid_before: T0 + 60,
+            })
+        })
+        .unwrap();
+    let open = ledger.pending().unwrap();
+    assert_eq!(open.len(), 1);
+    assert_eq!(open[0].id, id);
+    assert_eq!(open[0].state, ReservationState::Pending);
+    assert_eq!(
+        open[0].proof_json.as_deref(),
+        Some(format!(r#"{{"signed_for":{}}}"#, id.0).as_str())
+    );
+    assert_eq!(open[0].valid_before, Some(T0 + 60));
+
+    let refused =
+        ledger.reserve_proved(reservation("b", 1_000, vec![cap.clone()]), T0, &mut |_| {
+            Err("the wallet is locked".to_owned())
+        });
+    assert!(
+        matches!(&refused, Err(LedgerError::NotProved(why)) if why == "the wallet is locked"),
+        "{refused:?}"
+    );
+    assert_eq!(ledger.pending().unwrap().len(), 1, "nothing written for b");
+    let status = ledger.status(std::slice::from_ref(&cap), T0).unwrap();
+    assert_eq!(status[0].reserved_usd_micros, 1_000, "{status:?}");
+
+    // The second payment still fits; a third does not, and is never proved.
+    ledger
+        .reserve_proved(reservation("c", 1_000, vec![cap.clone()]), T0, &mut |_| {
+            Ok(Proved {
+                proof_json: "{}".to_owned(),
+                valid_before: T0 + 60,
+            })
+        })
+        .unwrap();
+    let mut asked = false;
+    let over = ledger.reserve_proved(reservation("d", 1_000, vec![cap]), T0, &mut |_| {
+        asked = true;
+        Ok(Proved {
+            proof_json: "{}".to_owned(),
+            valid_before: T0 + 60,
+        })
+    });
+    assert!(exceeded(&over), "{over:?}");
+    assert!(!asked, "a reservation that does not fit is never proved");
+}

@@ -12,7 +12,7 @@ use alloy::sol_types::SolStruct;
 use base64::Engine as _;
 use reqwest::header::{HeaderMap, HeaderValue};
 use serde_json::Value;
-use tollgate::pay::{self, x402};
+use tollgate::rails::{self, x402::wire as x402};
 use tollgate::wallet::EvmWallet;
 
 fn vectors() -> Value {
@@ -24,7 +24,7 @@ fn vectors() -> Value {
     serde_json::from_str(&text).expect("vector JSON")
 }
 
-fn offer_of(vector: &Value) -> pay::Offer {
+fn offer_of(vector: &Value) -> tollgate::pay::Offer {
     let version = vector["x402Version"].as_u64().unwrap();
     let required = &vector["payment_required"];
     let mut headers = HeaderMap::new();
@@ -35,7 +35,7 @@ fn offer_of(vector: &Value) -> pay::Offer {
     } else {
         required.to_string().into_bytes()
     };
-    let challenge = pay::read_challenge(&headers, &body);
+    let challenge = rails::read_challenge(&headers, &body);
     assert!(challenge.problems.is_empty(), "{:?}", challenge.problems);
     challenge.offers.into_iter().next().expect("one offer")
 }

@@ -1,10 +1,11 @@
 //! L402/LSAT: `WWW-Authenticate` challenges and the BOLT11 checks of their invoices
-//! (`tollgate::pay::l402`). Input: an HTTP answer (`tollgate_fuzz::http_answer`).
+//! (`tollgate::rails::l402::wire`). Input: an HTTP answer (`tollgate_fuzz::http_answer`).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use tollgate::budget::macaroon::Macaroon;
-use tollgate::pay::l402::{self, L402Challenge, Network};
+use tollgate::lightning::Network;
+use tollgate::rails::l402::wire::{self as l402, L402Challenge};
 use tollgate_fuzz::{NOW, bounded_messages, http_answer};
 
 fuzz_target!(|data: &[u8]| {

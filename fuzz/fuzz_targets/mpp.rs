@@ -1,21 +1,20 @@
 //! MPP: `WWW-Authenticate: Payment` challenges, the `Payment-Receipt` and problem+json answers
-//! (`tollgate::pay::mpp`). Input: an HTTP answer (`tollgate_fuzz::http_answer`).
+//! (`tollgate::rails::mpp::wire`). Input: an HTTP answer (`tollgate_fuzz::http_answer`).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tollgate::pay::mpp;
+use tollgate::rails::mpp::wire as mpp;
 use tollgate_fuzz::{bounded_messages, http_answer};
 
 fuzz_target!(|data: &[u8]| {
     let (headers, body) = http_answer(data);
-    let (mut offers, mut problems, mut seller_error) = (Vec::new(), Vec::new(), None);
-    mpp::read_offers(
-        &headers,
-        body,
-        &mut offers,
-        &mut problems,
-        &mut seller_error,
-    );
+    let mut read = tollgate::pay::Challenge::default();
+    mpp::read_offers(&headers, body, &mut read);
+    let tollgate::pay::Challenge {
+        offers,
+        problems,
+        seller_error,
+    } = read;
 
     assert!(offers.len() <= 32, "{} offers", offers.len());
     for offer in &offers {

@@ -1,21 +1,20 @@
 //! x402: the v2 `PAYMENT-REQUIRED` header, the v1 body, and the `PAYMENT-RESPONSE` settlement
-//! (`tollgate::pay::x402`). Input: an HTTP answer (`tollgate_fuzz::http_answer`).
+//! (`tollgate::rails::x402::wire`). Input: an HTTP answer (`tollgate_fuzz::http_answer`).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tollgate::pay::x402;
+use tollgate::rails::x402::wire as x402;
 use tollgate_fuzz::{bounded_messages, http_answer};
 
 fuzz_target!(|data: &[u8]| {
     let (headers, body) = http_answer(data);
-    let (mut offers, mut problems, mut seller_error) = (Vec::new(), Vec::new(), None);
-    x402::read_offers(
-        &headers,
-        body,
-        &mut offers,
-        &mut problems,
-        &mut seller_error,
-    );
+    let mut read = tollgate::pay::Challenge::default();
+    x402::read_offers(&headers, body, &mut read);
+    let tollgate::pay::Challenge {
+        offers,
+        problems,
+        seller_error,
+    } = read;
 
     // At most 32 offers from the header and 32 from the body.
     assert!(offers.len() <= 64, "{} offers", offers.len());

@@ -135,7 +135,7 @@ impl Checkout {
             assets: &self.assets,
             tool_max: tool.max_price.unwrap_or(UsdMicros(0)),
             tool: &tool.name,
-            rails: &self.rails,
+            rails: &*self.rails,
             restrictions: caller.map(|c| &c.restrictions),
         }
     }

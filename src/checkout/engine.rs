@@ -8,20 +8,21 @@
 //! that proof and re-sends it (the same EIP-3009 nonce, which can settle at most once). A
 //! payment in flight in a live call is never taken: a parallel identical call pays its own.
 
-use reqwest::header::HeaderMap;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::approve::Ask;
 use super::lease::{Held, Leases};
-use super::receipt::{self, Charge, Payment, Settlement};
+use super::receipt::{self, Settlement};
 use super::{Call, Checkout, Gate, Outcome, Port, blocking};
 use crate::approval::ApprovalRecord;
 use crate::catalog::{HttpTool, UpstreamRequest};
-use crate::ledger::{LedgerError, NewReservation, PendingPayment, ReservationId};
+use crate::ledger::{LedgerError, NewReservation, PendingPayment, Proved, ReservationId};
 use crate::money::{UsdMicros, now_unix};
 use crate::pay::{self, Challenge, Judgement, PayError, Proof, Quote, Receipt, Refusal};
-use crate::rails::{Kept, Proving, Rail};
+use crate::pay::{Charge, Payment};
+use crate::rails::{Kept, PaidAnswer, Proving, Rail};
 use crate::upstream::{Answer, Limits, Reply, Stage, UpstreamError};
 
 /// Which attempt at paying one call this is.
@@ -53,18 +54,10 @@ impl Checkout {
         // one paid for (`Flights`).
         let mut flight = None;
         loop {
-            let mut attempt = call.request.clone();
-            for (name, value) in kept.iter().flat_map(|k| k.headers.iter()) {
-                attempt.headers.insert(name.clone(), value.clone());
-            }
-            let Some(reply) = self.send(tool, attempt, port).await else {
-                return Outcome::Cancelled;
-            };
-            match reply {
-                Ok(Reply {
-                    answer: Answer::PaymentRequired { body },
-                    headers,
-                }) => {
+            let attempt = with_headers(&call.request, kept.iter().flat_map(|k| &k.headers));
+            match self.exchange(tool, attempt, port).await {
+                Exchange::Cancelled => return Outcome::Cancelled,
+                Exchange::PaymentRequired { headers, body } => {
                     // A refused credential is forgotten; the 402 that refused it is paid once,
                     // afresh.
                     if let Some(refused) = kept.take() {
@@ -92,14 +85,14 @@ impl Checkout {
                     drop(flight);
                     return outcome;
                 }
-                Ok(Reply { answer, .. }) => {
+                Exchange::Answered(Reply { answer, .. }) => {
                     return Outcome::Answered {
                         answer,
                         payment: kept.map(|k| k.payment),
                         meta: Map::new(),
                     };
                 }
-                Err(e) => {
+                Exchange::Failed(e) => {
                     return Outcome::failed(tool.redact(&format!("`{}` failed: {e}", tool.name)));
                 }
             }
@@ -132,6 +125,24 @@ impl Checkout {
                 tracing::info!(tool = %tool.name, "call cancelled by the client; upstream request dropped");
                 None
             }
+        }
+    }
+
+    /// [`Checkout::send`], sorted: what the engine does next depends on which it is.
+    async fn exchange<P: Port>(
+        &self,
+        tool: &HttpTool,
+        request: UpstreamRequest,
+        port: &P,
+    ) -> Exchange {
+        match self.send(tool, request, port).await {
+            None => Exchange::Cancelled,
+            Some(Ok(Reply {
+                answer: Answer::PaymentRequired { body },
+                headers,
+            })) => Exchange::PaymentRequired { headers, body },
+            Some(Ok(reply)) => Exchange::Answered(reply),
+            Some(Err(e)) => Exchange::Failed(e),
         }
     }
 
@@ -241,6 +252,11 @@ impl Checkout {
                 let (held, proof, payment) = *resend;
                 (held, proof, Some(payment))
             }
+            // Signed and recorded pending in the reservation's own transaction.
+            Ok(Start::Signed(mut held, proof)) => {
+                held.proof_recorded();
+                (held, proof, None)
+            }
             Ok(Start::Reserved(mut held)) => {
                 let id = held.id();
                 let proving = Proving {
@@ -299,19 +315,11 @@ impl Checkout {
             reused, "paying"
         );
 
-        let mut paid_request = call.request.clone();
-        for (name, value) in &proof.headers {
-            paid_request.headers.insert(name.clone(), value.clone());
-        }
+        let paid_request = with_headers(&call.request, &proof.headers);
         // Cancelled after the proof left: `held` gives the payment up (unknown) as it drops.
-        let Some(reply) = self.send(tool, paid_request, port).await else {
-            return Outcome::Cancelled;
-        };
-        match reply {
-            Ok(Reply {
-                answer: Answer::PaymentRequired { body },
-                headers,
-            }) => {
+        match self.exchange(tool, paid_request, port).await {
+            Exchange::Cancelled => Outcome::Cancelled,
+            Exchange::PaymentRequired { headers, body } => {
                 let refused = Refused {
                     held,
                     proof,
@@ -322,9 +330,14 @@ impl Checkout {
                 self.paid_and_refused(call, rail, quote, approval, refused, port, attempt)
                     .await
             }
-            Ok(Reply { answer, headers }) => {
+            Exchange::Answered(Reply { answer, headers }) => {
                 let mut proof = proof;
-                let settled = rail.settlement(&quote, &mut proof, &headers).await;
+                let paid = PaidAnswer {
+                    quote: &quote,
+                    proof: &mut proof,
+                    headers: &headers,
+                };
+                let settled = rail.settlement(paid).await;
                 let receipt = self.commit(
                     call,
                     held.id(),
@@ -345,7 +358,7 @@ impl Checkout {
                     meta: settled.meta,
                 }
             }
-            Err(e) if rail.pays_when_proving() => {
+            Exchange::Failed(e) if rail.pays_when_proving() => {
                 // Paid, and what was paid for is kept: the next call sends it, pays nothing.
                 let receipt =
                     self.commit(call, held.id(), &quote, &proof, None, Map::new(), approval);
@@ -357,7 +370,7 @@ impl Checkout {
                     tool.name, quote.offer.protocol, quote.usd, receipt.receipt_id
                 )))
             }
-            Err(e) => {
+            Exchange::Failed(e) => {
                 // Unknown outcome: the payment is given up (unknown), so a retry of the same
                 // call claims it and re-sends the same proof.
                 held.disown();
@@ -423,45 +436,81 @@ impl Checkout {
             meta_json: Charge::of(quote, call.arguments).to_json(),
             lease: Some(lease),
         };
+        if rail.signs_at_once() {
+            // The signature is made inside the reservation's transaction and recorded there:
+            // one durable write, and nothing signed without a reservation.
+            let mut signed = None;
+            let reserved = blocking(|| {
+                ledger.reserve_proved(new, now, &mut |_| {
+                    let proof = rail.sign(quote, now).map_err(|e| e.to_string())?;
+                    let proved = Proved {
+                        proof_json: proof.to_json(),
+                        valid_before: proof.valid_before,
+                    };
+                    signed = Some(proof);
+                    Ok(proved)
+                })
+            });
+            return match (reserved, signed) {
+                (Ok(id), Some(proof)) => Ok(Start::Signed(self.leases.hold(id), proof)),
+                (Ok(id), None) => Err(format!(
+                    "`{}`: the ledger recorded reservation {id} without its signature; nothing \
+                     was paid",
+                    tool.name
+                )),
+                (Err(e), _) => Err(refusal(tool, quote, e)),
+            };
+        }
         match blocking(|| ledger.reserve(new, now)) {
             // From here the reservation is this call's; dropping the hold before a proof is
             // recorded releases it.
             Ok(id) => Ok(Start::Reserved(self.leases.hold(id))),
-            Err(LedgerError::Exceeded {
-                key,
-                limit_usd_micros,
-                spent_usd_micros,
-                reserved_usd_micros,
-                requested_usd_micros,
-                ..
-            }) => {
-                // A fee bound (Lightning routing, Tempo gas) is held with the price.
-                let with_fee = if requested_usd_micros > quote.usd.0 {
-                    format!(
-                        " (held with the most its fee may cost: {})",
-                        UsdMicros(requested_usd_micros)
-                    )
-                } else {
-                    String::new()
-                };
-                Err(format!(
-                    "`{}` costs {}{with_fee}, which does not fit in {} (limit {}, spent {}, held \
-                     for calls in flight {}); nothing was paid",
-                    tool.name,
-                    quote.usd,
-                    describe_cap(&key),
-                    UsdMicros(limit_usd_micros),
-                    UsdMicros(spent_usd_micros),
-                    UsdMicros(reserved_usd_micros)
-                ))
-            }
-            Err(e) => Err(format!(
-                "`{}`: the ledger could not reserve the payment ({e}); nothing was paid",
-                tool.name
-            )),
+            Err(e) => Err(refusal(tool, quote, e)),
         }
     }
+}
 
+/// Why a reservation was not made, for the model: which cap it does not fit in (with the fee
+/// bound held), why the proof could not be made, or what the ledger said.
+fn refusal(tool: &HttpTool, quote: &Quote, error: LedgerError) -> String {
+    match error {
+        LedgerError::Exceeded {
+            key,
+            limit_usd_micros,
+            spent_usd_micros,
+            reserved_usd_micros,
+            requested_usd_micros,
+            ..
+        } => {
+            // A fee bound (Lightning routing, Tempo gas) is held with the price.
+            let with_fee = if requested_usd_micros > quote.usd.0 {
+                format!(
+                    " (held with the most its fee may cost: {})",
+                    UsdMicros(requested_usd_micros)
+                )
+            } else {
+                String::new()
+            };
+            format!(
+                "`{}` costs {}{with_fee}, which does not fit in {} (limit {}, spent {}, held for \
+                 calls in flight {}); nothing was paid",
+                tool.name,
+                quote.usd,
+                describe_cap(&key),
+                UsdMicros(limit_usd_micros),
+                UsdMicros(spent_usd_micros),
+                UsdMicros(reserved_usd_micros)
+            )
+        }
+        LedgerError::NotProved(why) => format!("`{}`: {why}; nothing was paid", tool.name),
+        e => format!(
+            "`{}`: the ledger could not reserve the payment ({e}); nothing was paid",
+            tool.name
+        ),
+    }
+}
+
+impl Checkout {
     /// The seller answered 402 to a paid request.
     #[allow(clippy::too_many_arguments)]
     async fn paid_and_refused<P: Port>(
@@ -549,7 +598,8 @@ impl Checkout {
         payment: &PendingPayment,
         seller: Option<String>,
     ) -> Outcome<H> {
-        use crate::reconcile::{self, Verdict};
+        use super::reconcile;
+        use crate::rails::Verdict;
         let owner = self.leases.owner().to_owned();
         let said = seller
             .map(|r| format!(" (the seller says: {r})"))
@@ -641,22 +691,17 @@ impl Checkout {
         }
         port.progress(format!("{why}; asking the seller for a fresh challenge"));
         tracing::info!(tool = %tool.name, %why, "fetching a fresh MPP challenge");
-        let Some(reply) = self.send(tool, call.request.clone(), port).await else {
-            return Outcome::Cancelled;
-        };
-        let (headers, body) = match reply {
-            Ok(Reply {
-                answer: Answer::PaymentRequired { body },
-                headers,
-            }) => (headers, body),
-            Ok(Reply { answer, .. }) => {
+        let (headers, body) = match self.exchange(tool, call.request.clone(), port).await {
+            Exchange::Cancelled => return Outcome::Cancelled,
+            Exchange::PaymentRequired { headers, body } => (headers, body),
+            Exchange::Answered(Reply { answer, .. }) => {
                 return Outcome::Answered {
                     answer,
                     payment: None,
                     meta: Map::new(),
                 };
             }
-            Err(e) => {
+            Exchange::Failed(e) => {
                 return Outcome::failed(tool.redact(&format!(
                     "`{}`: {why}, and asking for a fresh challenge failed ({e}); nothing was paid",
                     tool.name
@@ -738,6 +783,9 @@ impl Checkout {
 enum Start {
     /// This very call's unknown proof, claimed: re-send it.
     Resend(Box<(Held, Proof, PendingPayment)>),
+    /// A new reservation, held by this call, with the signature recorded pending in the
+    /// same transaction.
+    Signed(Held, Proof),
     /// A new reservation, held by this call; nothing proved yet.
     Reserved(Held),
 }
@@ -761,6 +809,18 @@ fn fingerprint(tool: &str, arguments: &Map<String, Value>, quote: &Quote) -> Str
     hex::encode(hash.finalize())
 }
 
+/// How one request to the upstream ended.
+enum Exchange {
+    /// The caller cancelled the call meanwhile (the request was dropped).
+    Cancelled,
+    /// 402: the seller asks for payment (again).
+    PaymentRequired { headers: HeaderMap, body: Vec<u8> },
+    /// Any other answer.
+    Answered(Reply),
+    /// No answer (a timeout, a refused connection, a body over the limit).
+    Failed(UpstreamError),
+}
+
 /// A paid request the seller answered with 402.
 struct Refused<'a> {
     held: Held,
@@ -776,10 +836,19 @@ fn actual_usd(quote: &Quote, proof: &Proof) -> UsdMicros {
     if proof.fee_atomic == 0 {
         return quote.usd;
     }
-    quote
-        .asset
-        .to_usd_micros(quote.offer.amount_atomic.saturating_add(proof.fee_atomic))
-        .unwrap_or(quote.usd)
+    quote.with_fee(proof.fee_atomic)
+}
+
+/// The call's request with a proof's (or a kept credential's) headers.
+fn with_headers<'h>(
+    request: &UpstreamRequest,
+    headers: impl IntoIterator<Item = &'h (HeaderName, HeaderValue)>,
+) -> UpstreamRequest {
+    let mut request = request.clone();
+    for (name, value) in headers {
+        request.headers.insert(name.clone(), value.clone());
+    }
+    request
 }
 
 /// The message for a 402 that will not be paid: the cheapest price above a cap if that is the

@@ -11,7 +11,7 @@
 //! touched.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
 use crate::ledger::{Lease, Ledger, LedgerError, ReservationId, ReservationState};
@@ -32,7 +32,7 @@ pub fn this_process() -> String {
     format!(
         "{}:{pid}:{}:{}",
         host(),
-        start_time(pid).unwrap_or_default(),
+        own_start_time().unwrap_or_default(),
         hex::encode(rand::random::<[u8; 6]>())
     )
 }
@@ -49,8 +49,12 @@ pub fn owner_is_dead_here(owner: &str) -> bool {
     let Ok(pid) = pid.parse::<u32>() else {
         return false;
     };
-    if host_name != host() || !std::path::Path::new("/proc/self/stat").exists() {
+    if host_name != host() || !has_proc() {
         return false;
+    }
+    // This process: alive (its start time is read once).
+    if pid == std::process::id() {
+        return own_start_time().is_some_and(|own| own.to_string() != start);
     }
     match start_time(pid) {
         None => true,
@@ -58,10 +62,26 @@ pub fn owner_is_dead_here(owner: &str) -> bool {
     }
 }
 
-fn host() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().replace(':', "_"))
-        .unwrap_or_else(|_| "host".to_owned())
+/// This host's name, read once (every call asks whether its payments' owners are alive).
+fn host() -> &'static str {
+    static HOST: OnceLock<String> = OnceLock::new();
+    HOST.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().replace(':', "_"))
+            .unwrap_or_else(|_| "host".to_owned())
+    })
+}
+
+/// Whether `/proc` tells processes apart here, read once.
+fn has_proc() -> bool {
+    static PROC: OnceLock<bool> = OnceLock::new();
+    *PROC.get_or_init(|| std::path::Path::new("/proc/self/stat").exists())
+}
+
+/// This process's start time, read once.
+fn own_start_time() -> Option<u64> {
+    static OWN: OnceLock<Option<u64>> = OnceLock::new();
+    *OWN.get_or_init(|| start_time(std::process::id()))
 }
 
 /// Field 22 of `/proc/<pid>/stat` (the start time), if the process exists.

@@ -14,7 +14,8 @@
 //! * [`engine`]: the saga.
 //! * [`approve`]: the approval step's decisions (when a person must decide, what they decide
 //!   on, using an approval once), without saying how a person is asked.
-//! * [`receipt`]: what a reservation records about its charge, and the one receipt builder.
+//! * [`receipt`]: the one receipt builder, from the [`Charge`] a reservation records.
+//! * [`reconcile`]: settling payments whose outcome is unknown, by what their rail says.
 //!
 //! Where the payment protocols differ, the engine asks the offer's rail ([`crate::rails`]).
 
@@ -23,14 +24,16 @@ mod caller;
 mod engine;
 pub mod lease;
 pub mod receipt;
+pub mod reconcile;
 
 use std::future::Future;
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
+pub use crate::ledger::blocking;
+pub use crate::pay::{Charge, Payment};
 pub use approve::{Ask, Gate, Redemption};
-pub use receipt::{Charge, Payment};
 
 use crate::budget::credential::{Credential, RootKey};
 use crate::budget::policy::Policy;
@@ -169,9 +172,4 @@ impl Flights {
         };
         lock.lock_owned().await
     }
-}
-
-/// Runs a (short, blocking) ledger operation without stalling the async workers.
-pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
 }

@@ -8,8 +8,8 @@ use tollgate::config::Config;
 use tollgate::ledger::Ledger;
 
 pub fn log_reconciled(
-    outcome: Result<tollgate::reconcile::Report, tollgate::ledger::LedgerError>,
-) -> Option<tollgate::reconcile::Report> {
+    outcome: Result<tollgate::checkout::reconcile::Report, tollgate::ledger::LedgerError>,
+) -> Option<tollgate::checkout::reconcile::Report> {
     match outcome {
         Ok(report) => {
             tracing::info!(
@@ -61,7 +61,7 @@ pub fn reconcile(config: Option<PathBuf>) -> anyhow::Result<()> {
     // This command owns what it claims while it asks; a live process's payments are left alone.
     let owner = tollgate::checkout::lease::this_process();
     let report = runtime
-        .block_on(tollgate::reconcile::reconcile(
+        .block_on(tollgate::checkout::reconcile::reconcile(
             &*ledger,
             &rails,
             &owner,

@@ -98,7 +98,7 @@ pub fn serve(config: Option<PathBuf>, http: Option<Option<String>>) -> anyhow::R
                 // or backend must not delay them).
                 tokio::time::sleep(std::time::Duration::from_millis(500)).await;
                 log_reconciled(
-                    tollgate::reconcile::reconcile(&*ledger, &rails, &owner, tollgate::money::now_unix())
+                    tollgate::checkout::reconcile::reconcile(&*ledger, &rails, &owner, tollgate::money::now_unix())
                         .await,
                 );
             });

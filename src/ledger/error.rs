@@ -9,6 +9,11 @@ use crate::money::UsdMicros;
 /// was written (every operation is one SQLite transaction).
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
+    /// A proof made inside a reservation's transaction ([`super::Reservations::reserve_proved`])
+    /// could not be made; nothing was written.
+    #[error("{0}")]
+    NotProved(String),
+
     /// The state directory or the ledger file could not be created.
     #[error("cannot create the ledger at {}: {source}", path.display())]
     Create {

@@ -94,6 +94,21 @@ impl Cap {
     }
 }
 
+/// What makes the proof of a new reservation, inside its transaction.
+pub type Prove<'a> = &'a mut dyn FnMut(ReservationId) -> Result<Proved, String>;
+
+/// A reservation made, or why not.
+pub type Reserved = Result<ReservationId, LedgerError>;
+
+/// A proof as [`Reservations::reserve_proved`] records it.
+#[derive(Debug, Clone)]
+pub struct Proved {
+    /// The proof, as opaque JSON text.
+    pub proof_json: String,
+    /// It cannot settle after this time (Unix seconds).
+    pub valid_before: u64,
+}
+
 /// A payment about to be attempted, as given to [`Reservations::reserve`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewReservation {
@@ -396,6 +411,28 @@ pub trait Reservations {
         valid_before: u64,
     ) -> Result<(), LedgerError>;
 
+    /// [`Reservations::reserve`] and [`Reservations::mark_pending`] as one: reserves, and in
+    /// the same transaction records the proof `prove` makes for the new reservation (a
+    /// signature made at once, without I/O: nothing is signed without a reservation, and one
+    /// durable write instead of two). If `prove` fails, nothing is written and the error is
+    /// [`LedgerError::NotProved`]. The default runs the two steps in two transactions,
+    /// releasing the reservation when `prove` fails.
+    fn reserve_proved(&self, r: NewReservation, now: u64, prove: Prove<'_>) -> Reserved {
+        let id = self.reserve(r, now)?;
+        let proved = match prove(id) {
+            Ok(proved) => proved,
+            Err(why) => {
+                self.release(id, now)?;
+                return Err(LedgerError::NotProved(why));
+            }
+        };
+        if let Err(e) = self.mark_pending(id, &proved.proof_json, proved.valid_before) {
+            self.release(id, now)?;
+            return Err(e);
+        }
+        Ok(id)
+    }
+
     /// Settles a reservation: the payment happened and cost `actual_usd_micros`. Records that
     /// amount as spend under every key of the reservation at `now` (even if it is more than
     /// was reserved: the money is gone either way), stops the reservation counting, and
@@ -533,6 +570,11 @@ pub mod prelude {
     pub use super::{
         Approvals as _, Owners as _, Reservations as _, Revocations as _, Store as _, Tokens as _,
     };
+}
+
+/// Runs a (short, blocking) ledger operation without stalling the async workers.
+pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
 }
 
 impl dyn Store {

@@ -18,11 +18,11 @@ use reqwest::StatusCode;
 use reqwest::header::{HeaderName, HeaderValue};
 use serde_json::{Value, json};
 
+use super::hash_from_hex;
 use super::{
     BackendError, LightningBackend, Paid, PaymentStatus, STATUS_TIMEOUT, SetupError, base_url,
     client, excerpt, read_capped, transport,
 };
-use crate::pay::l402::hash_from_hex;
 
 /// An LNbits wallet.
 pub struct Lnbits {

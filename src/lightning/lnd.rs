@@ -16,11 +16,11 @@ use futures_util::future::BoxFuture;
 use reqwest::header::{HeaderName, HeaderValue};
 use serde_json::{Value, json};
 
+use super::hash_from_hex;
 use super::{
     BackendError, LightningBackend, MAX_BACKEND_REPLY_BYTES, Paid, PaymentStatus, STATUS_TIMEOUT,
     SetupError, base_url, client, excerpt, transport,
 };
-use crate::pay::l402::hash_from_hex;
 
 /// Seconds added to the payment's own timeout before tollgate stops waiting for LND.
 const GRACE_SECS: u64 = 10;

@@ -23,7 +23,9 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use serde::Deserialize;
 
-use crate::pay::l402::Network;
+mod network;
+
+pub use network::{Network, hash_from_hex};
 
 /// The largest answer read from a backend (LND streams several updates per payment).
 pub const MAX_BACKEND_REPLY_BYTES: usize = 256 * 1024;

@@ -12,15 +12,13 @@
 //! payment and reading the seller's settlement.
 
 pub mod assets;
-// Each rail's wire format lives in its folder under `rails/`; these names stay for callers
-// that only parse (the fuzz targets, the Lightning backends, tests).
-pub use crate::rails::l402::wire as l402;
-pub use crate::rails::mpp::wire as mpp;
-pub use crate::rails::x402::wire as x402;
+mod charge;
+
+pub use charge::{Charge, Payment, ReusedToken};
 
 use std::fmt;
 
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use reqwest::header::{HeaderName, HeaderValue};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -32,7 +30,7 @@ use assets::Asset;
 /// A payment protocol (a rail's name) and the version of it an offer speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Protocol {
-    /// The rail's name (`x402`, `l402`, `mpp`): the key of [`crate::rails::Rails`].
+    /// The rail's name (`x402`, `l402`, `mpp`): how the registry of rails finds it.
     pub name: &'static str,
     /// The version where a protocol has several on the wire (x402 v1 and v2), else 0.
     pub version: u8,
@@ -115,11 +113,6 @@ pub struct Challenge {
     pub problems: Vec<String>,
     /// The seller's own explanation, if it gave one (x402 `error`).
     pub seller_error: Option<String>,
-}
-
-/// Reads every offer of every rail tollgate knows from a 402 (no wallet needed to read).
-pub fn read_challenge(headers: &HeaderMap, body: &[u8]) -> Challenge {
-    crate::rails::Rails::unequipped().read_challenge(headers, body)
 }
 
 /// Why a payment could not be made. Never contains key material.
@@ -209,6 +202,17 @@ pub struct Quote {
     pub usd: UsdMicros,
 }
 
+impl Quote {
+    /// What paying this quote costs with `fee_atomic` more of its asset (a routing or
+    /// transaction fee paid in it), in micro-USD at the quote's rate; the price when that
+    /// cannot be valued.
+    pub fn with_fee(&self, fee_atomic: u128) -> UsdMicros {
+        self.asset
+            .to_usd_micros(self.offer.amount_atomic.saturating_add(fee_atomic))
+            .unwrap_or(self.usd)
+    }
+}
+
 /// What the wallet and the rules allow: the inputs to [`choose`].
 pub struct Rules<'a> {
     pub policy: &'a Policy,
@@ -216,10 +220,22 @@ pub struct Rules<'a> {
     /// The tool's `max_price`.
     pub tool_max: UsdMicros,
     pub tool: &'a str,
-    /// The rails this process has, with their wallets.
-    pub rails: &'a crate::rails::Rails,
+    /// What this process can pay on, and how each protocol's offers are valued.
+    pub rails: &'a dyn Payable,
     /// The caller's credential, if it presented one.
     pub restrictions: Option<&'a Restrictions>,
+}
+
+/// What choosing needs to know of the payment protocols (the rails implement it): whether
+/// this process can pay on an offer's protocol at all, what its offers are worth, and whether
+/// one can be paid the way it asks.
+pub trait Payable {
+    /// Why offers of `protocol` cannot be paid here (no wallet for it, no such rail).
+    fn missing(&self, protocol: Protocol) -> Option<String>;
+    /// The asset an offer is paid in, as tollgate values it (before the policy's `[rates]`).
+    fn valuation(&self, offer: &Offer, assets: &[Asset]) -> Result<Asset, String>;
+    /// Whether the offer can be paid the way it asks (its scheme, method, intent, network).
+    fn supported(&self, offer: &Offer) -> Result<(), String>;
 }
 
 /// An offer as judged: its value if known, and why it cannot be paid, if it cannot.
@@ -314,7 +330,7 @@ pub fn judge(offer: &Offer, rules: &Rules) -> Judgement {
             "payee {} is not allowed by the policy",
             offer.payee
         ))
-    } else if let Some(reason) = rules.rails.get(offer.protocol).and_then(|r| r.missing()) {
+    } else if let Some(reason) = rules.rails.missing(offer.protocol) {
         refuse(reason)
     } else {
         match j.usd {
@@ -344,19 +360,12 @@ pub fn judge(offer: &Offer, rules: &Rules) -> Judgement {
 
 /// The asset an offer is paid in, as tollgate values it (before the policy's `[rates]`).
 pub fn valuation(offer: &Offer, rules: &Rules) -> Result<Asset, String> {
-    rules
-        .rails
-        .get(offer.protocol)
-        .ok_or_else(|| format!("{} is not a rail tollgate has", offer.protocol))?
-        .valuation(offer, rules.assets)
+    rules.rails.valuation(offer, rules.assets)
 }
 
 /// Whether tollgate can pay an offer in the way it asks (its scheme, method or intent).
 fn supported(offer: &Offer, rules: &Rules) -> Result<(), String> {
-    match rules.rails.get(offer.protocol) {
-        Some(rail) => rail.supported(offer),
-        None => Err(format!("{} is not a rail tollgate has", offer.protocol)),
-    }
+    rules.rails.supported(offer)
 }
 
 /// Chooses the cheapest payable offer; or, if none, every offer's reason.

@@ -1,7 +1,7 @@
 //! Closing the rails to new signatures when the process shuts down.
 //!
 //! Every rail [`Rails`](super::Rails) holds is wrapped in [`Closable`], which forwards to it
-//! and lets [`Rail::prove`] start only while the rails are open. A shutdown closes them
+//! and lets [`Rail::prove`] and [`Rail::sign`] start only while the rails are open. A shutdown closes them
 //! ([`Signing::close`]): it waits for proofs being made to finish (a payment that began is
 //! completed and recorded), and from then on every `prove` is refused with nothing paid. The
 //! engine needs no change: a refused proof is an ordinary "nothing was paid" failure.
@@ -10,13 +10,12 @@ use std::sync::Arc;
 
 use reqwest::header::HeaderMap;
 
-use super::{BoxFuture, Kept, Proving, Rail, Settled};
+use super::{BoxFuture, Kept, PaidAnswer, Proving, Rail, Settled, Unknown, Verdict};
 use crate::catalog::HttpTool;
-use crate::ledger::{Ledger, PendingPayment};
+use crate::ledger::Ledger;
 use crate::money::UsdMicros;
 use crate::pay::assets::Asset;
 use crate::pay::{Challenge, Offer, PayError, Proof, Quote};
-use crate::reconcile::Verdict;
 
 /// Whether new proofs may be made: `false` once shutdown began. A proof holds the read side
 /// while it is made; closing takes the write side.
@@ -66,40 +65,42 @@ impl Rail for Closable {
     }
     fn prove<'a>(&'a self, proving: Proving<'a>) -> BoxFuture<'a, Result<Proof, PayError>> {
         Box::pin(async move {
-            let open = self.signing.0.read().await;
-            if *open {
-                return Err(PayError::Unpayable(
-                    "tollgate is shutting down and signs no new payment; call again once it is \
-                     back"
-                        .to_owned(),
-                ));
+            let closed = self.signing.0.read().await;
+            if *closed {
+                return Err(shutting_down());
             }
             let proof = self.rail.prove(proving).await;
-            drop(open);
+            drop(closed);
             proof
         })
+    }
+    fn signs_at_once(&self) -> bool {
+        self.rail.signs_at_once()
+    }
+    fn sign(&self, quote: &Quote, now: u64) -> Result<Proof, PayError> {
+        // Made inside a ledger transaction: never waits. A shutdown taking the write side
+        // (or waiting for it) means no new signature.
+        let Ok(closed) = self.signing.0.try_read() else {
+            return Err(shutting_down());
+        };
+        if *closed {
+            return Err(shutting_down());
+        }
+        let proof = self.rail.sign(quote, now);
+        drop(closed);
+        proof
     }
     fn pays_when_proving(&self) -> bool {
         self.rail.pays_when_proving()
     }
-    fn settlement<'a>(
-        &'a self,
-        quote: &'a Quote,
-        proof: &'a mut Proof,
-        headers: &'a HeaderMap,
-    ) -> BoxFuture<'a, Settled> {
-        self.rail.settlement(quote, proof, headers)
+    fn settlement<'a>(&'a self, paid: PaidAnswer<'a>) -> BoxFuture<'a, Settled> {
+        self.rail.settlement(paid)
     }
     fn refused_as_expired(&self, headers: &HeaderMap, body: &[u8]) -> bool {
         self.rail.refused_as_expired(headers, body)
     }
-    fn reconcile<'a>(
-        &'a self,
-        ledger: &'a Ledger,
-        payment: &'a PendingPayment,
-        now: u64,
-    ) -> BoxFuture<'a, Result<Verdict, String>> {
-        self.rail.reconcile(ledger, payment, now)
+    fn reconcile<'a>(&'a self, unknown: Unknown<'a>) -> BoxFuture<'a, Result<Verdict, String>> {
+        self.rail.reconcile(unknown)
     }
     fn kept(&self, ledger: &Ledger, tool: &HttpTool, now: u64) -> Option<Kept> {
         self.rail.kept(ledger, tool, now)
@@ -110,4 +111,10 @@ impl Rail for Closable {
     fn forget(&self, ledger: &Ledger, tool: &HttpTool, payment_hash: &str) {
         self.rail.forget(ledger, tool, payment_hash);
     }
+}
+
+fn shutting_down() -> PayError {
+    PayError::Unpayable(
+        "tollgate is shutting down and signs no new payment; call again once it is back".to_owned(),
+    )
 }

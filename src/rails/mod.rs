@@ -27,7 +27,6 @@ use crate::ledger::{Ledger, PendingPayment, ReservationId};
 use crate::money::UsdMicros;
 use crate::pay::assets::Asset;
 use crate::pay::{Challenge, Offer, PayError, Proof, Protocol, Quote};
-use crate::reconcile::Verdict;
 
 /// A boxed future, as a trait object's async method returns it.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -77,19 +76,33 @@ pub trait Rail: Send + Sync {
     /// ([`Rail::pays_when_proving`]); the engine records every other proof before sending it.
     fn prove<'a>(&'a self, proving: Proving<'a>) -> BoxFuture<'a, Result<Proof, PayError>>;
 
+    /// Whether proving is a signature made at once, without I/O or waiting ([`Rail::sign`]):
+    /// then the engine makes it inside the reservation's own transaction and records it there
+    /// (one durable write instead of two; nothing is signed without a reservation).
+    fn signs_at_once(&self) -> bool {
+        false
+    }
+
+    /// The signature that proves payment, for a rail that [`Rail::signs_at_once`].
+    fn sign(&self, quote: &Quote, _now: u64) -> Result<Proof, PayError> {
+        Err(PayError::Unpayable(format!(
+            "{} does not sign at once",
+            quote.offer.protocol
+        )))
+    }
+
     /// Whether proving moves the money (an invoice paid), rather than the seller's settling
     /// of the proof: then a refused or failed paid request still committed the payment.
     fn pays_when_proving(&self) -> bool {
         false
     }
 
-    /// Reads the settlement out of the paid answer (and the actual fee into the proof).
-    fn settlement<'a>(
-        &'a self,
-        quote: &'a Quote,
-        proof: &'a mut Proof,
-        headers: &'a HeaderMap,
-    ) -> BoxFuture<'a, Settled>;
+    /// Reads the settlement out of the paid answer (and the actual fee into the proof). By
+    /// default nothing: a rail whose proof carries its facts (L402's payment hash and fee)
+    /// reads nothing from the answer.
+    fn settlement<'a>(&'a self, _paid: PaidAnswer<'a>) -> BoxFuture<'a, Settled> {
+        Box::pin(std::future::ready(Settled::default()))
+    }
 
     /// Whether the seller's refusal of a fresh proof says it came too late and was never used
     /// (then one fresh challenge may be signed).
@@ -99,12 +112,7 @@ pub trait Rail: Send + Sync {
 
     /// What happened to a payment whose outcome is unknown: its chain or its backend says.
     /// `Err` says why it cannot be told (nothing configured to ask, an unreadable proof).
-    fn reconcile<'a>(
-        &'a self,
-        ledger: &'a Ledger,
-        payment: &'a PendingPayment,
-        now: u64,
-    ) -> BoxFuture<'a, Result<Verdict, String>>;
+    fn reconcile<'a>(&'a self, unknown: Unknown<'a>) -> BoxFuture<'a, Result<Verdict, String>>;
 
     /// A credential kept from an earlier payment for this tool (a paid L402 token), to send
     /// on the first request instead of paying.
@@ -130,7 +138,7 @@ pub struct Kept {
     /// The headers that present it.
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// What the result says it was served on (nothing was paid for this call).
-    pub payment: crate::checkout::Payment,
+    pub payment: crate::pay::Payment,
     /// The payment it came from, to forget it by.
     pub payment_hash: String,
     pub origin: String,
@@ -147,6 +155,63 @@ pub struct Proving<'a> {
     pub now: u64,
 }
 
+/// What the rail says about one payment whose outcome is unknown.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// Money moved: in `transaction` when the node can tell; costing `charged_usd_micros` when
+    /// the rail says (an MPP charge's fee from its transaction receipt, a Lightning routing
+    /// fee), else the amount held. `reverted`: the charge failed on chain, but its fee was
+    /// still paid. `details`: what the rail adds to the receipt.
+    Paid {
+        transaction: Option<String>,
+        /// The price, when the rail values it itself (else as the reservation recorded it).
+        price_usd_micros: Option<u64>,
+        charged_usd_micros: Option<u64>,
+        reverted: bool,
+        details: Map<String, Value>,
+    },
+    /// It can never be paid (reverted, or unused and expired): release it.
+    Unpaid,
+    /// Not decided yet (valid and unused): it stays unknown.
+    Open,
+}
+
+/// A paid answer, as its rail reads the settlement.
+pub struct PaidAnswer<'a> {
+    pub quote: &'a Quote,
+    /// The proof that was paid: the rail records the actual fee in it.
+    pub proof: &'a mut Proof,
+    pub headers: &'a HeaderMap,
+}
+
+/// A payment whose outcome is unknown, as reconciliation asks its rail about it.
+pub struct Unknown<'a> {
+    pub ledger: &'a Ledger,
+    pub payment: &'a PendingPayment,
+    /// JSON-RPC nodes by chain id (`[rpc]`), for rails settled on a chain.
+    pub rpc: &'a BTreeMap<u64, String>,
+    pub now: u64,
+}
+
+impl Unknown<'_> {
+    /// Whether its proof can no longer settle.
+    pub fn expired(&self) -> bool {
+        self.payment.valid_before.is_some_and(|v| v <= self.now)
+    }
+}
+
+/// A settlement header as read: its JSON, or nothing (an unreadable one is logged: the
+/// payment happened all the same, and the receipt says what is known).
+pub fn readable(header: Option<Result<Value, String>>, what: &str) -> Option<Value> {
+    match header? {
+        Ok(value) => Some(value),
+        Err(reason) => {
+            tracing::warn!(%reason, "unreadable {what}");
+            None
+        }
+    }
+}
+
 /// What a paid answer says about the payment.
 #[derive(Debug, Default)]
 pub struct Settled {
@@ -158,9 +223,38 @@ pub struct Settled {
     pub meta: Map<String, Value>,
 }
 
+/// Reads every offer of every rail tollgate knows from a 402 (no wallet is needed to read).
+pub fn read_challenge(headers: &HeaderMap, body: &[u8]) -> Challenge {
+    Rails::unequipped().read_challenge(headers, body)
+}
+
+impl crate::pay::Payable for Rails {
+    fn missing(&self, protocol: Protocol) -> Option<String> {
+        match self.get(protocol) {
+            Some(rail) => rail.missing(),
+            None => Some(format!("{protocol} is not a rail tollgate has")),
+        }
+    }
+
+    fn valuation(&self, offer: &Offer, assets: &[Asset]) -> Result<Asset, String> {
+        self.get(offer.protocol)
+            .ok_or_else(|| format!("{} is not a rail tollgate has", offer.protocol))?
+            .valuation(offer, assets)
+    }
+
+    fn supported(&self, offer: &Offer) -> Result<(), String> {
+        match self.get(offer.protocol) {
+            Some(rail) => rail.supported(offer),
+            None => Err(format!("{} is not a rail tollgate has", offer.protocol)),
+        }
+    }
+}
+
 /// Every rail this process has.
 pub struct Rails {
     rails: Vec<Box<dyn Rail>>,
+    /// JSON-RPC nodes by chain id (`[rpc]`): where a chain is asked about unknown outcomes.
+    pub rpc: BTreeMap<u64, String>,
     /// Whether new proofs may be made (closed at shutdown).
     signing: closing::Signing,
 }
@@ -185,9 +279,9 @@ impl Rails {
             rpc,
         } = equipment;
         let rails: Vec<Box<dyn Rail>> = vec![
-            Box::new(x402::X402::new(evm, rpc.clone())),
-            Box::new(l402::L402::new(lightning)),
-            Box::new(mpp::Mpp::new(tempo, rpc)),
+            Box::new(x402::X402 { wallet: evm }),
+            Box::new(l402::L402 { lightning }),
+            Box::new(mpp::Mpp { wallet: tempo }),
         ];
         let signing = closing::Signing::default();
         Rails {
@@ -200,6 +294,7 @@ impl Rails {
                     }) as Box<dyn Rail>
                 })
                 .collect(),
+            rpc,
             signing,
         }
     }

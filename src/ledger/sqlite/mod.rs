@@ -1,6 +1,8 @@
 //! The embedded ledger: one SQLite file, `ledger.sqlite3` in the state directory, in WAL mode
 //! with `synchronous = FULL`; every method is one transaction (`BEGIN IMMEDIATE` for writes),
-//! so several tollgate processes can share the file.
+//! so several tollgate processes can share the file. One exception to waiting for the disk:
+//! the commit of a pending payment (see [`SqliteLedger::write_lazy`]), whose loss to a power
+//! failure reconciliation repairs from the proof that stays pending.
 //!
 //! Ownership of open payments (leases, claims of unknown outcomes) is documented on
 //! [`Owners`].
@@ -17,8 +19,8 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, 
 
 use super::{
     BudgetNode, BudgetRow, Cap, CapStatus, Lease, LedgerError, NewReceipt, NewReservation, Owners,
-    PendingPayment, ReceiptRow, ReservationId, ReservationState, Reservations, Revocations, Store,
-    UNOWNED_RESERVED_SECS,
+    PendingPayment, Prove, ReceiptRow, ReservationId, ReservationState, Reservations, Reserved,
+    Revocations, Store, UNOWNED_RESERVED_SECS,
 };
 
 use super::FILE_NAME;
@@ -31,8 +33,34 @@ impl From<rusqlite::Error> for LedgerError {
 /// The schema version this build writes.
 pub(super) const SCHEMA_VERSION: i64 = schema::SCHEMA_VERSION;
 
+/// SQL for "open": the exact condition of the partial indexes on open reservations. SQLite uses
+/// a partial index only when a query repeats its condition word for word (`state = 'pending'`
+/// alone does not imply it), so every query by fingerprint says it; without it, each paid call
+/// scanned every reservation ever made.
+const OPEN: &str = "state IN ('reserved', 'pending')";
+
 /// SQL for "open and owned by nobody alive at ?2": no owner, or a lapsed lease.
 const UNOWNED: &str = "(owner IS NULL OR lease_until IS NULL OR lease_until < ?2)";
+
+/// The newest payment of a call (fingerprint ?1) whose proof was recorded and that nobody
+/// alive at ?2 owns.
+fn unknown_of_sql() -> String {
+    format!(
+        "SELECT id FROM reservations
+         WHERE fingerprint = ?1 AND {OPEN} AND state = 'pending'
+           AND proof_json IS NOT NULL AND {UNOWNED}
+         ORDER BY id DESC LIMIT 1"
+    )
+}
+
+/// The owners of a call's (fingerprint ?1) payments in flight.
+fn owners_of_sql() -> String {
+    format!(
+        "SELECT id, owner FROM reservations
+         WHERE fingerprint = ?1 AND {OPEN} AND state = 'pending' AND owner IS NOT NULL
+         ORDER BY id DESC LIMIT 64"
+    )
+}
 
 /// The ledger file, opened by this process. Cheap to share (`&self` everywhere; one
 /// connection behind a mutex); several processes may each open the same file.
@@ -79,6 +107,27 @@ impl SqliteLedger {
         Ok(out)
     }
 
+    /// [`Self::write`] without waiting for the disk: the transaction is in the write-ahead log
+    /// at once (a killed process loses nothing) and on the disk with the next durable write or
+    /// checkpoint; only a power loss or an OS crash may undo it. For the commit of a payment
+    /// that was pending: undone, the payment is pending again with its proof, still held
+    /// against every cap, and reconciliation commits it from what the chain or backend says.
+    fn write_lazy<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, LedgerError>,
+    ) -> Result<T, LedgerError> {
+        let mut conn = self.lock();
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let out = (|| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let out = f(&tx)?;
+            tx.commit()?;
+            Ok(out)
+        })();
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        out
+    }
+
     /// Runs `f` in a read transaction: one consistent snapshot, blocking no writer.
     fn read<T>(
         &self,
@@ -101,63 +150,25 @@ impl Reservations for SqliteLedger {
     /// Fails with [`LedgerError::Exceeded`] naming the first cap that does not fit; then
     /// nothing is written.
     fn reserve(&self, r: NewReservation, now: u64) -> Result<ReservationId, LedgerError> {
-        let amount = to_sql("amount", r.amount_usd_micros)?;
-        let now_sql = to_sql("time", now)?;
+        self.write(|tx| reserve_in(tx, &r, now))
+    }
+
+    /// One `BEGIN IMMEDIATE` transaction: the caps checked, the reservation written, the proof
+    /// made (while no other writer can act) and recorded pending.
+    fn reserve_proved(&self, r: NewReservation, now: u64, prove: Prove<'_>) -> Reserved {
         self.write(|tx| {
-            for cap in &r.caps {
-                let (spent, reserved) = usage(tx, cap, now)?;
-                let needed =
-                    u128::from(spent) + u128::from(reserved) + u128::from(r.amount_usd_micros);
-                if needed > u128::from(cap.limit_usd_micros) {
-                    return Err(LedgerError::Exceeded {
-                        key: cap.key.clone(),
-                        window_secs: cap.window_secs,
-                        limit_usd_micros: cap.limit_usd_micros,
-                        spent_usd_micros: spent,
-                        reserved_usd_micros: reserved,
-                        requested_usd_micros: r.amount_usd_micros,
-                    });
-                }
-            }
-            let (owner, lease_until) = match &r.lease {
-                Some(lease) => (
-                    Some(lease.owner.as_str()),
-                    Some(to_sql("time", lease.until)?),
-                ),
-                None => (None, None),
-            };
+            let id = reserve_in(tx, &r, now)?;
+            let proved = prove(id).map_err(LedgerError::NotProved)?;
             tx.prepare_cached(
-                "INSERT INTO reservations (call_id, fingerprint, state, amount_usd_micros, tool,
-                     payee, protocol, meta_json, created_at, owner, lease_until)
-                 VALUES (?1, ?2, 'reserved', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                "UPDATE reservations SET state = 'pending', proof_json = ?2, valid_before = ?3
+                 WHERE id = ?1",
             )?
             .execute(params![
-                r.call_id,
-                r.fingerprint,
-                amount,
-                r.tool,
-                r.payee,
-                r.protocol,
-                r.meta_json,
-                now_sql,
-                owner,
-                lease_until
+                id.0,
+                proved.proof_json,
+                to_sql("time", proved.valid_before)?
             ])?;
-            let id = tx.last_insert_rowid();
-            let keys: BTreeSet<&str> = r.caps.iter().map(|c| c.key.as_str()).collect();
-            let mut link = tx.prepare_cached(
-                "INSERT INTO reservation_keys (reservation_id, key) VALUES (?1, ?2)",
-            )?;
-            let mut hold = tx.prepare_cached(
-                "INSERT INTO key_totals (key, reserved_usd_micros) VALUES (?1, ?2)
-                 ON CONFLICT (key) DO UPDATE
-                 SET reserved_usd_micros = reserved_usd_micros + excluded.reserved_usd_micros",
-            )?;
-            for key in keys {
-                link.execute(params![id, key])?;
-                hold.execute(params![key, amount])?;
-            }
-            Ok(ReservationId(id))
+            Ok(id)
         })
     }
 
@@ -251,7 +262,7 @@ impl Reservations for SqliteLedger {
         let actual = to_sql("amount", actual_usd_micros)?;
         let now_sql = to_sql("time", now)?;
         let receipt_at = to_sql("time", receipt.at)?;
-        self.write(|tx| {
+        let was_released = self.write_lazy(|tx| {
             let (state, reserved) = state_of(tx, id)?;
             // Released: the amount no longer counts as held, so there is nothing to unhold.
             let held = if state == ReservationState::Released {
@@ -271,7 +282,7 @@ impl Reservations for SqliteLedger {
                         .query_row([id.0], |row| row.get(0))
                         .optional()?;
                     return if recorded.as_deref() == Some(receipt.receipt_id.as_str()) {
-                        Ok(())
+                        Ok(false)
                     } else {
                         Err(LedgerError::WrongState {
                             id,
@@ -332,8 +343,15 @@ impl Reservations for SqliteLedger {
                 hourly.execute(params![key, hour, actual])?;
                 totals.execute(params![key, actual, held])?;
             }
-            Ok(())
-        })
+            Ok(state == ReservationState::Released)
+        })?;
+        // The rare commit of a payment released on a guess: nothing else would find it again
+        // after a power loss, so it goes to disk now (a checkpoint syncs the log first).
+        if was_released {
+            self.lock()
+                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+        }
+        Ok(())
     }
 
     /// The payment provably did not happen: the reservation stops counting. Releasing a
@@ -599,12 +617,7 @@ impl Owners for SqliteLedger {
         let until = to_sql("time", lease.until)?;
         let find = |tx: &Transaction<'_>| -> Result<Option<i64>, LedgerError> {
             Ok(tx
-                .prepare_cached(&format!(
-                    "SELECT id FROM reservations
-                     WHERE fingerprint = ?1 AND state = 'pending' AND proof_json IS NOT NULL
-                       AND {UNOWNED}
-                     ORDER BY id DESC LIMIT 1"
-                ))?
+                .prepare_cached(&unknown_of_sql())?
                 .query_row(params![fingerprint, now_sql], |row| row.get(0))
                 .optional()?)
         };
@@ -628,11 +641,7 @@ impl Owners for SqliteLedger {
     fn owners_of(&self, fingerprint: &str) -> Result<Vec<(ReservationId, String)>, LedgerError> {
         self.read(|tx| {
             let rows = tx
-                .prepare_cached(
-                    "SELECT id, owner FROM reservations
-                     WHERE fingerprint = ?1 AND state = 'pending' AND owner IS NOT NULL
-                     ORDER BY id DESC LIMIT 64",
-                )?
+                .prepare_cached(&owners_of_sql())?
                 .query_map([fingerprint], |row| {
                     Ok((ReservationId(row.get(0)?), row.get::<_, String>(1)?))
                 })?
@@ -913,4 +922,99 @@ fn load_receipt(tx: &Transaction<'_>, id: ReservationId) -> Result<ReceiptRow, L
         json,
         meta_json,
     })
+}
+
+/// Checks every cap and writes the reservation, inside the caller's write transaction.
+fn reserve_in(
+    tx: &Transaction<'_>,
+    r: &NewReservation,
+    now: u64,
+) -> Result<ReservationId, LedgerError> {
+    let amount = to_sql("amount", r.amount_usd_micros)?;
+    let now_sql = to_sql("time", now)?;
+    for cap in &r.caps {
+        let (spent, reserved) = usage(tx, cap, now)?;
+        let needed = u128::from(spent) + u128::from(reserved) + u128::from(r.amount_usd_micros);
+        if needed > u128::from(cap.limit_usd_micros) {
+            return Err(LedgerError::Exceeded {
+                key: cap.key.clone(),
+                window_secs: cap.window_secs,
+                limit_usd_micros: cap.limit_usd_micros,
+                spent_usd_micros: spent,
+                reserved_usd_micros: reserved,
+                requested_usd_micros: r.amount_usd_micros,
+            });
+        }
+    }
+    let (owner, lease_until) = match &r.lease {
+        Some(lease) => (
+            Some(lease.owner.as_str()),
+            Some(to_sql("time", lease.until)?),
+        ),
+        None => (None, None),
+    };
+    tx.prepare_cached(
+        "INSERT INTO reservations (call_id, fingerprint, state, amount_usd_micros, tool,
+                 payee, protocol, meta_json, created_at, owner, lease_until)
+             VALUES (?1, ?2, 'reserved', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?
+    .execute(params![
+        r.call_id,
+        r.fingerprint,
+        amount,
+        r.tool,
+        r.payee,
+        r.protocol,
+        r.meta_json,
+        now_sql,
+        owner,
+        lease_until
+    ])?;
+    let id = tx.last_insert_rowid();
+    let keys: BTreeSet<&str> = r.caps.iter().map(|c| c.key.as_str()).collect();
+    let mut link =
+        tx.prepare_cached("INSERT INTO reservation_keys (reservation_id, key) VALUES (?1, ?2)")?;
+    let mut hold = tx.prepare_cached(
+        "INSERT INTO key_totals (key, reserved_usd_micros) VALUES (?1, ?2)
+             ON CONFLICT (key) DO UPDATE
+             SET reserved_usd_micros = reserved_usd_micros + excluded.reserved_usd_micros",
+    )?;
+    for key in keys {
+        link.execute(params![id, key])?;
+        hold.execute(params![key, amount])?;
+    }
+    Ok(ReservationId(id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The queries every paid call makes by fingerprint read open payments through a partial
+    /// index of open reservations, never the whole history of reservations.
+    #[test]
+    fn queries_by_fingerprint_read_only_open_reservations() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = SqliteLedger::open(dir.path()).unwrap();
+        let conn = ledger.lock();
+        for (sql, arguments) in [
+            (unknown_of_sql(), params!["fp", 0]),
+            (owners_of_sql(), params!["fp"]),
+        ] {
+            let plan: Vec<String> = conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .unwrap()
+                .query_map(arguments, |row| row.get::<_, String>(3))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert!(
+                plan.iter().all(|step| !step.contains("SCAN reservations"))
+                    && plan
+                        .iter()
+                        .any(|step| step.contains("INDEX reservations_open")),
+                "{sql}\n{plan:?}"
+            );
+        }
+    }
 }

@@ -14,16 +14,15 @@ pub mod wire;
 use reqwest::header::{AUTHORIZATION, HeaderMap};
 use serde_json::{Map, Value, json};
 
-use super::{BoxFuture, Kept, Proving, Rail, Settled};
+use super::{BoxFuture, Kept, Proving, Rail, Unknown, Verdict};
 use crate::catalog::HttpTool;
-use crate::checkout::blocking;
-use crate::checkout::receipt::{Payment, ReusedToken};
+use crate::ledger::blocking;
 use crate::ledger::{Ledger, PaidToken, PendingPayment};
 use crate::lightning::{BackendError, Lightning, PaymentStatus};
 use crate::money::{UsdMicros, now_unix};
 use crate::pay::assets::Asset;
 use crate::pay::{Challenge, Offer, PayError, Proof, Protocol, Quote};
-use crate::reconcile::Verdict;
+use crate::pay::{Payment, ReusedToken};
 use wire::{L402Challenge, hash_from_hex, preimage_matches};
 
 /// The rail's name.
@@ -37,13 +36,7 @@ const TOKEN_DEFAULT_LIFETIME_SECS: u64 = 30 * 86_400;
 
 /// The L402 rail: the Lightning backend that pays invoices.
 pub struct L402 {
-    lightning: Option<Lightning>,
-}
-
-impl L402 {
-    pub fn new(lightning: Option<Lightning>) -> L402 {
-        L402 { lightning }
-    }
+    pub(super) lightning: Option<Lightning>,
 }
 
 /// The origin a tool's requests go to (`https://api.example.com:443`).
@@ -83,14 +76,10 @@ impl Rail for L402 {
 
     /// The price plus the most routing fee the backend may pay (`lightning.max_fee_msat`).
     fn hold(&self, quote: &Quote) -> UsdMicros {
-        let Some(lightning) = &self.lightning else {
-            return quote.usd;
-        };
-        let most = quote
-            .offer
-            .amount_atomic
-            .saturating_add(u128::from(lightning.max_fee_msat));
-        quote.asset.to_usd_micros(most).unwrap_or(quote.usd)
+        match &self.lightning {
+            Some(lightning) => quote.with_fee(u128::from(lightning.max_fee_msat)),
+            None => quote.usd,
+        }
     }
 
     fn prove<'a>(&'a self, proving: Proving<'a>) -> BoxFuture<'a, Result<Proof, PayError>> {
@@ -101,24 +90,15 @@ impl Rail for L402 {
         true
     }
 
-    /// L402's facts (payment hash, fee, backend) come with the proof, not the answer.
-    fn settlement<'a>(
-        &'a self,
-        _quote: &'a Quote,
-        _proof: &'a mut Proof,
-        _headers: &'a HeaderMap,
-    ) -> BoxFuture<'a, Settled> {
-        Box::pin(std::future::ready(Settled::default()))
-    }
-
     /// Asks the backend by payment hash: paid → committed (and its token kept), failed or
     /// never seen → released, in flight → left unknown.
-    fn reconcile<'a>(
-        &'a self,
-        ledger: &'a Ledger,
-        payment: &'a PendingPayment,
-        now: u64,
-    ) -> BoxFuture<'a, Result<Verdict, String>> {
+    fn reconcile<'a>(&'a self, unknown: Unknown<'a>) -> BoxFuture<'a, Result<Verdict, String>> {
+        let Unknown {
+            ledger,
+            payment,
+            now,
+            ..
+        } = unknown;
         Box::pin(async move {
             let lightning = self
                 .lightning
@@ -330,7 +310,9 @@ fn paid_verdict(
     };
     let amount_msat: u64 = text("amount_msat").parse().unwrap_or(0);
     // Valued at the rate recorded at reservation.
-    let charge = crate::checkout::Charge::of_row(payment);
+    let mut charge = crate::pay::Charge::of_row(payment);
+    // Rows from before decimals were recorded: msat, a thousandth of a sat.
+    charge.decimals = charge.decimals.or(Some(wire::asset().decimals));
     let charged = charge
         .value(u128::from(amount_msat.saturating_add(paid.fee_msat)))
         .map(|u| u.0);
@@ -369,6 +351,7 @@ fn paid_verdict(
     details.insert("fee_msat".into(), paid.fee_msat.to_string().into());
     Verdict::Paid {
         transaction: None,
+        price_usd_micros: charge.value(u128::from(amount_msat)).map(|u| u.0),
         charged_usd_micros: charged,
         reverted: false,
         details,

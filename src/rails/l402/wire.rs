@@ -14,12 +14,13 @@
 //! the signature, the amount (an amountless invoice is refused: its price is whatever the
 //! payer says), the expiry, and the payment hash against the macaroon's identifier.
 
-use std::fmt;
 use std::str::FromStr;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use lightning_invoice::{Currency, SignedRawBolt11Invoice};
+
+pub use crate::lightning::{Network, hash_from_hex};
 use reqwest::header::{HeaderMap, HeaderValue};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -37,70 +38,14 @@ pub const MAX_INVOICE_CHARS: usize = 7089;
 /// The most L402 challenges read from one 402.
 const MAX_CHALLENGES: usize = 8;
 
-/// A Lightning network, as a BOLT11 prefix names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Network {
-    Bitcoin,
-    Testnet,
-    Signet,
-    Regtest,
-    Simnet,
-}
-
-impl Network {
-    /// Every network, for messages.
-    pub const ALL: [Network; 5] = [
-        Network::Bitcoin,
-        Network::Testnet,
-        Network::Signet,
-        Network::Regtest,
-        Network::Simnet,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Network::Bitcoin => "bitcoin",
-            Network::Testnet => "testnet",
-            Network::Signet => "signet",
-            Network::Regtest => "regtest",
-            Network::Simnet => "simnet",
-        }
-    }
-
-    /// The name as an offer's `network`: `lightning:bitcoin`, `lightning:regtest`, ...
-    pub fn offer_name(self) -> String {
-        format!("lightning:{}", self.name())
-    }
-
-    fn from_currency(currency: &Currency) -> Network {
-        match currency {
-            Currency::Bitcoin => Network::Bitcoin,
-            Currency::BitcoinTestnet => Network::Testnet,
-            Currency::Signet => Network::Signet,
-            Currency::Regtest => Network::Regtest,
-            Currency::Simnet => Network::Simnet,
-        }
-    }
-}
-
-impl FromStr for Network {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Network, String> {
-        let s = s.strip_prefix("lightning:").unwrap_or(s);
-        Network::ALL
-            .into_iter()
-            .find(|n| n.name().eq_ignore_ascii_case(s) || (s == "mainnet" && *n == Network::Bitcoin))
-            .ok_or_else(|| {
-                format!(
-                    "{s:?} is not a Lightning network (one of bitcoin, testnet, signet, regtest, simnet)"
-                )
-            })
-    }
-}
-
-impl fmt::Display for Network {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+/// The Lightning network a BOLT11 currency prefix names.
+fn network_of(currency: &Currency) -> Network {
+    match currency {
+        Currency::Bitcoin => Network::Bitcoin,
+        Currency::BitcoinTestnet => Network::Testnet,
+        Currency::Signet => Network::Signet,
+        Currency::Regtest => Network::Regtest,
+        Currency::Simnet => Network::Simnet,
     }
 }
 
@@ -176,7 +121,7 @@ impl Invoice {
             amount_msat,
             payment_hash,
             payee,
-            network: Network::from_currency(&raw.currency()),
+            network: network_of(&raw.currency()),
             created_at,
             expires_at: created_at.saturating_add(expiry),
         })
@@ -452,12 +397,6 @@ pub fn authorization(
     Ok(value)
 }
 
-/// A 32-byte value from 64 hex digits (a preimage or a payment hash from a backend).
-pub fn hash_from_hex(text: &str) -> Option<[u8; 32]> {
-    let bytes = hex::decode(text.trim()).ok()?;
-    bytes.try_into().ok()
-}
-
 /// Whether `text` is standard or URL-safe base64 (as a macaroon is sent).
 pub fn is_base64(text: &str) -> bool {
     B64.decode(text).is_ok()
@@ -617,7 +556,8 @@ mod tests {
     fn an_l402_offer_competes_with_x402_by_price() {
         use crate::budget::policy::{Allow, Policy};
         use crate::money::UsdMicros;
-        use crate::pay::{Rules, choose, read_challenge};
+        use crate::pay::{Rules, choose};
+        use crate::rails::read_challenge;
         use crate::rails::{Equipment, Rails};
 
         let mac = aperture_macaroon(hash_01(), &[]);

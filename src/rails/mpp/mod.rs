@@ -14,13 +14,12 @@ use std::collections::BTreeMap;
 use reqwest::header::{HeaderMap, HeaderValue};
 use serde_json::{Value, json};
 
-use super::{BoxFuture, Proving, Rail, Settled};
-use crate::checkout::Charge;
-use crate::ledger::{Ledger, PendingPayment};
+use super::{BoxFuture, PaidAnswer, Proving, Rail, Settled, Unknown, Verdict};
+use crate::ledger::PendingPayment;
 use crate::money::UsdMicros;
+use crate::pay::Charge;
 use crate::pay::assets::{self, Asset};
 use crate::pay::{Challenge, Offer, PayError, Proof, Protocol, Quote};
-use crate::reconcile::Verdict;
 use crate::wallet::tempo::TempoWallet;
 
 /// The rail's name.
@@ -29,17 +28,9 @@ pub const NAME: &str = "mpp";
 /// MPP (one version on the wire).
 pub const PROTOCOL: Protocol = Protocol::new(NAME, "MPP", 0);
 
-/// The MPP rail: the Tempo wallet that signs charges, and the nodes that tell unknown
-/// outcomes.
+/// The MPP rail: the Tempo wallet that signs charges.
 pub struct Mpp {
-    wallet: Option<TempoWallet>,
-    rpc: BTreeMap<u64, String>,
-}
-
-impl Mpp {
-    pub fn new(wallet: Option<TempoWallet>, rpc: BTreeMap<u64, String>) -> Mpp {
-        Mpp { wallet, rpc }
-    }
+    pub(super) wallet: Option<TempoWallet>,
 }
 
 impl Rail for Mpp {
@@ -48,13 +39,7 @@ impl Rail for Mpp {
     }
 
     fn read(&self, headers: &HeaderMap, body: &[u8], _now: u64, into: &mut Challenge) {
-        wire::read_offers(
-            headers,
-            body,
-            &mut into.offers,
-            &mut into.problems,
-            &mut into.seller_error,
-        );
+        wire::read_offers(headers, body, into);
     }
 
     fn auth_schemes(&self) -> &'static [&'static str] {
@@ -81,14 +66,10 @@ impl Rail for Mpp {
 
     /// The price plus the most the Tempo transaction fee may cost, in the charged stablecoin.
     fn hold(&self, quote: &Quote) -> UsdMicros {
-        let Some(wallet) = &self.wallet else {
-            return quote.usd;
-        };
-        let most = quote
-            .offer
-            .amount_atomic
-            .saturating_add(u128::from(wallet.max_fee_atomic()));
-        quote.asset.to_usd_micros(most).unwrap_or(quote.usd)
+        match &self.wallet {
+            Some(wallet) => quote.with_fee(u128::from(wallet.max_fee_atomic())),
+            None => quote.usd,
+        }
     }
 
     /// MPP sellers (mpp 0.17+) offer only the methods the client says it can pay.
@@ -122,22 +103,15 @@ impl Rail for Mpp {
 
     /// The `Payment-Receipt` (its reference is the transaction), and the fee the transaction
     /// actually cost, from its receipt on chain.
-    fn settlement<'a>(
-        &'a self,
-        quote: &'a Quote,
-        proof: &'a mut Proof,
-        headers: &'a HeaderMap,
-    ) -> BoxFuture<'a, Settled> {
+    fn settlement<'a>(&'a self, paid: PaidAnswer<'a>) -> BoxFuture<'a, Settled> {
+        let PaidAnswer {
+            quote,
+            proof,
+            headers,
+        } = paid;
         Box::pin(async move {
             let mut settled = Settled::default();
-            let receipt = match wire::receipt(headers) {
-                Some(Ok(value)) => Some(value),
-                Some(Err(reason)) => {
-                    tracing::warn!(%reason, "unreadable Payment-Receipt header");
-                    None
-                }
-                None => None,
-            };
+            let receipt = super::readable(wire::receipt(headers), "Payment-Receipt header");
             settled.transaction = receipt.as_ref().and_then(wire::reference);
             settled.details = wire::receipt_details(&quote.offer, receipt.as_ref());
             if let Some(receipt) = receipt {
@@ -157,17 +131,12 @@ impl Rail for Mpp {
 
     /// Mined → paid (amount plus the fee from its receipt); reverted → its fee was still
     /// paid; not mined and past `validBefore` (an expiring nonce) → it never can be; else open.
-    fn reconcile<'a>(
-        &'a self,
-        _ledger: &'a Ledger,
-        payment: &'a PendingPayment,
-        now: u64,
-    ) -> BoxFuture<'a, Result<Verdict, String>> {
+    fn reconcile<'a>(&'a self, unknown: Unknown<'a>) -> BoxFuture<'a, Result<Verdict, String>> {
         Box::pin(async move {
             let client = crate::rpc::client()?;
-            let expired = payment.valid_before.is_some_and(|v| v <= now);
-            Ok(match mpp(&client, &self.rpc, payment).await? {
+            Ok(match mpp(&client, unknown.rpc, unknown.payment).await? {
                 Mined::Success(transaction, charged_usd_micros) => Verdict::Paid {
+                    price_usd_micros: None,
                     transaction: Some(transaction),
                     charged_usd_micros,
                     reverted: false,
@@ -175,13 +144,14 @@ impl Rail for Mpp {
                 },
                 // Reverted: the charge did not move, but the buyer paid the fee.
                 Mined::Reverted(transaction, Some(fee)) if fee > 0 => Verdict::Paid {
+                    price_usd_micros: None,
                     transaction: Some(transaction),
                     charged_usd_micros: Some(fee),
                     reverted: true,
                     details: Default::default(),
                 },
                 Mined::Reverted(..) => Verdict::Unpaid,
-                Mined::No if expired => Verdict::Unpaid,
+                Mined::No if unknown.expired() => Verdict::Unpaid,
                 Mined::No => Verdict::Open,
             })
         })

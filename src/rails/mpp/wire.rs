@@ -29,7 +29,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Value, json};
 
 use super::PROTOCOL;
-use crate::pay::{Offer, PayError, Proof};
+use crate::pay::{Challenge, Offer, PayError, Proof};
 use crate::wallet::tempo::TempoWallet;
 
 /// The only method and intent tollgate pays.
@@ -56,13 +56,9 @@ const SIGN_TIMEOUT: Duration = Duration::from_secs(20);
 /// Reads every `Payment` challenge in the 402's `WWW-Authenticate` values into `offers`;
 /// those that cannot be read go to `problems`. A problem+json body that reports an error
 /// (anything but `payment-required`) becomes `seller_error`.
-pub fn read_offers(
-    headers: &HeaderMap,
-    body: &[u8],
-    offers: &mut Vec<Offer>,
-    problems: &mut Vec<String>,
-    seller_error: &mut Option<String>,
-) {
+pub fn read_offers(headers: &HeaderMap, body: &[u8], into: &mut Challenge) {
+    let (offers, problems, seller_error) =
+        (&mut into.offers, &mut into.problems, &mut into.seller_error);
     let values: Vec<&[u8]> = headers
         .get_all("www-authenticate")
         .iter()
@@ -127,7 +123,7 @@ fn offer(challenge: &PaymentChallenge, now: u64) -> Result<Offer, String> {
                     .ok_or("the tempo charge names no recipient")?,
                 "recipient",
             )?;
-            let amount = crate::pay::x402::parse_amount(&request.amount)
+            let amount = crate::rails::x402::wire::parse_amount(&request.amount)
                 .map_err(|reason| format!("`amount` {reason}"))?;
             (
                 format!("tempo:{chain_id}"),
@@ -718,9 +714,9 @@ mod tests {
         if let Some(ct) = content_type {
             headers.insert("content-type", HeaderValue::from_str(ct).unwrap());
         }
-        let (mut offers, mut problems, mut error) = (vec![], vec![], None);
-        read_offers(&headers, body, &mut offers, &mut problems, &mut error);
-        (offers, problems, error)
+        let mut read = Challenge::default();
+        read_offers(&headers, body, &mut read);
+        (read.offers, read.problems, read.seller_error)
     }
 
     #[test]

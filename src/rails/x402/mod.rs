@@ -16,12 +16,11 @@ use base64::engine::general_purpose::STANDARD as B64;
 use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
 
-use super::{BoxFuture, Proving, Rail, Settled};
-use crate::checkout::Charge;
-use crate::ledger::{Ledger, PendingPayment};
+use super::{BoxFuture, PaidAnswer, Proving, Rail, Settled, Unknown, Verdict};
+use crate::ledger::PendingPayment;
+use crate::pay::Charge;
 use crate::pay::assets::{self, Asset};
 use crate::pay::{Challenge, Offer, PayError, Proof, Protocol, Quote};
-use crate::reconcile::Verdict;
 use crate::wallet::EvmWallet;
 
 /// The rail's name.
@@ -32,16 +31,9 @@ pub const fn protocol(version: u8) -> Protocol {
     Protocol::new(NAME, "x402", version)
 }
 
-/// The x402 rail: the EVM key that signs, and the nodes that tell unknown outcomes.
+/// The x402 rail: the EVM key that signs.
 pub struct X402 {
-    wallet: Option<EvmWallet>,
-    rpc: BTreeMap<u64, String>,
-}
-
-impl X402 {
-    pub fn new(wallet: Option<EvmWallet>, rpc: BTreeMap<u64, String>) -> X402 {
-        X402 { wallet, rpc }
-    }
+    pub(super) wallet: Option<EvmWallet>,
 }
 
 impl Rail for X402 {
@@ -50,13 +42,7 @@ impl Rail for X402 {
     }
 
     fn read(&self, headers: &HeaderMap, body: &[u8], _now: u64, into: &mut Challenge) {
-        wire::read_offers(
-            headers,
-            body,
-            &mut into.offers,
-            &mut into.problems,
-            &mut into.seller_error,
-        );
+        wire::read_offers(headers, body, into);
     }
 
     fn missing(&self) -> Option<String> {
@@ -80,31 +66,27 @@ impl Rail for X402 {
         }
     }
 
-    fn prove<'a>(&'a self, proving: Proving<'a>) -> BoxFuture<'a, Result<Proof, PayError>> {
-        let proof = match &self.wallet {
-            Some(wallet) => wire::prove(&proving.quote.offer, wallet, proving.now),
+    /// An EIP-3009 signature: made at once, inside the reservation's transaction.
+    fn signs_at_once(&self) -> bool {
+        true
+    }
+
+    fn sign(&self, quote: &Quote, now: u64) -> Result<Proof, PayError> {
+        match &self.wallet {
+            Some(wallet) => wire::prove(&quote.offer, wallet, now),
             None => Err(PayError::Unpayable(
                 "no EVM wallet is configured".to_owned(),
             )),
-        };
-        Box::pin(std::future::ready(proof))
+        }
     }
 
-    fn settlement<'a>(
-        &'a self,
-        _quote: &'a Quote,
-        _proof: &'a mut Proof,
-        headers: &'a HeaderMap,
-    ) -> BoxFuture<'a, Settled> {
+    fn prove<'a>(&'a self, proving: Proving<'a>) -> BoxFuture<'a, Result<Proof, PayError>> {
+        Box::pin(std::future::ready(self.sign(proving.quote, proving.now)))
+    }
+
+    fn settlement<'a>(&'a self, paid: PaidAnswer<'a>) -> BoxFuture<'a, Settled> {
         let mut settled = Settled::default();
-        let decoded = match wire::settlement(headers) {
-            Some(Ok(value)) => Some(value),
-            Some(Err(reason)) => {
-                tracing::warn!(%reason, "unreadable payment response header");
-                None
-            }
-            None => None,
-        };
+        let decoded = super::readable(wire::settlement(paid.headers), "PAYMENT-RESPONSE header");
         settled.transaction = decoded
             .as_ref()
             .and_then(|d| d.get("transaction"))
@@ -119,23 +101,18 @@ impl Rail for X402 {
 
     /// Used → paid (with the transaction from the token's `AuthorizationUsed` log when the
     /// node still has it); unused and expired → it can never settle; unused and valid → open.
-    fn reconcile<'a>(
-        &'a self,
-        _ledger: &'a Ledger,
-        payment: &'a PendingPayment,
-        now: u64,
-    ) -> BoxFuture<'a, Result<Verdict, String>> {
+    fn reconcile<'a>(&'a self, unknown: Unknown<'a>) -> BoxFuture<'a, Result<Verdict, String>> {
         Box::pin(async move {
             let client = crate::rpc::client()?;
-            let expired = payment.valid_before.is_some_and(|v| v <= now);
-            Ok(match x402(&client, &self.rpc, payment).await? {
+            Ok(match x402(&client, unknown.rpc, unknown.payment).await? {
                 Some(transaction) => Verdict::Paid {
+                    price_usd_micros: None,
                     transaction,
                     charged_usd_micros: None,
                     reverted: false,
                     details: Default::default(),
                 },
-                None if expired => Verdict::Unpaid,
+                None if unknown.expired() => Verdict::Unpaid,
                 None => Verdict::Open,
             })
         })

@@ -21,7 +21,7 @@ use serde_json::{Map, Value, json};
 
 use super::protocol;
 use crate::pay::assets;
-use crate::pay::{Offer, PayError, Proof};
+use crate::pay::{Challenge, Offer, PayError, Proof};
 use crate::wallet::EvmWallet;
 
 /// Longest `PAYMENT-REQUIRED` / `PAYMENT-RESPONSE` header read.
@@ -48,13 +48,9 @@ sol! {
 
 /// Reads every x402 offer in a 402: the v2 header and the v1 body. Offers that cannot be read
 /// are reported in `problems`, never guessed at.
-pub fn read_offers(
-    headers: &HeaderMap,
-    body: &[u8],
-    offers: &mut Vec<Offer>,
-    problems: &mut Vec<String>,
-    seller_error: &mut Option<String>,
-) {
+pub fn read_offers(headers: &HeaderMap, body: &[u8], into: &mut Challenge) {
+    let (offers, problems, seller_error) =
+        (&mut into.offers, &mut into.problems, &mut into.seller_error);
     if let Some(value) = headers.get("payment-required") {
         const WHERE: &str = "x402 PAYMENT-REQUIRED header";
         match decode_header_json(value) {
@@ -413,9 +409,9 @@ mod tests {
     }
 
     fn read(headers: &HeaderMap, body: &[u8]) -> (Vec<Offer>, Vec<String>) {
-        let (mut offers, mut problems, mut error) = (vec![], vec![], None);
-        read_offers(headers, body, &mut offers, &mut problems, &mut error);
-        (offers, problems)
+        let mut read = Challenge::default();
+        read_offers(headers, body, &mut read);
+        (read.offers, read.problems)
     }
 
     #[test]

@@ -15,11 +15,12 @@
 
 use serde_json::{Map, Value};
 
-use crate::checkout::receipt::{self, Charge, Settlement};
+use super::receipt::{self, Settlement};
 use crate::ledger::{Ledger, LedgerError, NewReceipt, PendingPayment, ReservationState};
 use crate::money::UsdMicros;
+use crate::pay::Charge;
 use crate::pay::Proof;
-use crate::rails::Rails;
+use crate::rails::{Rails, Verdict};
 
 /// How long an unowned `reserved` row from a tollgate that predates leases is left alone.
 pub use crate::ledger::UNOWNED_RESERVED_SECS as STALE_RESERVED_SECS;
@@ -42,25 +43,6 @@ pub struct Report {
     pub unchecked: Vec<String>,
 }
 
-/// What the rail says about one payment whose outcome is unknown.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Verdict {
-    /// Money moved: in `transaction` when the node can tell; costing `charged_usd_micros` when
-    /// the rail says (an MPP charge's fee from its transaction receipt, a Lightning routing
-    /// fee), else the amount held. `reverted`: the charge failed on chain, but its fee was
-    /// still paid. `details`: what the rail adds to the receipt.
-    Paid {
-        transaction: Option<String>,
-        charged_usd_micros: Option<u64>,
-        reverted: bool,
-        details: Map<String, Value>,
-    },
-    /// It can never be paid (reverted, or unused and expired): release it.
-    Unpaid,
-    /// Not decided yet (valid and unused): it stays unknown.
-    Open,
-}
-
 /// Asks the payment's rail what happened to it. `Err` says why it cannot be told.
 pub async fn verdict(
     rails: &Rails,
@@ -72,7 +54,13 @@ pub async fn verdict(
     let rail = rails
         .named(&charge.protocol)
         .ok_or_else(|| format!("{} is not a rail tollgate has", payment.protocol))?;
-    rail.reconcile(ledger, payment, now).await
+    rail.reconcile(crate::rails::Unknown {
+        ledger,
+        payment,
+        rpc: &rails.rpc,
+        now,
+    })
+    .await
 }
 
 /// Writes a verdict on a claimed payment: commit (with a receipt marked `reconciled`),
@@ -87,6 +75,7 @@ pub fn settle(
     match verdict {
         Verdict::Paid {
             transaction,
+            price_usd_micros,
             charged_usd_micros,
             reverted,
             details,
@@ -94,10 +83,13 @@ pub fn settle(
             let charged = charged_usd_micros.unwrap_or(payment.amount_usd_micros);
             let receipt = receipt(
                 payment,
-                transaction.clone(),
-                details.clone(),
-                charged,
-                *reverted,
+                Settled {
+                    transaction: transaction.clone(),
+                    price: price_usd_micros.map(UsdMicros),
+                    details: details.clone(),
+                    charged,
+                    reverted: *reverted,
+                },
                 now,
             );
             ledger.commit(payment.id, charged, receipt.clone(), now)?;
@@ -119,7 +111,7 @@ pub async fn reconcile(
 ) -> Result<Report, LedgerError> {
     let mut report = Report::default();
     let (unsent, _) =
-        tokio::task::block_in_place(|| crate::checkout::lease::Leases::disown_dead_owners(ledger))?;
+        tokio::task::block_in_place(|| super::lease::Leases::disown_dead_owners(ledger))?;
     report.released += unsent;
     report.unsent += unsent;
     let all = tokio::task::block_in_place(|| ledger.pending())?;
@@ -130,7 +122,7 @@ pub async fn reconcile(
     }
     let lease = crate::ledger::Lease {
         owner: owner.to_owned(),
-        until: now + crate::checkout::lease::LEASE_SECS,
+        until: now + super::lease::LEASE_SECS,
     };
     for payment in open {
         let Some(payment) = tokio::task::block_in_place(|| ledger.claim(payment.id, &lease, now))?
@@ -168,16 +160,19 @@ pub async fn reconcile(
     Ok(report)
 }
 
-/// A receipt for a payment found on chain after the fact: the price as recorded, and what it
-/// cost (`charged_usd_micros`, with a fee) when that differs.
-fn receipt(
-    payment: &PendingPayment,
+/// What a verdict of "paid" says, for the receipt.
+struct Settled {
     transaction: Option<String>,
-    mut details: Map<String, Value>,
+    /// The price, when the rail valued it (else as the reservation recorded it).
+    price: Option<UsdMicros>,
+    details: Map<String, Value>,
     charged: u64,
     reverted: bool,
-    now: u64,
-) -> NewReceipt {
+}
+
+/// A receipt for a payment found paid after the fact: the price as recorded (or as its rail
+/// valued it), and what it cost (`charged_usd_micros`, with a fee) when that differs.
+fn receipt(payment: &PendingPayment, settled: Settled, now: u64) -> NewReceipt {
     let charge = Charge::of_row(payment);
     let payer = payment
         .proof_json
@@ -185,11 +180,13 @@ fn receipt(
         .and_then(Proof::from_json)
         .map(|p| p.payer)
         .unwrap_or_default();
-    let price = charge
-        .price()
+    let price = settled
+        .price
+        .or_else(|| charge.price())
         .unwrap_or(UsdMicros(payment.amount_usd_micros));
+    let mut details = settled.details;
     details.insert("tool".into(), payment.tool.clone().into());
-    if reverted {
+    if settled.reverted {
         details.insert("reverted".into(), true.into());
         details.insert(
             "note".into(),
@@ -199,13 +196,17 @@ fn receipt(
     let receipt = receipt::receipt(
         &charge,
         &payment.payee,
-        if reverted { UsdMicros(0) } else { price },
+        if settled.reverted {
+            UsdMicros(0)
+        } else {
+            price
+        },
         Settlement {
             payer,
-            transaction,
+            transaction: settled.transaction,
             details,
             approval: None,
-            charged: UsdMicros(charged),
+            charged: UsdMicros(settled.charged),
             reconciled: true,
         },
         now,
