@@ -51,6 +51,8 @@ struct ConfigFile {
     approval: ApprovalConfig,
     #[serde(default)]
     ledger: LedgerFile,
+    #[serde(default)]
+    http: HttpConfig,
 }
 
 /// The environment variable that names the ledger's database (it wins over `[ledger] url`,
@@ -100,6 +102,87 @@ impl Default for ApprovalConfig {
             listen: "127.0.0.1:0".to_owned(),
             elicitation_timeout_secs: crate::approval::MAX_ELICITATION_SECS,
             expires_after_secs: 600,
+        }
+    }
+}
+
+/// `[http]`: MCP over streamable HTTP (`tollgate serve --http`), for remote agents. Each
+/// request is identified by its `Authorization: Bearer` credential alone.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Where `serve --http` listens when no address follows the flag.
+    pub listen: String,
+    /// The owner states that a TLS proxy in front of tollgate terminates TLS: with it, a
+    /// listener off loopback may serve plain HTTP.
+    pub behind_tls_proxy: bool,
+    /// TLS on the listener itself: a PEM certificate chain and its PEM private key (both or
+    /// neither). Relative to the config file.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// `Host` values accepted besides the loopback names (`localhost`, `127.0.0.1`, `::1`):
+    /// the public name a proxy forwards (`tollgate.example.com`), against DNS rebinding.
+    pub allowed_hosts: Vec<String>,
+    /// Browser origins accepted (`https://app.example.com:443`); a request with any other
+    /// `Origin` is refused (requests without one, as non-browser agents send, pass).
+    pub allowed_origins: Vec<String>,
+    /// The largest request body accepted, in bytes (413 above it).
+    pub max_body_bytes: usize,
+    /// The most sessions (protocol 2025-11-25) open at once; a new one beyond is refused (503).
+    pub max_sessions: usize,
+    /// The most connections served at once; more wait to be accepted.
+    pub max_connections: usize,
+    /// A session without any message for this long is closed, in seconds.
+    pub session_idle_secs: u64,
+    /// The policy profile a request without a bearer credential is served as. Absent (the
+    /// default): such a request gets 401. `TOLLGATE_TOKEN` and `default_profile` never apply
+    /// to network callers.
+    pub anonymous_profile: Option<String>,
+    /// On SIGTERM/SIGINT, how long calls in flight may take to finish, in seconds; a payment
+    /// still open after it stays pending for reconciliation.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: "127.0.0.1:8402".to_owned(),
+            behind_tls_proxy: false,
+            tls_cert: None,
+            tls_key: None,
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
+            max_body_bytes: 1024 * 1024,
+            max_sessions: 256,
+            max_connections: 1024,
+            session_idle_secs: 300,
+            anonymous_profile: None,
+            shutdown_grace_secs: 20,
+        }
+    }
+}
+
+impl HttpConfig {
+    /// Why `listen` may not be served on, if it may not: an unparsable address, or one off
+    /// loopback without `behind_tls_proxy`.
+    pub fn refuse_listen(&self, listen: &str) -> Option<String> {
+        match listen.parse::<std::net::SocketAddr>() {
+            Err(_) => Some(format!(
+                "{listen:?} is not an address like \"127.0.0.1:8402\""
+            )),
+            Ok(addr)
+                if !addr.ip().is_loopback()
+                    && !self.behind_tls_proxy
+                    && self.tls_cert.is_none() =>
+            {
+                Some(format!(
+                    "{addr} is not a loopback address and no TLS is configured: bearer \
+                     credentials would cross the network in the clear. Set `[http] tls_cert` \
+                     and `tls_key`, or put a TLS proxy in front and set `[http] \
+                     behind_tls_proxy = true`, or listen on 127.0.0.1"
+                ))
+            }
+            Ok(_) => None,
         }
     }
 }
@@ -156,6 +239,7 @@ pub struct Config {
     pub ledger: crate::ledger::LedgerConfig,
     /// Where the ledger URL came from (`ledger.url` or `TOLLGATE_LEDGER_URL`), for messages.
     pub ledger_url_source: &'static str,
+    pub http: HttpConfig,
     raw_assets: Vec<AssetConfig>,
     raw_rpc: std::collections::BTreeMap<String, String>,
 }
@@ -260,6 +344,11 @@ impl Config {
             approval: file.approval,
             ledger,
             ledger_url_source,
+            http: HttpConfig {
+                tls_cert: file.http.tls_cert.clone().map(&at),
+                tls_key: file.http.tls_key.clone().map(&at),
+                ..file.http
+            },
             raw_assets: file.assets,
             raw_rpc: file.rpc,
         }
@@ -384,6 +473,59 @@ impl Config {
                         a.listen
                     ),
                 )),
+            }
+        }
+        let h = &self.http;
+        if h.tls_cert.is_some() != h.tls_key.is_some() {
+            problems.push(Problem::new(
+                &file,
+                "http.tls_cert",
+                "tls_cert and tls_key go together (a PEM certificate chain and its key)",
+            ));
+        }
+        if let Some(why) = h.refuse_listen(&h.listen) {
+            problems.push(Problem::new(&file, "http.listen", why));
+        }
+        for (key, value, range) in [
+            (
+                "http.max_body_bytes",
+                h.max_body_bytes as u64,
+                1024..=16 * 1024 * 1024,
+            ),
+            ("http.max_sessions", h.max_sessions as u64, 1..=100_000),
+            (
+                "http.max_connections",
+                h.max_connections as u64,
+                1..=100_000,
+            ),
+            ("http.session_idle_secs", h.session_idle_secs, 1..=86_400),
+            ("http.shutdown_grace_secs", h.shutdown_grace_secs, 0..=600),
+        ] {
+            if !range.contains(&value) {
+                problems.push(Problem::new(
+                    &file,
+                    key,
+                    format!("must be from {} to {}", range.start(), range.end()),
+                ));
+            }
+        }
+        for (i, host) in h.allowed_hosts.iter().enumerate() {
+            if host.parse::<http::uri::Authority>().is_err() {
+                problems.push(Problem::new(
+                    &file,
+                    format!("http.allowed_hosts[{i}]"),
+                    format!("{host:?} is not a host name or host:port"),
+                ));
+            }
+        }
+        for (i, origin) in h.allowed_origins.iter().enumerate() {
+            let uri = origin.parse::<http::Uri>();
+            if !uri.is_ok_and(|u| u.scheme().is_some() && u.authority().is_some()) {
+                problems.push(Problem::new(
+                    &file,
+                    format!("http.allowed_origins[{i}]"),
+                    format!("{origin:?} is not an origin like \"https://app.example.com:443\""),
+                ));
             }
         }
         for (i, a) in self.raw_assets.iter().enumerate() {

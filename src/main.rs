@@ -33,11 +33,17 @@ enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Serve MCP over stdio (what an MCP host such as Claude Desktop runs).
+    /// Serve MCP over stdio (what an MCP host such as Claude Desktop runs), or over
+    /// streamable HTTP for remote agents with --http.
     Serve {
         /// Config file [default: ./tollgate.toml if present, else built-in defaults].
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
+        /// Serve MCP over streamable HTTP (at /mcp; any path is served) instead of stdio, on
+        /// ADDR [default: `[http] listen`, 127.0.0.1:8402]. Each request is identified by its
+        /// `Authorization: Bearer` credential.
+        #[arg(long, value_name = "ADDR", num_args = 0..=1)]
+        http: Option<Option<String>>,
     },
     /// Check the config, the policy and every tool definition; print the tools; exit 1 on any
     /// problem.
@@ -138,7 +144,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let outcome = match cli.command {
-        Command::Serve { config } => cli::serve::serve(config),
+        Command::Serve { config, http } => cli::serve::serve(config, http),
         Command::Check { config } => return cli::check::check(config),
         Command::Wallet {
             command: WalletCommand::Address { config },

@@ -121,3 +121,52 @@ fn names_each_bad_wallet_and_lightning_key() {
     }
     assert!(out.contains("5 problem(s) found"), "{out}");
 }
+
+#[test]
+fn names_each_bad_http_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("tollgate.toml");
+    std::fs::create_dir(dir.path().join("tools")).unwrap();
+    std::fs::write(
+        &config,
+        "tools_dir = \"tools\"\n\
+         [http]\nlisten = \"0.0.0.0:8402\"\nmax_body_bytes = 1\nmax_sessions = 0\n\
+         session_idle_secs = 0\nallowed_hosts = [\"bad host\"]\nallowed_origins = [\"nope\"]\n",
+    )
+    .unwrap();
+    let (ok, out) = check(&config);
+    assert!(!ok, "{out}");
+    for key in [
+        "http.listen",
+        "http.max_body_bytes",
+        "http.max_sessions",
+        "http.session_idle_secs",
+        "http.allowed_hosts[0]",
+        "http.allowed_origins[0]",
+    ] {
+        assert!(
+            out.contains(&format!("{key}: ")),
+            "{key} not named in:\n{out}"
+        );
+    }
+    assert!(out.contains("behind_tls_proxy"), "{out}");
+    assert!(out.contains("6 problem(s) found"), "{out}");
+
+    // A certificate without its key is named.
+    std::fs::write(
+        &config,
+        "tools_dir = \"tools\"\n[http]\ntls_cert = \"cert.pem\"\n",
+    )
+    .unwrap();
+    let (ok, out) = check(&config);
+    assert!(!ok && out.contains("http.tls_cert: "), "{out}");
+
+    // Behind a TLS proxy the owner states, a public listener is accepted.
+    std::fs::write(
+        &config,
+        "tools_dir = \"tools\"\n[http]\nlisten = \"0.0.0.0:8402\"\nbehind_tls_proxy = true\n",
+    )
+    .unwrap();
+    let (ok, out) = check(&config);
+    assert!(ok, "{out}");
+}

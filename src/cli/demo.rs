@@ -57,7 +57,7 @@ pub fn demo_serve(dir: Option<PathBuf>) -> anyhow::Result<()> {
         sandbox.buyer,
         dir.display()
     );
-    super::serve::serve(Some(sandbox.config))
+    super::serve::serve(Some(sandbox.config), None)
 }
 
 /// The directory of a demo run: the one given (created if needed), else a fresh temporary

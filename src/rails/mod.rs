@@ -10,6 +10,7 @@
 //! Adding a rail is one folder here (a type implementing [`Rail`], its wire format beside
 //! it), one line in [`Rails::new`], and one config table for its wallet.
 
+pub mod closing;
 pub mod l402;
 pub mod mpp;
 pub mod x402;
@@ -254,6 +255,8 @@ pub struct Rails {
     rails: Vec<Box<dyn Rail>>,
     /// JSON-RPC nodes by chain id (`[rpc]`): where a chain is asked about unknown outcomes.
     pub rpc: BTreeMap<u64, String>,
+    /// Whether new proofs may be made (closed at shutdown).
+    signing: closing::Signing,
 }
 
 /// What the rails are built from: the wallets and where to ask about unknown outcomes.
@@ -275,14 +278,30 @@ impl Rails {
             lightning,
             rpc,
         } = equipment;
+        let rails: Vec<Box<dyn Rail>> = vec![
+            Box::new(x402::X402 { wallet: evm }),
+            Box::new(l402::L402 { lightning }),
+            Box::new(mpp::Mpp { wallet: tempo }),
+        ];
+        let signing = closing::Signing::default();
         Rails {
-            rails: vec![
-                Box::new(x402::X402 { wallet: evm }),
-                Box::new(l402::L402 { lightning }),
-                Box::new(mpp::Mpp { wallet: tempo }),
-            ],
+            rails: rails
+                .into_iter()
+                .map(|rail| {
+                    Box::new(closing::Closable {
+                        rail,
+                        signing: signing.clone(),
+                    }) as Box<dyn Rail>
+                })
+                .collect(),
             rpc,
+            signing,
         }
+    }
+
+    /// Refuses every new proof from now on (shutdown), after the proofs being made finish.
+    pub async fn close_signing(&self) {
+        self.signing.close().await;
     }
 
     /// Every rail, without wallets: enough to read challenges.

@@ -79,8 +79,22 @@ impl Tollgate {
         context: &RequestContext<RoleServer>,
     ) -> Gate {
         let now = now_unix();
+        let owner = super::network_owner(context);
         if let Some(id) = &continuation.approval_id {
-            return self.redeem(id, facts, now);
+            if !self.issued_to(id, owner) {
+                // Another caller's approval (or one asked before a restart): never used, and
+                // nothing said about it.
+                return self.ask_out_of_band(
+                    facts,
+                    now,
+                    Some(format!(
+                        "approval_id {id} was not issued to your credential, so it cannot be \
+                         used; a new approval is needed."
+                    )),
+                    owner,
+                );
+            }
+            return self.redeem(id, facts, now, owner);
         }
         let capabilities = context.client_capabilities();
         let form = capabilities
@@ -91,7 +105,9 @@ impl Tollgate {
             .protocol_version()
             .is_some_and(|v| v >= ProtocolVersion::V_2026_07_28);
         match (form, stateless, &self.checkout.approval.secret) {
-            (true, true, Some(secret)) => self.input_required(facts, secret, continuation, now),
+            (true, true, Some(secret)) => {
+                self.input_required(facts, secret, continuation, now, owner)
+            }
             (true, false, _) => self.elicit(facts, progress, context, now).await,
             _ => {
                 if continuation.request_state.is_some() {
@@ -101,18 +117,27 @@ impl Tollgate {
                         facts.tool
                     ));
                 }
-                self.ask_out_of_band(facts, now, None)
+                self.ask_out_of_band(facts, now, None, owner)
             }
         }
     }
 
     /// The out-of-band ask: a new pending approval and the `approval_required` result.
-    fn ask_out_of_band(&self, facts: &Facts, now: u64, note: Option<String>) -> Gate {
+    fn ask_out_of_band(
+        &self,
+        facts: &Facts,
+        now: u64,
+        note: Option<String>,
+        owner: Option<[u8; 32]>,
+    ) -> Gate {
         let expires_at = now + self.checkout.approval.expires_after_secs;
         match self.checkout.ask_person(facts, expires_at, now) {
-            Ok(id) => Gate::Halt(Box::new(
-                self.approval_required(&id, facts, expires_at, note),
-            )),
+            Ok(id) => {
+                self.issue(&id, owner);
+                Gate::Halt(Box::new(
+                    self.approval_required(&id, facts, expires_at, note),
+                ))
+            }
             Err(message) => Gate::Refuse(message),
         }
     }
@@ -167,10 +192,10 @@ impl Tollgate {
     }
 
     /// A retried call with `approval_id`: uses the approval if a person approved exactly this.
-    fn redeem(&self, id: &str, facts: &Facts, now: u64) -> Gate {
+    fn redeem(&self, id: &str, facts: &Facts, now: u64, owner: Option<[u8; 32]>) -> Gate {
         match self.checkout.redeem(id, facts, now) {
             Redemption::Use(approval) => Gate::Pay(approval),
-            Redemption::AskAgain(note) => self.ask_out_of_band(facts, now, Some(note)),
+            Redemption::AskAgain(note) => self.ask_out_of_band(facts, now, Some(note), owner),
             Redemption::Undecided { expires_at } => Gate::Halt(Box::new(self.approval_required(
                 id,
                 facts,
@@ -188,6 +213,7 @@ impl Tollgate {
         secret: &Secret,
         continuation: &Continuation,
         now: u64,
+        owner: Option<[u8; 32]>,
     ) -> Gate {
         let Some(sealed) = &continuation.request_state else {
             return self.ask_input_required(facts, secret, now, None);
@@ -249,7 +275,7 @@ impl Tollgate {
                         Some("The seller now asks for more than you approved."),
                     );
                 }
-                self.redeem(id, facts, now)
+                self.redeem(id, facts, now, owner)
             }
         }
     }
@@ -305,6 +331,9 @@ impl Tollgate {
             Ok(id) => id,
             Err(message) => return Gate::Refuse(message),
         };
+        // Unanswered, it becomes an out-of-band approval whose id the caller is given.
+        let owner = super::network_owner(context);
+        self.issue(&id, owner);
         let params = match form(facts, None) {
             Ok(params) => params,
             Err(e) => return Gate::Refuse(e),
@@ -341,7 +370,7 @@ impl Tollgate {
         let ledger = self.checkout.ledger.clone();
         let now = now_unix();
         match blocking(|| ledger.decide_approval(&id, yes, "elicitation", now)) {
-            Ok(Decided::Done(_)) if yes => self.redeem(&id, facts, now),
+            Ok(Decided::Done(_)) if yes => self.redeem(&id, facts, now, owner),
             Ok(Decided::Done(_)) => Gate::Refuse(format!(
                 "`{}`: the person declined the payment of {}; nothing was paid",
                 facts.tool,

@@ -113,12 +113,16 @@ impl Tollgate {
     ) -> Option<CallToolResult> {
         match name {
             PRICE_CHECK => Some(self.price_check(arguments, context).await),
-            PAYMENT_STATUS => Some(payment_status(&self.checkout, arguments)),
+            PAYMENT_STATUS => {
+                let owner = super::network_owner(context);
+                Some(payment_status(&self.checkout, arguments, |id| {
+                    self.issued_to(id, owner)
+                }))
+            }
             BUDGET_STATUS | LIST_RECEIPTS | DELEGATE_BUDGET => {
-                let caller = match self
-                    .checkout
-                    .identify(super::request_token(context).as_deref())
-                {
+                let identified = super::request_token(context)
+                    .and_then(|token| self.checkout.identify(token.as_deref()));
+                let caller = match identified {
                     Ok(caller) => caller,
                     Err(reason) => {
                         return Some(tool_error(format!("your credential is refused: {reason}")));
@@ -186,7 +190,10 @@ impl Tollgate {
             Ok(prepared) => prepared,
             Err(result) => return result,
         };
-        let token = super::request_token(context);
+        let token = match super::request_token(context) {
+            Ok(token) => token,
+            Err(reason) => return tool_error(format!("your credential is refused: {reason}")),
+        };
         let port = super::McpPort {
             server: self,
             progress: Progress::new(context),
@@ -439,9 +446,12 @@ fn delegate_budget(
 }
 
 /// An approval's state, read-only (no tool can change it).
+/// The state of approval `approval_id`, if `visible` to the caller (over HTTP: asked for this
+/// bearer); another caller's approval reads as unknown.
 fn payment_status(
     payments: &crate::checkout::Checkout,
     arguments: &Map<String, Value>,
+    visible: impl Fn(&str) -> bool,
 ) -> CallToolResult {
     use crate::ledger::ApprovalState;
     use crate::money::{UsdMicros, now_unix, rfc3339};
@@ -455,6 +465,9 @@ fn payment_status(
             "payment_status: {:?} is not an approval id (ap_ followed by 32 hex digits)",
             id.chars().take(80).collect::<String>()
         ));
+    }
+    if !visible(id) {
+        return tool_error(format!("payment_status: there is no approval {id}"));
     }
     let found = tokio::task::block_in_place(|| payments.ledger.approval(id, now_unix()));
     let approval = match found {

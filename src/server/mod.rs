@@ -13,6 +13,7 @@
 //! unknown tool name).
 
 mod approval;
+pub mod http;
 mod meta;
 mod shapes;
 mod tools;
@@ -39,6 +40,11 @@ pub struct Tollgate {
     checkout: Arc<Checkout>,
     /// `tools/list`, built once: the catalog does not change while serving.
     tools: Arc<Vec<Tool>>,
+    /// Tool calls in flight, so that a shutdown can wait for them.
+    calls: Arc<InFlight>,
+    /// Out-of-band approvals asked for network callers: approval id → SHA-256 of the bearer
+    /// it was issued to. Over HTTP, an approval id is visible and usable only by its caller.
+    issued: Arc<std::sync::Mutex<std::collections::HashMap<String, [u8; 32]>>>,
 }
 
 impl Tollgate {
@@ -49,6 +55,8 @@ impl Tollgate {
             catalog,
             checkout: Arc::new(checkout),
             tools: Arc::new(list),
+            calls: Default::default(),
+            issued: Default::default(),
         }
     }
 
@@ -89,7 +97,9 @@ impl Tollgate {
         continuation: approval::Continuation,
         context: &RequestContext<RoleServer>,
     ) -> CallToolResponse {
-        let caller = match self.checkout.identify(request_token(context).as_deref()) {
+        let identified =
+            request_token(context).and_then(|token| self.checkout.identify(token.as_deref()));
+        let caller = match identified {
             Ok(caller) => caller,
             Err(reason) => {
                 return tool_error(format!(
@@ -301,6 +311,7 @@ impl ServerHandler for Tollgate {
         request: CallToolRequestParams,
         context: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, McpError> {
+        let _in_flight = self.calls.enter();
         let mut arguments = request.arguments.unwrap_or_default();
         if let Some(result) = self
             .call_meta_tool(&request.name, &arguments, &context)
@@ -349,13 +360,109 @@ impl ServerHandler for Tollgate {
     }
 }
 
-/// The token a request carries in `_meta["tollgate/token"]`.
-fn request_token(context: &RequestContext<RoleServer>) -> Option<String> {
-    context
+/// The token a request presents: over HTTP, the bearer credential the HTTP gate verified
+/// (never `_meta`: a network caller is who its request says); over stdio,
+/// `_meta["tollgate/token"]` (absent: the process's own token or the default profile, which
+/// only a stdio server has). `Err` when an HTTP request reached the handler without one.
+fn request_token(context: &RequestContext<RoleServer>) -> Result<Option<String>, String> {
+    if let Some(parts) = context.extensions.get::<::http::request::Parts>() {
+        return match parts.extensions.get::<http::NetworkCaller>() {
+            Some(caller) => Ok(Some(caller.token.to_string())),
+            None => Err("the HTTP request carries no verified credential".to_owned()),
+        };
+    }
+    Ok(context
         .meta
         .0
         .0
         .get("tollgate/token")
         .and_then(Value::as_str)
-        .map(str::to_owned)
+        .map(str::to_owned))
+}
+
+/// Over HTTP, who is calling as far as approvals go: the SHA-256 of the request's bearer
+/// (zeros when an HTTP request somehow carries none, matching nothing issued); `None` over
+/// stdio, where one process serves one host.
+fn network_owner(context: &RequestContext<RoleServer>) -> Option<[u8; 32]> {
+    use sha2::Digest as _;
+    let parts = context.extensions.get::<::http::request::Parts>()?;
+    Some(match parts.extensions.get::<http::NetworkCaller>() {
+        Some(caller) => sha2::Sha256::digest(caller.token.as_bytes()).into(),
+        None => [0; 32],
+    })
+}
+
+impl Tollgate {
+    /// Records that approval `id` was asked for `owner` (a network caller).
+    fn issue(&self, id: &str, owner: Option<[u8; 32]>) {
+        if let Some(owner) = owner {
+            self.issued
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(id.to_owned(), owner);
+        }
+    }
+
+    /// Whether approval `id` may be seen and used by `owner` (always over stdio).
+    fn issued_to(&self, id: &str, owner: Option<[u8; 32]>) -> bool {
+        let Some(owner) = owner else { return true };
+        self.issued
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(id)
+            .is_some_and(|o| *o == owner)
+    }
+}
+
+/// Counts what is in flight (tool calls; HTTP responses being written);
+/// [`InFlight::idle`] resolves when there is none.
+#[derive(Default)]
+pub(crate) struct InFlight {
+    count: std::sync::atomic::AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+/// One thing in flight; counted until dropped.
+pub(crate) struct Entered(Arc<InFlight>);
+
+impl InFlight {
+    pub(crate) fn enter(self: &Arc<Self>) -> Entered {
+        self.count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Entered(self.clone())
+    }
+
+    pub(crate) fn count(&self) -> usize {
+        self.count.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Resolves once nothing is in flight.
+    pub(crate) async fn idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.count() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Entered {
+    /// Keeps the count held by whatever owns this (a closure that must capture it).
+    pub(crate) fn hold(&self) {}
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        if self
+            .0
+            .count
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst)
+            == 1
+        {
+            self.0.idle.notify_waiters();
+        }
+    }
 }

@@ -3,6 +3,12 @@
 
 Usage:
     python tests/clients/mcp_driver.py --mode legacy|stateless [--elicit MODE] --steps STEPS.json -- SERVER_CMD [ARGS...]
+    python tests/clients/mcp_driver.py --mode legacy|stateless [--elicit MODE] --steps STEPS.json --url URL
+
+--url connects over streamable HTTP (`streamable_http_client` with an httpx2 client from
+`create_mcp_http_client`) instead of starting a stdio server; the environment variable
+MCP_BEARER, when set, is sent as `Authorization: Bearer <MCP_BEARER>` on every request
+(an environment variable, so the credential is not in the process list).
 
 --elicit installs an elicitation callback (the client then declares the elicitation
 capability; without --elicit it declares none):
@@ -107,6 +113,8 @@ from typing import Any
 import anyio
 from mcp import ClientSession, StdioServerParameters, stdio_client
 from mcp.client.client import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
 from mcp_types import ElicitResult, Implementation, PaginatedRequestParams
 
@@ -139,8 +147,11 @@ def describe_error(exc: BaseException) -> dict[str, Any]:
 
 
 class Driver:
-    def __init__(self, mode: str, steps: list[dict[str, Any]], command: list[str], elicit: str | None = None) -> None:
+    def __init__(
+        self, mode: str, steps: list[dict[str, Any]], command: list[str], elicit: str | None = None, url: str | None = None
+    ) -> None:
         self.mode = mode
+        self.url = url
         self.elicit = elicit
         self.elicitations: list[Any] = []
         self.steps = steps
@@ -183,9 +194,16 @@ class Driver:
     def params(self) -> StdioServerParameters:
         return StdioServerParameters(command=self.command[0], args=self.command[1:], env=dict(os.environ))
 
+    def transport(self) -> Any:
+        if self.url is None:
+            return stdio_client(self.params())
+        bearer = os.environ.get("MCP_BEARER")
+        headers = {"Authorization": f"Bearer {bearer}"} if bearer else None
+        return streamable_http_client(self.url, http_client=create_mcp_http_client(headers=headers))
+
     async def connect(self, stack: AsyncExitStack) -> dict[str, Any]:
         if self.mode == "legacy":
-            read, write = await stack.enter_async_context(stdio_client(self.params()))
+            read, write = await stack.enter_async_context(self.transport())
             session = ClientSession(
                 read,
                 write,
@@ -203,7 +221,7 @@ class Driver:
                 "instructions": init.instructions,
             }
         client = Client(
-            self.params(),
+            self.params() if self.url is None else self.transport(),
             mode="auto",
             cache=None,
             message_handler=self.message_handler,
@@ -382,18 +400,19 @@ class Driver:
 
 def main() -> int:
     argv = sys.argv[1:]
-    if "--" not in argv:
-        print("usage: mcp_driver.py --mode legacy|stateless --steps STEPS.json -- SERVER_CMD [ARGS...]", file=sys.stderr)
+    if "--" not in argv and not any(a == "--url" or a.startswith("--url=") for a in argv):
+        print("usage: mcp_driver.py --mode legacy|stateless --steps STEPS.json (-- SERVER_CMD [ARGS...] | --url URL)", file=sys.stderr)
         return 2
-    split = argv.index("--")
+    split = argv.index("--") if "--" in argv else len(argv)
     parser = argparse.ArgumentParser(prog="mcp_driver.py")
+    parser.add_argument("--url", default=None, help="connect over streamable HTTP to URL (bearer from MCP_BEARER)")
     parser.add_argument("--mode", choices=["legacy", "stateless"], required=True)
     parser.add_argument("--steps", required=True, help="path to a JSON array of steps ('-' for stdin)")
     parser.add_argument("--elicit", default=None, help="accept|reject|decline|never|late:MS (default: no elicitation callback)")
     ns = parser.parse_args(argv[:split])
     command = argv[split + 1 :]
-    if not command:
-        parser.error("missing SERVER_CMD after --")
+    if not command and ns.url is None:
+        parser.error("missing SERVER_CMD after -- (or --url)")
     try:
         raw = sys.stdin.read() if ns.steps == "-" else open(ns.steps, encoding="utf-8").read()
         steps = json.loads(raw)
@@ -403,7 +422,7 @@ def main() -> int:
         log(f"bad steps file: {exc}")
         return 2
 
-    output, code = anyio.run(Driver(ns.mode, steps, command, ns.elicit).run)
+    output, code = anyio.run(Driver(ns.mode, steps, command, ns.elicit, ns.url).run)
     if output is not None:
         sys.stdout.write(json.dumps(output) + "\n")
         sys.stdout.flush()

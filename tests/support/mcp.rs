@@ -132,6 +132,50 @@ pub async fn drive_elicit(
     (report, stderr.into_owned())
 }
 
+/// Runs `tests/clients/mcp_driver.py` with `steps` against a streamable HTTP server at `url`,
+/// sending `bearer` (if any) as `Authorization: Bearer`; the elicitation callback as in
+/// [`drive_elicit`]. Returns the driver's JSON report.
+pub async fn drive_url(
+    python: &Path,
+    mode: Mode,
+    url: &str,
+    bearer: Option<&str>,
+    steps: Value,
+    elicit: Option<&str>,
+) -> Value {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let steps_file = dir.path().join("steps.json");
+    std::fs::write(&steps_file, steps.to_string()).expect("write steps");
+    let mut cmd = tokio::process::Command::new(python);
+    cmd.arg(root().join("tests/clients/mcp_driver.py"))
+        .args(["--mode", mode.arg()])
+        .args(elicit.map(|e| format!("--elicit={e}")))
+        .arg("--steps")
+        .arg(&steps_file)
+        .args(["--url", url])
+        .env_remove("MCP_BEARER")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(bearer) = bearer {
+        cmd.env("MCP_BEARER", bearer);
+    }
+    let out = tokio::time::timeout(std::time::Duration::from_secs(120), cmd.output())
+        .await
+        .expect("the MCP driver finished within 120 s")
+        .expect("run the MCP driver");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "driver failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("driver output is not JSON ({e}):\n{stdout}\n{stderr}"))
+}
+
 /// A scratch directory with `tollgate.toml` and `tools/test.toml`.
 pub struct Setup {
     pub dir: tempfile::TempDir,

@@ -1,6 +1,7 @@
 //! Shared test support: a misbehaving-on-demand HTTP server, and running real MCP clients.
 #![allow(dead_code)]
 
+pub mod http_server;
 pub mod l402_peer;
 pub mod ledgers;
 pub mod mcp;
