@@ -899,3 +899,100 @@ async fn tls_on_the_listener_serves_https_only() {
         .await;
     assert!(plain.is_err(), "{plain:?}");
 }
+
+/// The approval page is the person's: an agent's bearer opens nothing on it (a decision needs
+/// the form token of the page a person loaded), and the MCP endpoint does not serve it. The
+/// payment stays unapproved and nothing moves.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_approval_page_refuses_an_agents_bearer() {
+    let Some(python) = python() else { return };
+    let Some(peers) = support::x402_peer::start().await else {
+        return;
+    };
+    let config = format!(
+        "[[assets]]\nnetwork = \"eip155:31337\"\naddress = \"{}\"\nsymbol = \"USDC\"\ndecimals = 6\n\
+         [rpc]\n\"eip155:31337\" = \"{}\"\n[approval]\nlisten = \"127.0.0.1:0\"\n",
+        peers.str("/v2/usdc"),
+        peers.str("/v2/rpc"),
+    );
+    let tools = format!(
+        "[[tool]]\nname = \"weather\"\ndescription = \"Weather from the x402 v2 seller\"\n\
+         url = \"{}/weather?city=Paris\"\nmax_price = \"0.01 USD\"\n",
+        peers.seller("v2")
+    );
+    let policy = "[caps]\nper_call = \"0.01 USD\"\napprove_above = \"0.0005 USD\"\n\
+                  [allow]\nnetworks = [\"eip155:31337\"]\nassets = [\"USDC\"]\n";
+    let site = Site::new(&config, &tools, Some(policy));
+    let agent = site.mint(&["budget_usd_micros <= 1000000"]);
+    let key = peers.str("/buyer_key");
+    let server = HttpServer::start(&site.config(), &[("TOLLGATE_EVM_KEY", &key)]).await;
+    let payee = peers.str("/v2/payee");
+    let before = peers.balance("v2", &payee).await;
+
+    let asked = drive_url(
+        &python,
+        Mode::Legacy,
+        &server.url,
+        Some(&agent),
+        json!([{"op": "call_tool", "name": "weather", "arguments": {}}]),
+        None,
+    )
+    .await;
+    let required = structured(&asked, 0);
+    let id = required["approval_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{asked}"))
+        .to_owned();
+    let page = required["approve_url"]
+        .as_str()
+        .unwrap_or_else(|| panic!("the page is on: {asked}"))
+        .to_owned();
+    let origin = page
+        .split("/approvals/")
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let http = support::http_server::client();
+
+    // The agent's bearer, the page's own Origin, no form token: refused.
+    let decided = http
+        .post(&page)
+        .header("authorization", format!("Bearer {agent}"))
+        .header("origin", &origin)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("decision=approve")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(decided.status(), 403, "{:?}", decided.text().await);
+
+    // The MCP endpoint serves no approval page, whatever the bearer.
+    let on_mcp = server.url.replace("/mcp", &format!("/approvals/{id}"));
+    let elsewhere = http
+        .post(&on_mcp)
+        .header("authorization", format!("Bearer {agent}"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("decision=approve")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        elsewhere.status().is_client_error(),
+        "{}",
+        elsewhere.status()
+    );
+
+    // Still undecided: using it pays nothing.
+    let retried = drive_url(
+        &python,
+        Mode::Legacy,
+        &server.url,
+        Some(&agent),
+        json!([{"op": "call_tool", "name": "weather", "arguments": {"approval_id": id}}]),
+        None,
+    )
+    .await;
+    let still = structured(&retried, 0);
+    assert_eq!(still["status"], "approval_required", "{retried}");
+    assert_eq!(peers.balance("v2", &payee).await, before, "nothing moved");
+}
