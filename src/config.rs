@@ -53,6 +53,9 @@ struct ConfigFile {
     ledger: LedgerFile,
     #[serde(default)]
     http: HttpConfig,
+    /// Paid MCP servers whose tools tollgate re-exports (also allowed in `tools/*.toml`).
+    #[serde(default)]
+    mcp_upstream: Vec<crate::mcp_upstream::McpUpstreamSpec>,
 }
 
 /// The environment variable that names the ledger's database (it wins over `[ledger] url`,
@@ -240,6 +243,8 @@ pub struct Config {
     /// Where the ledger URL came from (`ledger.url` or `TOLLGATE_LEDGER_URL`), for messages.
     pub ledger_url_source: &'static str,
     pub http: HttpConfig,
+    /// `[[mcp_upstream]]` tables of this file, as written (checked with the tool files').
+    pub mcp_upstream: Vec<crate::mcp_upstream::McpUpstreamSpec>,
     raw_assets: Vec<AssetConfig>,
     raw_rpc: std::collections::BTreeMap<String, String>,
 }
@@ -349,6 +354,7 @@ impl Config {
                 tls_key: file.http.tls_key.clone().map(&at),
                 ..file.http
             },
+            mcp_upstream: file.mcp_upstream,
             raw_assets: file.assets,
             raw_rpc: file.rpc,
         }

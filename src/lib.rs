@@ -5,12 +5,17 @@
 //!
 //! * [`config`]: the one config file (`tollgate.toml`); [`toml_input`]: reading any TOML the
 //!   owner wrote, with errors that name file and key; [`canonical`]: JSON in one key order.
-//! * [`checkout`]: who may act on an open payment (leases of live calls, unknown outcomes).
+//! * [`checkout`]: the saga of one paid call, free of any transport (the checkout engine),
+//!   leases of live calls, the receipt builder, reconciliation of unknown outcomes.
+//! * [`tool`]: a tool as paying sees it (an HTTP tool, a paid MCP server's tool).
 //! * [`catalog`]: tool definitions (`tools/*.toml`), checked at start, turned into requests.
+//! * [`mcp_upstream`]: paid MCP servers (`[[mcp_upstream]]`): their tools, re-exported, and
+//!   their MCP payment messages translated to the rails' wire.
 //! * [`upstream`]: one HTTP call with every limit (timeouts, size, same-origin redirects).
-//! * [`pay`]: what a `402 Payment Required` asks for (protocol code: x402, L402, MPP).
+//! * [`pay`]: what a `402 Payment Required` asks for, choosing an offer under the rules.
+//! * [`rails`]: one [`rails::Rail`] per payment protocol (x402, L402, MPP) and their registry.
+//! * [`ledger`]: budgets, reservations, receipts behind traits (SQLite, PostgreSQL).
 //! * [`lightning`]: the Lightning backends that pay L402 invoices (LNbits, LND REST).
-//! * [`reconcile`]: payments whose outcome is unknown, settled against the chain at start.
 //! * [`approval`]: a person's yes above the threshold: the rule, the facts an approval is
 //!   bound to, sealed request state, the local approval page.
 //! * [`server`]: the MCP server (rmcp), the only module that knows MCP.
@@ -30,11 +35,13 @@ pub mod demo;
 pub mod ledger;
 pub mod lightning;
 pub mod loopback;
+pub mod mcp_upstream;
 pub mod money;
 pub mod pay;
 pub mod rails;
 pub mod rpc;
 pub mod server;
 pub mod toml_input;
+pub mod tool;
 pub mod upstream;
 pub mod wallet;

@@ -44,6 +44,9 @@ pub const APPROVAL_ID_ARGUMENT: &str = "approval_id";
 struct ToolFile {
     #[serde(default)]
     tool: Vec<ToolSpec>,
+    /// Paid MCP servers whose tools are re-exported (`crate::mcp_upstream`).
+    #[serde(default)]
+    mcp_upstream: Vec<crate::mcp_upstream::McpUpstreamSpec>,
 }
 
 /// One `[[tool]]` table as written (documented key by key in the README).
@@ -244,10 +247,39 @@ impl HttpTool {
     }
 }
 
+impl crate::tool::Tool for HttpTool {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn host(&self) -> String {
+        HttpTool::host(self)
+    }
+    fn port(&self) -> u16 {
+        HttpTool::port(self)
+    }
+    fn origin(&self) -> String {
+        self.url.origin().ascii_serialization()
+    }
+    fn max_price(&self) -> Option<UsdMicros> {
+        self.max_price
+    }
+    fn approval_always(&self) -> bool {
+        self.approval_always
+    }
+    fn redact(&self, text: &str) -> String {
+        HttpTool::redact(self, text)
+    }
+}
+
 /// All tools, in a stable order (by name).
 #[derive(Debug, Default)]
 pub struct Catalog {
     tools: BTreeMap<String, Arc<HttpTool>>,
+    /// `[[mcp_upstream]]` tables found with the tools, as written: `(file, index, spec)`;
+    /// checked by [`Catalog::mcp_upstreams`].
+    pub mcp_upstream_specs: Vec<(PathBuf, usize, crate::mcp_upstream::McpUpstreamSpec)>,
+    /// The paid MCP servers to serve, checked (filled by whoever loads the config too).
+    pub mcp_upstreams: Vec<crate::mcp_upstream::McpUpstreamConfig>,
     /// Things worth a warning that do not stop the server (e.g. an unset API-key variable).
     pub warnings: Vec<Problem>,
 }
@@ -270,18 +302,26 @@ impl Catalog {
             }
         };
         files.sort();
+        let mut upstreams = Vec::new();
         let mut specs = Vec::new();
         let mut problems = Vec::new();
         for file in files {
             match read_toml::<ToolFile>(&file) {
                 Ok(parsed) => {
-                    if parsed.tool.is_empty() {
+                    if parsed.tool.is_empty() && parsed.mcp_upstream.is_empty() {
                         problems.push(Problem::new(
                             &file,
                             "tool",
-                            "no [[tool]] tables in this file",
+                            "no [[tool]] or [[mcp_upstream]] tables in this file",
                         ));
                     }
+                    upstreams.extend(
+                        parsed
+                            .mcp_upstream
+                            .into_iter()
+                            .enumerate()
+                            .map(|(i, s)| (file.clone(), i, s)),
+                    );
                     specs.extend(
                         parsed
                             .tool
@@ -297,6 +337,7 @@ impl Catalog {
             problems.append(&mut more);
             Catalog::default()
         });
+        catalog.mcp_upstream_specs = upstreams;
         problems.sort_by(|a, b| a.file.cmp(&b.file));
         if problems.is_empty() {
             catalog
@@ -398,6 +439,16 @@ impl Catalog {
 
     pub fn get(&self, name: &str) -> Option<&Arc<HttpTool>> {
         self.tools.get(name)
+    }
+
+    /// The paid MCP servers found with the tools and in `extra` (the config file's), checked.
+    pub fn mcp_upstreams(
+        &self,
+        extra: Vec<(PathBuf, usize, crate::mcp_upstream::McpUpstreamSpec)>,
+    ) -> Result<Vec<crate::mcp_upstream::McpUpstreamConfig>, Vec<Problem>> {
+        let mut all = extra;
+        all.extend(self.mcp_upstream_specs.iter().cloned());
+        crate::mcp_upstream::config::check_all(all)
     }
 
     /// Tools in name order.
@@ -726,13 +777,13 @@ fn compile(
 }
 
 /// Checks a schema against its meta-schema (cheap; compiling waits for first use).
-fn meta_validate(schema: &Value) -> Result<(), String> {
+pub(crate) fn meta_validate(schema: &Value) -> Result<(), String> {
     jsonschema::meta::options()
         .validate(schema)
         .map_err(|e| e.to_string())
 }
 
-fn compile_schema(schema: &Map<String, Value>) -> Result<jsonschema::Validator, String> {
+pub(crate) fn compile_schema(schema: &Map<String, Value>) -> Result<jsonschema::Validator, String> {
     jsonschema::validator_for(&Value::Object(schema.clone())).map_err(|e| e.to_string())
 }
 
@@ -775,8 +826,8 @@ fn body_args(value: &Value, out: &mut Vec<String>) -> Result<(), template::Templ
 
 /// Replaces `${NAME}` with the environment variable's value; returns the text and the values
 /// substituted. `Ok(Err(name))` when a variable is not set; `Err` when the text is malformed.
-type Resolved = Result<(String, Vec<String>), String>;
-fn resolve_env(text: &str) -> Result<Resolved, String> {
+pub(crate) type Resolved = Result<(String, Vec<String>), String>;
+pub(crate) fn resolve_env(text: &str) -> Result<Resolved, String> {
     let mut values = Vec::new();
     let mut out = String::new();
     let mut rest = text;

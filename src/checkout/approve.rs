@@ -8,10 +8,10 @@
 
 use serde_json::{Map, Value};
 
+use super::Tool;
 use super::{Checkout, blocking};
 use crate::approval::{self, ApprovalRecord, Facts, Mismatch};
 use crate::budget::credential::Credential;
-use crate::catalog::HttpTool;
 use crate::ledger::{Approval, ApprovalState, NewApproval, Redeemed};
 use crate::money::{UsdMicros, rfc3339};
 use crate::pay::Quote;
@@ -52,7 +52,7 @@ impl Checkout {
     /// Why a person must approve paying `quote` for `tool` by `caller`, if one must.
     pub(super) fn approval_reason(
         &self,
-        tool: &HttpTool,
+        tool: &dyn Tool,
         quote: &Quote,
         caller: Option<&Credential>,
     ) -> Option<String> {
@@ -60,15 +60,15 @@ impl Checkout {
             quote.usd,
             self.policy.approve_above,
             caller.and_then(|c| c.restrictions.approve_above()),
-            &tool.name,
-            tool.approval_always,
+            tool.name(),
+            tool.approval_always(),
         )
     }
 
     /// The facts a person sees, and an approval is bound to, with the budget left after paying.
     pub(super) fn facts(
         &self,
-        tool: &HttpTool,
+        tool: &dyn Tool,
         arguments: &Map<String, Value>,
         quote: &Quote,
         caller: Option<&Credential>,
@@ -194,13 +194,13 @@ fn person(a: &Approval, now: u64) -> ApprovalRecord {
 
 /// The facts of paying `quote` for this call, without the budget (what an approval binds).
 pub fn offer_facts(
-    tool: &HttpTool,
+    tool: &dyn Tool,
     arguments: &Map<String, Value>,
     quote: &Quote,
     reason: String,
 ) -> Facts {
     Facts {
-        tool: tool.name.clone(),
+        tool: tool.name().to_owned(),
         arguments_hash: approval::arguments_hash(arguments),
         arguments: arguments.clone(),
         protocol: quote.offer.protocol.to_string(),

@@ -1,7 +1,7 @@
 //! Who is calling, and every cap a payment by them must fit under.
 
+use super::Tool;
 use crate::budget::credential::Credential;
-use crate::catalog::HttpTool;
 use crate::ledger::{BudgetNode, Cap};
 use crate::money::{UsdMicros, now_unix};
 use crate::pay::Rules;
@@ -80,12 +80,12 @@ impl Checkout {
     }
 
     /// Whether `caller` may call `tool` at all; the refusal says what the credential forbids.
-    pub fn admits(&self, tool: &HttpTool, caller: Option<&Credential>) -> Result<(), String> {
+    pub fn admits(&self, tool: &dyn Tool, caller: Option<&Credential>) -> Result<(), String> {
         let Some(c) = caller else { return Ok(()) };
-        if !c.restrictions.allows_tool(&tool.name) {
+        if !c.restrictions.allows_tool(tool.name()) {
             return Err(format!(
                 "your credential does not allow the tool `{}`; nothing was sent",
-                tool.name
+                tool.name()
             ));
         }
         if !c.restrictions.allows_host(&tool.host(), tool.port()) {
@@ -129,12 +129,12 @@ impl Checkout {
     }
 
     /// The rules an offer for `tool` by `caller` is judged by.
-    pub fn rules<'a>(&'a self, tool: &'a HttpTool, caller: Option<&'a Credential>) -> Rules<'a> {
+    pub fn rules<'a>(&'a self, tool: &'a dyn Tool, caller: Option<&'a Credential>) -> Rules<'a> {
         Rules {
             policy: &self.policy,
             assets: &self.assets,
-            tool_max: tool.max_price.unwrap_or(UsdMicros(0)),
-            tool: &tool.name,
+            tool_max: tool.max_price().unwrap_or(UsdMicros(0)),
+            tool: tool.name(),
             rails: &*self.rails,
             restrictions: caller.map(|c| &c.restrictions),
         }

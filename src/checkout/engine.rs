@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use super::approve::Ask;
 use super::lease::{Held, Leases};
 use super::receipt::{self, Settlement};
-use super::{Call, Checkout, Gate, Outcome, Port, blocking};
+use super::{Call, Checkout, Counter, Gate, HttpCounter, Outcome, Port, Sold, Tool, blocking};
 use crate::approval::ApprovalRecord;
 use crate::catalog::{HttpTool, UpstreamRequest};
 use crate::ledger::{LedgerError, NewReservation, PendingPayment, Proved, ReservationId};
@@ -23,7 +23,7 @@ use crate::money::{UsdMicros, now_unix};
 use crate::pay::{self, Challenge, Judgement, PayError, Proof, Quote, Receipt, Refusal};
 use crate::pay::{Charge, Payment};
 use crate::rails::{Kept, PaidAnswer, Proving, Rail};
-use crate::upstream::{Answer, Limits, Reply, Stage, UpstreamError};
+use crate::upstream::{Limits, Reply, Stage, UpstreamError};
 
 /// Which attempt at paying one call this is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,7 +35,7 @@ enum Attempt {
 
 impl Checkout {
     /// A credential kept from an earlier payment for this tool, on any rail.
-    fn kept(&self, tool: &HttpTool) -> Option<Kept> {
+    fn kept(&self, tool: &dyn Tool) -> Option<Kept> {
         let now = now_unix();
         self.rails
             .iter()
@@ -44,8 +44,12 @@ impl Checkout {
 
     /// Runs one call of `call.tool`: the request, and the payment when the upstream asks for
     /// one and the rules allow it.
-    pub async fn call<P: Port>(&self, call: Call<'_>, port: &P) -> Outcome<P::Halt> {
-        let tool = call.tool;
+    pub async fn call<P: Port, C: Counter>(
+        &self,
+        call: Call<'_, C>,
+        port: &P,
+    ) -> Outcome<P::Halt, C::Answer> {
+        let tool = call.tool();
         // A credential paid earlier for this origin and service (an L402 token) is sent on the
         // first request.
         let mut kept = self.kept(tool);
@@ -54,8 +58,8 @@ impl Checkout {
         // one paid for (`Flights`).
         let mut flight = None;
         loop {
-            let attempt = with_headers(&call.request, kept.iter().flat_map(|k| &k.headers));
-            match self.exchange(tool, attempt, port).await {
+            let headers: Vec<_> = kept.iter().flat_map(|k| k.headers.clone()).collect();
+            match self.exchange(call.counter, &headers, port).await {
                 Exchange::Cancelled => return Outcome::Cancelled,
                 Exchange::PaymentRequired { headers, body } => {
                     // A refused credential is forgotten; the 402 that refused it is paid once,
@@ -76,7 +80,7 @@ impl Checkout {
                         };
                         kept = self.kept(tool);
                         if let Some(paid) = &kept {
-                            tracing::info!(tool = %tool.name, payment_hash = %paid.payment_hash,
+                            tracing::info!(tool = %tool.name(), payment_hash = %paid.payment_hash,
                                 "a parallel call paid this service meanwhile; sending what it kept");
                             continue;
                         }
@@ -85,7 +89,7 @@ impl Checkout {
                     drop(flight);
                     return outcome;
                 }
-                Exchange::Answered(Reply { answer, .. }) => {
+                Exchange::Answered { answer, .. } => {
                     return Outcome::Answered {
                         answer,
                         payment: kept.map(|k| k.payment),
@@ -93,82 +97,80 @@ impl Checkout {
                     };
                 }
                 Exchange::Failed(e) => {
-                    return Outcome::failed(tool.redact(&format!("`{}` failed: {e}", tool.name)));
+                    return Outcome::failed(tool.redact(&format!("`{}` failed: {e}", tool.name())));
                 }
             }
         }
     }
 
-    /// Sends one request under the tool's limits, with progress; `None` when the caller
-    /// cancelled meanwhile (the request is dropped). Pays nothing (`price_check` uses it).
-    pub async fn send<P: Port>(
+    /// Sends the call once, unpaid, through its counter: what the seller asks for, if anything
+    /// (`price_check`); `None` when the caller cancelled meanwhile. Pays nothing.
+    pub async fn peek<P: Port, C: Counter>(
         &self,
-        tool: &HttpTool,
-        mut request: UpstreamRequest,
+        counter: &C,
         port: &P,
-    ) -> Option<Result<Reply, UpstreamError>> {
-        for rail in self.rails.iter() {
-            rail.request_headers(&mut request.headers);
-        }
-        let limits = Limits {
-            timeout: tool.timeout,
-            max_response_bytes: tool.max_response_bytes,
-        };
-        let host = tool.host();
-        let call = self.upstream.call(request, limits, |stage| match stage {
-            Stage::Sending => port.progress(format!("request sent to {host}")),
-            Stage::ReadingBody => port.progress(format!("{host} answered; reading the response")),
-        });
-        tokio::select! {
-            reply = call => Some(reply),
-            () = port.cancelled() => {
-                tracing::info!(tool = %tool.name, "call cancelled by the client; upstream request dropped");
-                None
+    ) -> Option<Result<Sold<C::Answer>, String>> {
+        match self.exchange(counter, &[], port).await {
+            Exchange::Cancelled => None,
+            Exchange::PaymentRequired { headers, body } => {
+                Some(Ok(Sold::PaymentRequired { headers, body }))
             }
+            Exchange::Answered { answer, headers } => Some(Ok(Sold::Answered { answer, headers })),
+            Exchange::Failed(e) => Some(Err(e)),
         }
     }
 
-    /// [`Checkout::send`], sorted: what the engine does next depends on which it is.
-    async fn exchange<P: Port>(
+    /// Sends the call once through its counter, with what every rail adds to a request and
+    /// `headers` (a proof's, a kept credential's), and sorts what came back: what the engine
+    /// does next depends on which it is.
+    async fn exchange<P: Port, C: Counter>(
         &self,
-        tool: &HttpTool,
-        request: UpstreamRequest,
+        counter: &C,
+        headers: &[(HeaderName, HeaderValue)],
         port: &P,
-    ) -> Exchange {
-        match self.send(tool, request, port).await {
-            None => Exchange::Cancelled,
-            Some(Ok(Reply {
-                answer: Answer::PaymentRequired { body },
-                headers,
-            })) => Exchange::PaymentRequired { headers, body },
-            Some(Ok(reply)) => Exchange::Answered(reply),
-            Some(Err(e)) => Exchange::Failed(e),
+    ) -> Exchange<C::Answer> {
+        let mut all = tool_headers(&self.rails);
+        all.extend(headers.iter().cloned());
+        let progress = |line| port.progress(line);
+        let sent = tokio::select! {
+            sent = counter.send(&all, &progress) => sent,
+            () = port.cancelled() => {
+                tracing::info!(tool = %counter.tool().name(), "call cancelled by the client; upstream request dropped");
+                return Exchange::Cancelled;
+            }
+        };
+        match sent {
+            Ok(Sold::PaymentRequired { headers, body }) => {
+                Exchange::PaymentRequired { headers, body }
+            }
+            Ok(Sold::Answered { answer, headers }) => Exchange::Answered { answer, headers },
+            Err(e) => Exchange::Failed(e),
         }
     }
 
     /// The 402 path of one call: the offers, the choice, the approval, then paying.
-    async fn pay<P: Port>(
+    async fn pay<P: Port, C: Counter>(
         &self,
-        call: &Call<'_>,
+        call: &Call<'_, C>,
         headers: &HeaderMap,
         body: &[u8],
         port: &P,
-    ) -> Outcome<P::Halt> {
-        let tool = call.tool;
+    ) -> Outcome<P::Halt, C::Answer> {
+        let tool = call.tool();
         let challenge = self.rails.read_challenge(headers, body);
-        if tool.max_price.is_none() {
+        if tool.max_price().is_none() {
             return Outcome::failed(tool.redact(&format!(
                 "`{}` answered 402 Payment Required, but this tool has no max_price, so tollgate \
                  never pays for it; nothing was paid. {}",
-                tool.name,
+                tool.name(),
                 describe(&challenge)
             )));
         }
-        if !self.policy.tools.permits(&tool.name) || !self.policy.hosts.permits(&tool.host()) {
+        if !self.policy.tools.permits(tool.name()) || !self.policy.hosts.permits(&tool.host()) {
             return Outcome::failed(format!(
                 "the policy ({}) does not allow paying for `{}` (host {}); nothing was paid",
                 self.policy.source,
-                tool.name,
+                tool.name(),
                 tool.host()
             ));
         }
@@ -190,24 +192,24 @@ impl Checkout {
 
     /// The approval step: by the policy below every threshold, else by a person, asked
     /// through the transport.
-    async fn approve<P: Port>(
+    async fn approve<P: Port, C: Counter>(
         &self,
-        call: &Call<'_>,
+        call: &Call<'_, C>,
         quote: &Quote,
         port: &P,
-    ) -> Result<ApprovalRecord, Outcome<P::Halt>> {
+    ) -> Result<ApprovalRecord, Outcome<P::Halt, C::Answer>> {
         let now = now_unix();
-        let Some(reason) = self.approval_reason(call.tool, quote, call.caller) else {
+        let Some(reason) = self.approval_reason(call.tool(), quote, call.caller) else {
             return Ok(ApprovalRecord::by_policy(quote.usd, now));
         };
         if self.approval.secret.is_none() {
             return Err(Outcome::failed(format!(
                 "`{}`: {reason}, so a person must approve it, but this tollgate has no approval \
                  secret (it could not write its state directory); nothing was paid",
-                call.tool.name
+                call.tool().name()
             )));
         }
-        let facts = self.facts(call.tool, call.arguments, quote, call.caller, reason, now);
+        let facts = self.facts(call.tool(), call.arguments, quote, call.caller, reason, now);
         match port.approve(&Ask { facts }).await {
             Gate::Pay(approval) => Ok(approval),
             Gate::Refuse(message) => Err(Outcome::Failed(message)),
@@ -216,19 +218,20 @@ impl Checkout {
     }
 
     /// Pays the chosen, approved offer: reserve, prove, record pending, send, commit.
-    async fn pay_quote<P: Port>(
+    async fn pay_quote<P: Port, C: Counter>(
         &self,
-        call: &Call<'_>,
+        call: &Call<'_, C>,
         quote: Quote,
         approval: ApprovalRecord,
         port: &P,
         attempt: Attempt,
-    ) -> Outcome<P::Halt> {
-        let tool = call.tool;
+    ) -> Outcome<P::Halt, C::Answer> {
+        let tool = call.tool();
         let Some(rail) = self.rails.get(quote.offer.protocol) else {
             return Outcome::failed(format!(
                 "`{}`: {} is not a rail tollgate has; nothing was paid",
-                tool.name, quote.offer.protocol
+                tool.name(),
+                quote.offer.protocol
             ));
         };
         // After approval and before the reservation: a challenge too close to its expiry is
@@ -243,7 +246,7 @@ impl Checkout {
         let in_ledger = |what: &str, e: LedgerError| {
             Outcome::failed(format!(
                 "`{}`: the ledger could not {what} ({e}); nothing was paid",
-                tool.name
+                tool.name()
             ))
         };
         let (held, proof, resent) = match self.claim_or_reserve(call, rail, &quote, now) {
@@ -272,11 +275,14 @@ impl Checkout {
                     Err(PayError::OutcomeUnknown(reason)) => {
                         held.proof_recorded();
                         held.disown();
-                        return Outcome::failed(format!("`{}`: {reason}", tool.name));
+                        return Outcome::failed(format!("`{}`: {reason}", tool.name()));
                     }
                     Err(e) => {
                         drop(held);
-                        return Outcome::failed(format!("`{}`: {e}; nothing was paid", tool.name));
+                        return Outcome::failed(format!(
+                            "`{}`: {e}; nothing was paid",
+                            tool.name()
+                        ));
                     }
                 };
                 // Recorded before the proof leaves the process (a crash after this line leaves
@@ -310,14 +316,13 @@ impl Checkout {
             quote.asset.symbol
         ));
         tracing::info!(
-            tool = %tool.name, protocol = %quote.offer.protocol, network = %quote.offer.network,
+            tool = %tool.name(), protocol = %quote.offer.protocol, network = %quote.offer.network,
             amount_atomic = %quote.offer.amount_atomic, usd = %quote.usd, payee = %quote.offer.payee,
             reused, "paying"
         );
 
-        let paid_request = with_headers(&call.request, &proof.headers);
         // Cancelled after the proof left: `held` gives the payment up (unknown) as it drops.
-        match self.exchange(tool, paid_request, port).await {
+        match self.exchange(call.counter, &proof.headers, port).await {
             Exchange::Cancelled => Outcome::Cancelled,
             Exchange::PaymentRequired { headers, body } => {
                 let refused = Refused {
@@ -330,7 +335,7 @@ impl Checkout {
                 self.paid_and_refused(call, rail, quote, approval, refused, port, attempt)
                     .await
             }
-            Exchange::Answered(Reply { answer, headers }) => {
+            Exchange::Answered { answer, headers } => {
                 let mut proof = proof;
                 let paid = PaidAnswer {
                     quote: &quote,
@@ -349,7 +354,7 @@ impl Checkout {
                 );
                 held.settled();
                 tracing::info!(
-                    tool = %tool.name, receipt = %receipt.receipt_id,
+                    tool = %tool.name(), receipt = %receipt.receipt_id,
                     transaction = ?receipt.transaction, usd = %quote.usd, "paid"
                 );
                 Outcome::Answered {
@@ -367,7 +372,10 @@ impl Checkout {
                     "`{}`: the request with the paid {} credential failed ({e}). The payment of \
                      {} went through (receipt {}); calling again sends the same credential and \
                      pays nothing more.",
-                    tool.name, quote.offer.protocol, quote.usd, receipt.receipt_id
+                    tool.name(),
+                    quote.offer.protocol,
+                    quote.usd,
+                    receipt.receipt_id
                 )))
             }
             Exchange::Failed(e) => {
@@ -378,7 +386,8 @@ impl Checkout {
                     "`{}`: the paid request failed ({e}); the payment of {} may or may not have \
                      settled. Calling again with the same arguments re-sends the same signed \
                      payment (it can settle at most once), never a new one.",
-                    tool.name, quote.usd
+                    tool.name(),
+                    quote.usd
                 )))
             }
         }
@@ -386,16 +395,16 @@ impl Checkout {
 
     /// Where a payment starts: the unknown proof of this very call, claimed to be re-sent, or
     /// a new reservation against every cap.
-    fn claim_or_reserve(
+    fn claim_or_reserve<C: Counter>(
         &self,
-        call: &Call<'_>,
+        call: &Call<'_, C>,
         rail: &dyn Rail,
         quote: &Quote,
         now: u64,
     ) -> Result<Start, String> {
-        let tool = call.tool;
+        let tool = call.tool();
         let ledger = &self.ledger;
-        let key = fingerprint(&tool.name, call.arguments, quote);
+        let key = fingerprint(tool.name(), call.arguments, quote);
         // A retry of a call whose payment has an unknown outcome (its process died, or the
         // call ended without an answer) re-sends that proof: the claim makes this call its one
         // owner. A payment in flight in a live call is never taken.
@@ -409,7 +418,7 @@ impl Checkout {
         .map_err(|e| {
             format!(
                 "`{}`: the ledger could not be read ({e}); nothing was paid",
-                tool.name
+                tool.name()
             )
         })?;
         if let Some(payment) = claimed {
@@ -430,10 +439,10 @@ impl Checkout {
             fingerprint: key,
             amount_usd_micros: rail.hold(quote).0,
             caps: self.caps(call.caller),
-            tool: tool.name.clone(),
+            tool: tool.name().to_owned(),
             payee: quote.offer.payee.clone(),
             protocol: quote.offer.protocol.to_string(),
-            meta_json: Charge::of(quote, call.arguments).to_json(),
+            meta_json: charge_of(quote, call.arguments, tool).to_json(),
             lease: Some(lease),
         };
         if rail.signs_at_once() {
@@ -456,7 +465,7 @@ impl Checkout {
                 (Ok(id), None) => Err(format!(
                     "`{}`: the ledger recorded reservation {id} without its signature; nothing \
                      was paid",
-                    tool.name
+                    tool.name()
                 )),
                 (Err(e), _) => Err(refusal(tool, quote, e)),
             };
@@ -472,7 +481,7 @@ impl Checkout {
 
 /// Why a reservation was not made, for the model: which cap it does not fit in (with the fee
 /// bound held), why the proof could not be made, or what the ledger said.
-fn refusal(tool: &HttpTool, quote: &Quote, error: LedgerError) -> String {
+fn refusal(tool: &dyn Tool, quote: &Quote, error: LedgerError) -> String {
     match error {
         LedgerError::Exceeded {
             key,
@@ -494,7 +503,7 @@ fn refusal(tool: &HttpTool, quote: &Quote, error: LedgerError) -> String {
             format!(
                 "`{}` costs {}{with_fee}, which does not fit in {} (limit {}, spent {}, held for \
                  calls in flight {}); nothing was paid",
-                tool.name,
+                tool.name(),
                 quote.usd,
                 describe_cap(&key),
                 UsdMicros(limit_usd_micros),
@@ -502,10 +511,10 @@ fn refusal(tool: &HttpTool, quote: &Quote, error: LedgerError) -> String {
                 UsdMicros(reserved_usd_micros)
             )
         }
-        LedgerError::NotProved(why) => format!("`{}`: {why}; nothing was paid", tool.name),
+        LedgerError::NotProved(why) => format!("`{}`: {why}; nothing was paid", tool.name()),
         e => format!(
             "`{}`: the ledger could not reserve the payment ({e}); nothing was paid",
-            tool.name
+            tool.name()
         ),
     }
 }
@@ -513,17 +522,17 @@ fn refusal(tool: &HttpTool, quote: &Quote, error: LedgerError) -> String {
 impl Checkout {
     /// The seller answered 402 to a paid request.
     #[allow(clippy::too_many_arguments)]
-    async fn paid_and_refused<P: Port>(
+    async fn paid_and_refused<P: Port, C: Counter>(
         &self,
-        call: &Call<'_>,
+        call: &Call<'_, C>,
         rail: &dyn Rail,
         quote: Quote,
         approval: ApprovalRecord,
         refused: Refused<'_>,
         port: &P,
         attempt: Attempt,
-    ) -> Outcome<P::Halt> {
-        let tool = call.tool;
+    ) -> Outcome<P::Halt, C::Answer> {
+        let tool = call.tool();
         let Refused {
             held,
             proof,
@@ -546,7 +555,10 @@ impl Checkout {
                 "`{}`: the seller answered 402 again to the {} proof tollgate had just paid {} \
                  for (receipt {}, payment hash {hash}). tollgate pays once per call, so nothing \
                  more was paid.",
-                tool.name, quote.offer.protocol, quote.usd, receipt.receipt_id,
+                tool.name(),
+                quote.offer.protocol,
+                quote.usd,
+                receipt.receipt_id,
             )));
         }
         // The seller refused a proof it had seen before: it may have settled it already (its
@@ -582,7 +594,8 @@ impl Checkout {
             "`{}`: the seller answered 402 again after tollgate sent a signed payment of {} (the \
              seller says: {reason}). tollgate signs one payment per call, so nothing more was \
              signed; nothing was charged unless the seller settles that payment.",
-            tool.name, quote.usd
+            tool.name(),
+            quote.usd
         )))
     }
 
@@ -590,14 +603,14 @@ impl Checkout {
     /// most often because it had settled it already (the nonce is used). The chain decides at
     /// once, and the model is told what it says: paid (with the transaction and a receipt)
     /// but not delivered, provably unpaid, or still undecided.
-    async fn resent_refused<H>(
+    async fn resent_refused<H, A>(
         &self,
-        tool: &HttpTool,
+        tool: &dyn Tool,
         quote: &Quote,
         held: Held,
         payment: &PendingPayment,
         seller: Option<String>,
-    ) -> Outcome<H> {
+    ) -> Outcome<H, A> {
         use super::reconcile;
         use crate::rails::Verdict;
         let owner = self.leases.owner().to_owned();
@@ -615,7 +628,8 @@ impl Checkout {
                      call{said}, and the chain could not be asked whether it settled ({why}). It \
                      stays pending and counts against your budget until `tollgate reconcile` \
                      settles it; it is never paid twice.",
-                    tool.name, quote.usd
+                    tool.name(),
+                    quote.usd
                 )));
             }
         };
@@ -625,14 +639,14 @@ impl Checkout {
             (Verdict::Paid { transaction, .. }, Ok(receipt)) => {
                 held.settled();
                 let receipt_id = receipt.map(|r| r.receipt_id).unwrap_or_default();
-                tracing::warn!(tool = %tool.name, receipt = %receipt_id,
+                tracing::warn!(tool = %tool.name(), receipt = %receipt_id,
                     transaction = ?transaction, "a re-sent payment had settled; receipt written");
                 Outcome::failed(tool.redact(&format!(
                     "`{}`: the payment of {} for this call was made (transaction {}, receipt \
                      {receipt_id}), but the seller never delivered its answer: it refused the \
                      same payment when tollgate re-sent it{said}. Nothing more was paid. \
                      Calling again pays anew for the answer.",
-                    tool.name,
+                    tool.name(),
                     quote.usd,
                     transaction.as_deref().unwrap_or("not found in the node's logs"),
                 )))
@@ -643,7 +657,7 @@ impl Checkout {
                     "`{}`: the seller refused the payment that tollgate re-sent for this \
                      call{said}; the chain shows it never settled and no longer can, so nothing \
                      was paid and its hold is released.",
-                    tool.name
+                    tool.name()
                 )))
             }
             (Verdict::Open, Ok(_)) => {
@@ -653,7 +667,8 @@ impl Checkout {
                      call{said}, and the chain shows it unused and still valid. Nothing was \
                      charged unless the seller settles it before it expires; it stays pending \
                      (counted against your budget) until then, and is never paid twice.",
-                    tool.name, quote.usd
+                    tool.name(),
+                    quote.usd
                 )))
             }
             (_, Err(e)) => {
@@ -662,7 +677,8 @@ impl Checkout {
                     "`{}`: the seller refused a re-sent payment of {}{said}, and the ledger could \
                      not record what the chain says ({e}); it stays pending until `tollgate \
                      reconcile` settles it.",
-                    tool.name, quote.usd
+                    tool.name(),
+                    quote.usd
                 )))
             }
         }
@@ -671,30 +687,30 @@ impl Checkout {
     /// Asks the seller for a fresh challenge (the request again, unpaid) and pays it under the
     /// approval already given, once per call: the fresh offer must be payable under the same
     /// rules and cost no more than the one approved. A second stale challenge ends the call.
-    async fn pay_fresh<P: Port>(
+    async fn pay_fresh<P: Port, C: Counter>(
         &self,
-        call: &Call<'_>,
+        call: &Call<'_, C>,
         approved: &Quote,
         approval: ApprovalRecord,
         port: &P,
         attempt: Attempt,
         why: &str,
-    ) -> Outcome<P::Halt> {
-        let tool = call.tool;
+    ) -> Outcome<P::Halt, C::Answer> {
+        let tool = call.tool();
         if attempt == Attempt::Fresh {
             return Outcome::failed(tool.redact(&format!(
                 "`{}`: {why}, again on a fresh challenge; tollgate fetches one fresh challenge \
                  per call, so nothing more was signed and nothing was paid. The seller's clock \
                  or its challenge lifetime may be wrong.",
-                tool.name
+                tool.name()
             )));
         }
         port.progress(format!("{why}; asking the seller for a fresh challenge"));
-        tracing::info!(tool = %tool.name, %why, "fetching a fresh MPP challenge");
-        let (headers, body) = match self.exchange(tool, call.request.clone(), port).await {
+        tracing::info!(tool = %tool.name(), %why, "fetching a fresh MPP challenge");
+        let (headers, body) = match self.exchange(call.counter, &[], port).await {
             Exchange::Cancelled => return Outcome::Cancelled,
             Exchange::PaymentRequired { headers, body } => (headers, body),
-            Exchange::Answered(Reply { answer, .. }) => {
+            Exchange::Answered { answer, .. } => {
                 return Outcome::Answered {
                     answer,
                     payment: None,
@@ -704,7 +720,7 @@ impl Checkout {
             Exchange::Failed(e) => {
                 return Outcome::failed(tool.redact(&format!(
                     "`{}`: {why}, and asking for a fresh challenge failed ({e}); nothing was paid",
-                    tool.name
+                    tool.name()
                 )));
             }
         };
@@ -720,7 +736,9 @@ impl Checkout {
             return Outcome::failed(tool.redact(&format!(
                 "`{}`: the fresh challenge asks {}, more than the {} approved; nothing was paid. \
                  Call again to decide on the new price.",
-                tool.name, quote.usd, approved.usd
+                tool.name(),
+                quote.usd,
+                approved.usd
             )));
         }
         // A person approved paying this payee, in this asset, on this network, by this
@@ -732,7 +750,7 @@ impl Checkout {
                 return Outcome::failed(tool.redact(&format!(
                     "`{}`: the fresh challenge is not the offer as a person approved it: \
                      {mismatch}; nothing was paid. Call again to decide on the new offer.",
-                    tool.name
+                    tool.name()
                 )));
             }
         }
@@ -743,9 +761,9 @@ impl Checkout {
     /// the proof reports) and returns the receipt. A failure to commit leaves the reservation
     /// held (never under-counted) and is logged for the owner.
     #[allow(clippy::too_many_arguments)]
-    fn commit(
+    fn commit<C: Counter>(
         &self,
-        call: &Call<'_>,
+        call: &Call<'_, C>,
         reservation: ReservationId,
         quote: &Quote,
         proof: &Proof,
@@ -757,7 +775,7 @@ impl Checkout {
         let mut all = proof.details.clone();
         all.extend(details);
         let receipt = receipt::receipt(
-            &Charge::of(quote, call.arguments),
+            &charge_of(quote, call.arguments, call.tool()),
             &quote.offer.payee,
             quote.usd,
             Settlement {
@@ -809,16 +827,16 @@ fn fingerprint(tool: &str, arguments: &Map<String, Value>, quote: &Quote) -> Str
     hex::encode(hash.finalize())
 }
 
-/// How one request to the upstream ended.
-enum Exchange {
+/// How one sending of a call ended.
+enum Exchange<A> {
     /// The caller cancelled the call meanwhile (the request was dropped).
     Cancelled,
     /// 402: the seller asks for payment (again).
     PaymentRequired { headers: HeaderMap, body: Vec<u8> },
     /// Any other answer.
-    Answered(Reply),
-    /// No answer (a timeout, a refused connection, a body over the limit).
-    Failed(UpstreamError),
+    Answered { answer: A, headers: HeaderMap },
+    /// No answer (a timeout, a refused connection, a body over the limit), in words.
+    Failed(String),
 }
 
 /// A paid request the seller answered with 402.
@@ -831,6 +849,13 @@ struct Refused<'a> {
     body: &'a [u8],
 }
 
+/// The charge of paying `quote` for a call of `tool` with `arguments`.
+fn charge_of(quote: &Quote, arguments: &Map<String, Value>, tool: &dyn Tool) -> Charge {
+    let mut charge = Charge::of(quote, arguments);
+    charge.sold_at = tool.receipt_details();
+    charge
+}
+
 /// What a payment actually cost: the amount plus the fee the proof reports.
 fn actual_usd(quote: &Quote, proof: &Proof) -> UsdMicros {
     if proof.fee_atomic == 0 {
@@ -839,22 +864,71 @@ fn actual_usd(quote: &Quote, proof: &Proof) -> UsdMicros {
     quote.with_fee(proof.fee_atomic)
 }
 
-/// The call's request with a proof's (or a kept credential's) headers.
-fn with_headers<'h>(
-    request: &UpstreamRequest,
-    headers: impl IntoIterator<Item = &'h (HeaderName, HeaderValue)>,
-) -> UpstreamRequest {
-    let mut request = request.clone();
-    for (name, value) in headers {
-        request.headers.insert(name.clone(), value.clone());
+/// What every rail adds to every request to a tool (an MPP client says what it can pay).
+pub fn tool_headers(rails: &crate::rails::Rails) -> Vec<(HeaderName, HeaderValue)> {
+    let mut headers = HeaderMap::new();
+    for rail in rails.iter() {
+        rail.request_headers(&mut headers);
     }
-    request
+    headers
+        .into_iter()
+        .filter_map(|(name, value)| Some((name?, value)))
+        .collect()
+}
+
+/// One HTTP request of a tool under its limits, with progress.
+async fn send_http(
+    upstream: &crate::upstream::Upstream,
+    tool: &HttpTool,
+    request: UpstreamRequest,
+    progress: &(dyn Fn(String) + Sync),
+) -> Result<Reply, UpstreamError> {
+    let limits = Limits {
+        timeout: tool.timeout,
+        max_response_bytes: tool.max_response_bytes,
+    };
+    let host = tool.host();
+    upstream
+        .call(request, limits, |stage| match stage {
+            Stage::Sending => progress(format!("request sent to {host}")),
+            Stage::ReadingBody => progress(format!("{host} answered; reading the response")),
+        })
+        .await
+}
+
+impl Counter for HttpCounter<'_> {
+    type Answer = crate::upstream::Answer;
+
+    fn tool(&self) -> &dyn Tool {
+        self.tool
+    }
+
+    fn send<'a>(
+        &'a self,
+        headers: &'a [(HeaderName, HeaderValue)],
+        progress: &'a (dyn Fn(String) + Sync),
+    ) -> futures_util::future::BoxFuture<'a, Result<Sold<Self::Answer>, String>> {
+        Box::pin(async move {
+            let mut request = self.request.clone();
+            for (name, value) in headers {
+                request.headers.insert(name.clone(), value.clone());
+            }
+            match send_http(self.upstream, self.tool, request, progress).await {
+                Ok(Reply {
+                    answer: crate::upstream::Answer::PaymentRequired { body },
+                    headers,
+                }) => Ok(Sold::PaymentRequired { headers, body }),
+                Ok(Reply { answer, headers }) => Ok(Sold::Answered { answer, headers }),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+    }
 }
 
 /// The message for a 402 that will not be paid: the cheapest price above a cap if that is the
 /// reason, else every offer's reason.
 pub(crate) fn refusal_message(
-    tool: &HttpTool,
+    tool: &dyn Tool,
     challenge: &Challenge,
     judged: &[Judgement],
 ) -> String {
@@ -869,7 +943,7 @@ pub(crate) fn refusal_message(
         return format!(
             "`{}` costs {price}, which is above {which} {cap}; nothing was paid. Ask the owner \
              to raise the limit, or use another tool.",
-            tool.name
+            tool.name()
         );
     }
     let mut reasons: Vec<String> = judged
@@ -893,7 +967,7 @@ pub(crate) fn refusal_message(
     }
     format!(
         "`{}` requires payment, and no offer can be paid; nothing was paid. {}",
-        tool.name,
+        tool.name(),
         reasons.join("; ")
     )
 }

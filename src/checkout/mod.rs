@@ -29,11 +29,14 @@ pub mod reconcile;
 use std::future::Future;
 use std::sync::Arc;
 
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Map, Value};
 
 pub use crate::ledger::blocking;
 pub use crate::pay::{Charge, Payment};
+pub use crate::tool::Tool;
 pub use approve::{Ask, Gate, Redemption};
+pub use engine::tool_headers;
 
 use crate::budget::credential::{Credential, RootKey};
 use crate::budget::policy::Policy;
@@ -97,27 +100,67 @@ impl Checkout {
     }
 }
 
-/// One call of a tool, as the transport checked it.
-pub struct Call<'a> {
+/// Where a call is sold: what the engine sends one call to, unpaid or with a payment's (or a
+/// kept credential's) headers, and what came back. An HTTP endpoint ([`HttpCounter`]) speaks
+/// the rails' wire as is; a paid MCP server translates its payment messages to and from it.
+pub trait Counter: Sync {
+    /// A successful answer, as the transport hands it back to its caller.
+    type Answer: Send;
+
+    /// The tool being called.
+    fn tool(&self) -> &dyn Tool;
+
+    /// Sends the call once with `headers` added (a proof's, a kept credential's; none:
+    /// unpaid). `progress` takes short lines about where the call is.
+    fn send<'a>(
+        &'a self,
+        headers: &'a [(HeaderName, HeaderValue)],
+        progress: &'a (dyn Fn(String) + Sync),
+    ) -> futures_util::future::BoxFuture<'a, Result<Sold<Self::Answer>, String>>;
+}
+
+/// What one sending of a call brought back.
+pub enum Sold<A> {
+    /// The seller asks for payment (again): its challenge, on the rails' HTTP wire.
+    PaymentRequired { headers: HeaderMap, body: Vec<u8> },
+    /// Any other answer, with the headers its settlement may be read from.
+    Answered { answer: A, headers: HeaderMap },
+}
+
+/// An HTTP tool's counter: its request, sent by the upstream client under the tool's limits.
+pub struct HttpCounter<'a> {
     pub tool: &'a HttpTool,
-    /// The arguments, validated against the tool's input schema.
-    pub arguments: &'a Map<String, Value>,
     /// The request the arguments make (unpaid).
     pub request: UpstreamRequest,
+    pub upstream: &'a Upstream,
+}
+
+/// One call of a tool, as the transport checked it.
+pub struct Call<'a, C> {
+    /// Where the call goes (the tool and its request).
+    pub counter: &'a C,
+    /// The arguments, validated against the tool's input schema.
+    pub arguments: &'a Map<String, Value>,
     /// Who is calling ([`Checkout::identify`]); `None`: the policy alone applies.
     pub caller: Option<&'a Credential>,
+}
+
+impl<C: Counter> Call<'_, C> {
+    pub fn tool(&self) -> &dyn Tool {
+        self.counter.tool()
+    }
 }
 
 /// How a call ended.
 // An answer is large (serde_json's `preserve_order` maps); an outcome is made once per call.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
-pub enum Outcome<H> {
+pub enum Outcome<H, A = Answer> {
     /// The upstream answered: its answer, what was paid for it (a receipt, or the kept L402
     /// token it was served on; nothing when it was free), and the rail's settlement metadata
     /// for the result's `_meta` (x402's decoded payment response, MPP's receipt).
     Answered {
-        answer: Answer,
+        answer: A,
         payment: Option<Payment>,
         meta: Map<String, Value>,
     },
@@ -132,8 +175,8 @@ pub enum Outcome<H> {
     Halted(H),
 }
 
-impl<H> Outcome<H> {
-    fn failed(message: impl Into<String>) -> Outcome<H> {
+impl<H, A> Outcome<H, A> {
+    fn failed(message: impl Into<String>) -> Outcome<H, A> {
         Outcome::Failed(message.into())
     }
 }
@@ -164,8 +207,8 @@ struct Flights(std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::syn
 
 impl Flights {
     /// Waits for, then holds, the right to pay `tool`'s service.
-    async fn enter(&self, tool: &HttpTool) -> tokio::sync::OwnedMutexGuard<()> {
-        let key = format!("{} {}", tool.url.origin().ascii_serialization(), tool.name);
+    async fn enter(&self, tool: &dyn Tool) -> tokio::sync::OwnedMutexGuard<()> {
+        let key = format!("{} {}", tool.origin(), tool.name());
         let lock = {
             let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
             map.entry(key).or_default().clone()

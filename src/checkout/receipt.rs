@@ -38,7 +38,8 @@ pub fn receipt(
     settlement: Settlement,
     now: u64,
 ) -> Receipt {
-    let mut details = settlement.details;
+    let mut details = charge.sold_at.clone();
+    details.extend(settlement.details);
     if settlement.charged != price {
         details.insert("charged_usd_micros".into(), settlement.charged.0.into());
     }

@@ -28,6 +28,19 @@ pub fn load(config: Option<PathBuf>) -> Result<(Config, Catalog, Policy), Vec<Pr
     let config = Config::load(config.as_deref()).map_err(|e| e.0)?;
     let catalog = Catalog::load_dir(&config.tools_dir, &config.upstream);
     let policy = config.load_policy();
+    // `[[mcp_upstream]]` of the config file and of the tool files, checked together.
+    let source = config.source.clone().unwrap_or_default();
+    let extra = config
+        .mcp_upstream
+        .iter()
+        .cloned()
+        .enumerate()
+        .map(|(i, s)| (source.clone(), i, s))
+        .collect();
+    let catalog = catalog.and_then(|mut catalog| {
+        catalog.mcp_upstreams = catalog.mcp_upstreams(extra)?;
+        Ok(catalog)
+    });
     match (catalog, policy) {
         (Ok(catalog), Ok(policy)) => Ok((config, catalog, policy)),
         (catalog, policy) => {

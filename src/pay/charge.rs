@@ -39,6 +39,10 @@ pub struct Charge {
     /// The call's arguments (for the books).
     #[serde(default)]
     pub arguments: Map<String, Value>,
+    /// Where the call was sold, when the tool's name alone does not say (a paid MCP server
+    /// and its own name for the tool): copied into the receipt.
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub sold_at: Map<String, Value>,
 }
 
 impl Charge {
@@ -55,6 +59,7 @@ impl Charge {
             rate_usd_micros_per_unit: quote.asset.usd_micros_per_unit,
             sandbox: quote.asset.sandbox,
             arguments: arguments.clone(),
+            sold_at: Map::new(),
         }
     }
 

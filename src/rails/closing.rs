@@ -11,11 +11,11 @@ use std::sync::Arc;
 use reqwest::header::HeaderMap;
 
 use super::{BoxFuture, Kept, PaidAnswer, Proving, Rail, Settled, Unknown, Verdict};
-use crate::catalog::HttpTool;
 use crate::ledger::Ledger;
 use crate::money::UsdMicros;
 use crate::pay::assets::Asset;
 use crate::pay::{Challenge, Offer, PayError, Proof, Quote};
+use crate::tool::Tool;
 
 /// Whether new proofs may be made: `false` once shutdown began. A proof holds the read side
 /// while it is made; closing takes the write side.
@@ -102,13 +102,13 @@ impl Rail for Closable {
     fn reconcile<'a>(&'a self, unknown: Unknown<'a>) -> BoxFuture<'a, Result<Verdict, String>> {
         self.rail.reconcile(unknown)
     }
-    fn kept(&self, ledger: &Ledger, tool: &HttpTool, now: u64) -> Option<Kept> {
+    fn kept(&self, ledger: &Ledger, tool: &dyn Tool, now: u64) -> Option<Kept> {
         self.rail.kept(ledger, tool, now)
     }
     fn shared_per_service(&self, headers: &HeaderMap) -> bool {
         self.rail.shared_per_service(headers)
     }
-    fn forget(&self, ledger: &Ledger, tool: &HttpTool, payment_hash: &str) {
+    fn forget(&self, ledger: &Ledger, tool: &dyn Tool, payment_hash: &str) {
         self.rail.forget(ledger, tool, payment_hash);
     }
 }

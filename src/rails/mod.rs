@@ -22,11 +22,11 @@ use std::pin::Pin;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Map, Value};
 
-use crate::catalog::HttpTool;
 use crate::ledger::{Ledger, PendingPayment, ReservationId};
 use crate::money::UsdMicros;
 use crate::pay::assets::Asset;
 use crate::pay::{Challenge, Offer, PayError, Proof, Protocol, Quote};
+use crate::tool::Tool;
 
 /// A boxed future, as a trait object's async method returns it.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -116,7 +116,7 @@ pub trait Rail: Send + Sync {
 
     /// A credential kept from an earlier payment for this tool (a paid L402 token), to send
     /// on the first request instead of paying.
-    fn kept(&self, _ledger: &Ledger, _tool: &HttpTool, _now: u64) -> Option<Kept> {
+    fn kept(&self, _ledger: &Ledger, _tool: &dyn Tool, _now: u64) -> Option<Kept> {
         None
     }
 
@@ -128,7 +128,7 @@ pub trait Rail: Send + Sync {
 
     /// The seller refused what this rail kept or had just paid for (by its payment hash):
     /// forget it.
-    fn forget(&self, _ledger: &Ledger, _tool: &HttpTool, _payment_hash: &str) {}
+    fn forget(&self, _ledger: &Ledger, _tool: &dyn Tool, _payment_hash: &str) {}
 }
 
 /// A credential kept from an earlier payment, sent instead of paying again.
@@ -148,7 +148,7 @@ pub struct Kept {
 /// What proving a quote needs.
 pub struct Proving<'a> {
     pub quote: &'a Quote,
-    pub tool: &'a HttpTool,
+    pub tool: &'a dyn Tool,
     /// The reservation holding the money.
     pub reservation: ReservationId,
     pub ledger: &'a Ledger,

@@ -15,7 +15,6 @@ use serde_json::{Map, Value};
 use super::shapes::{self, structured};
 use super::{Progress, Tollgate, tool_error};
 use crate::pay;
-use crate::upstream::{Answer, Reply};
 
 pub const PRICE_CHECK: &str = "price_check";
 pub const BUDGET_STATUS: &str = "budget_status";
@@ -183,13 +182,6 @@ impl Tollgate {
             Err(reason) => return tool_error(format!("price_check: {reason}")),
         };
         let name = name.as_str();
-        let Some(tool) = self.catalog.get(name) else {
-            return tool_error(format!("price_check: there is no tool `{name}`"));
-        };
-        let (request, _) = match Self::prepare(tool, tool_args) {
-            Ok(prepared) => prepared,
-            Err(result) => return result,
-        };
         let token = match super::request_token(context) {
             Ok(token) => token,
             Err(reason) => return tool_error(format!("your credential is refused: {reason}")),
@@ -200,19 +192,56 @@ impl Tollgate {
             continuation: Default::default(),
             context,
         };
-        let reply = self.checkout.send(tool, request, &port).await;
+        // The unpaid call, through the tool's counter: an HTTP request, or a paid MCP
+        // server's tool called without payment.
+        let upstream;
+        let (tool, asked): (&dyn crate::checkout::Tool, _) = match self.catalog.get(name) {
+            Some(tool) => {
+                let (request, _) = match Self::prepare(tool, tool_args) {
+                    Ok(prepared) => prepared,
+                    Err(result) => return result,
+                };
+                let counter = crate::checkout::HttpCounter {
+                    tool,
+                    request,
+                    upstream: &self.checkout.upstream,
+                };
+                let asked = self.checkout.peek(&counter, &port).await;
+                (&**tool, asked.map(|r| r.map(challenge_of)))
+            }
+            None => {
+                upstream = match self.upstreams.find(name).await {
+                    Some(Ok(tool)) => tool,
+                    Some(Err(e)) => return tool_error(format!("price_check `{name}`: {e}")),
+                    None => return tool_error(format!("price_check: there is no tool `{name}`")),
+                };
+                let args = Value::Object(tool_args);
+                if let Err(errors) = upstream.validate_arguments(&args) {
+                    return tool_error(format!(
+                        "price_check: invalid arguments for `{name}`: {}; nothing was sent",
+                        errors.join("; ")
+                    ));
+                }
+                let Value::Object(arguments) = args else {
+                    return tool_error("arguments must be an object".to_owned());
+                };
+                let counter = crate::mcp_upstream::McpCounter {
+                    tool: &upstream,
+                    arguments,
+                };
+                let asked = self.checkout.peek(&counter, &port).await;
+                (&*upstream, asked.map(|r| r.map(challenge_of)))
+            }
+        };
         port.progress.finish().await;
-        let reply = match reply {
-            Some(Ok(reply)) => reply,
+        let asked = match asked {
+            Some(Ok(asked)) => asked,
             Some(Err(e)) => return tool_error(tool.redact(&format!("price_check `{name}`: {e}"))),
             None => return tool_error(format!("the call to `{name}` was cancelled")),
         };
-        let max = tool.max_price.map(|p| p.decimal());
-        let value = match reply {
-            Reply {
-                answer: Answer::PaymentRequired { body },
-                headers,
-            } => {
+        let max = tool.max_price().map(|p| p.decimal());
+        let value = match asked {
+            Some((headers, body)) => {
                 let challenge = self.checkout.rails.read_challenge(&headers, &body);
                 let caller = self.checkout.identify(token.as_deref()).ok().flatten();
                 let rules = self.checkout.rules(tool, caller.as_ref());
@@ -235,7 +264,7 @@ impl Tollgate {
                     }),
                 }
             }
-            _ => shapes::PriceCheck {
+            None => shapes::PriceCheck {
                 tool: name.to_owned(),
                 status: shapes::PriceStatus::Free,
                 max_price_usd: max,
@@ -245,6 +274,16 @@ impl Tollgate {
             },
         };
         structured(&value)
+    }
+}
+
+/// The challenge an unpaid call met (its headers and body), if it met one.
+fn challenge_of<A>(
+    sold: crate::checkout::Sold<A>,
+) -> Option<(reqwest::header::HeaderMap, Vec<u8>)> {
+    match sold {
+        crate::checkout::Sold::PaymentRequired { headers, body } => Some((headers, body)),
+        crate::checkout::Sold::Answered { .. } => None,
     }
 }
 

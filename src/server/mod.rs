@@ -30,7 +30,8 @@ use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
 use serde_json::{Map, Value};
 
 use crate::catalog::{Catalog, HttpTool, UpstreamRequest};
-use crate::checkout::{Call, Checkout, Outcome, Payment, Port};
+use crate::checkout::{Call, Checkout, HttpCounter, Outcome, Payment, Port};
+use crate::mcp_upstream::{McpCounter, McpUpstreams, UpstreamTool};
 use crate::upstream::Answer;
 
 /// The tollgate MCP server.
@@ -45,18 +46,22 @@ pub struct Tollgate {
     /// Out-of-band approvals asked for network callers: approval id → SHA-256 of the bearer
     /// it was issued to. Over HTTP, an approval id is visible and usable only by its caller.
     issued: Arc<std::sync::Mutex<std::collections::HashMap<String, [u8; 32]>>>,
+    /// Paid MCP servers whose tools are re-exported (listed when first asked for).
+    upstreams: Arc<McpUpstreams>,
 }
 
 impl Tollgate {
     pub fn new(catalog: Arc<Catalog>, checkout: Checkout) -> Tollgate {
         let mut list: Vec<Tool> = catalog.iter().map(|t| tools::mcp_tool(t)).collect();
         list.extend(meta::tools());
+        let upstreams = Arc::new(McpUpstreams::new(catalog.mcp_upstreams.clone()));
         Tollgate {
             catalog,
             checkout: Arc::new(checkout),
             tools: Arc::new(list),
             calls: Default::default(),
             issued: Default::default(),
+            upstreams,
         }
     }
 
@@ -88,6 +93,81 @@ impl Tollgate {
         }
     }
 
+    /// Runs one call of a paid MCP server's tool: who is calling, the arguments (checked
+    /// against the server's schema), then the checkout engine; its outcome as an MCP result:
+    /// the server's own result, with the receipt added.
+    async fn call_upstream_tool(
+        &self,
+        tool: &UpstreamTool,
+        arguments: Map<String, Value>,
+        continuation: approval::Continuation,
+        context: &RequestContext<RoleServer>,
+    ) -> CallToolResponse {
+        let caller = match self.caller(tool, context) {
+            Ok(caller) => caller,
+            Err(refused) => return tool_error(refused).into(),
+        };
+        let args = Value::Object(arguments);
+        if let Err(errors) = tool.validate_arguments(&args) {
+            return tool_error(format!(
+                "invalid arguments for `{}`: {}. Fix the arguments and call again; nothing was sent.",
+                tool.name,
+                errors.join("; ")
+            ))
+            .into();
+        }
+        let Value::Object(arguments) = args else {
+            return tool_error("arguments must be an object".to_owned()).into();
+        };
+        let port = McpPort {
+            server: self,
+            progress: Progress::new(context),
+            continuation,
+            context,
+        };
+        let counter = McpCounter {
+            tool,
+            arguments: arguments.clone(),
+        };
+        let call = Call {
+            counter: &counter,
+            arguments: &arguments,
+            caller: caller.as_ref(),
+        };
+        let outcome = self.checkout.call(call, &port).await;
+        port.progress.finish().await;
+        match outcome {
+            Outcome::Answered {
+                answer,
+                payment,
+                meta,
+            } => upstream_success(tool, answer, payment, meta).into(),
+            Outcome::Failed(message) => tool_error(message).into(),
+            Outcome::Cancelled => {
+                tool_error(format!("the call to `{}` was cancelled", tool.name)).into()
+            }
+            Outcome::Halted(response) => *response,
+        }
+    }
+
+    /// Who is calling, and whether their credential lets them call `tool`; `Err` is the
+    /// refusal for the model.
+    fn caller(
+        &self,
+        tool: &dyn crate::checkout::Tool,
+        context: &RequestContext<RoleServer>,
+    ) -> Result<Option<crate::budget::credential::Credential>, String> {
+        let identified =
+            request_token(context).and_then(|token| self.checkout.identify(token.as_deref()));
+        let caller = identified.map_err(|reason| {
+            format!(
+                "your credential is refused: {reason}. Nothing was sent or paid; ask the owner                  or your orchestrator for a valid token."
+            )
+        })?;
+        self.checkout.admits(tool, caller.as_ref())?;
+        Ok(caller)
+    }
+
     /// Runs one call of an HTTP tool: who is calling, the arguments, then the checkout
     /// engine; its outcome as an MCP result.
     async fn call_http_tool(
@@ -97,21 +177,10 @@ impl Tollgate {
         continuation: approval::Continuation,
         context: &RequestContext<RoleServer>,
     ) -> CallToolResponse {
-        let identified =
-            request_token(context).and_then(|token| self.checkout.identify(token.as_deref()));
-        let caller = match identified {
+        let caller = match self.caller(tool, context) {
             Ok(caller) => caller,
-            Err(reason) => {
-                return tool_error(format!(
-                    "your credential is refused: {reason}. Nothing was sent or paid; ask the \
-                     owner or your orchestrator for a valid token."
-                ))
-                .into();
-            }
+            Err(refused) => return tool_error(refused).into(),
         };
-        if let Err(refused) = self.checkout.admits(tool, caller.as_ref()) {
-            return tool_error(refused).into();
-        }
         let (request, arguments) = match Self::prepare(tool, arguments) {
             Ok(prepared) => prepared,
             Err(result) => return result.into(),
@@ -122,10 +191,14 @@ impl Tollgate {
             continuation,
             context,
         };
-        let call = Call {
+        let counter = HttpCounter {
             tool,
-            arguments: &arguments,
             request,
+            upstream: &self.checkout.upstream,
+        };
+        let call = Call {
+            counter: &counter,
+            arguments: &arguments,
             caller: caller.as_ref(),
         };
         let outcome = self.checkout.call(call, &port).await;
@@ -211,6 +284,63 @@ fn success(tool: &HttpTool, answer: Answer, payment: Option<Payment>) -> CallToo
     let mut out = CallToolResult::success(vec![ContentBlock::text(text)]);
     out.structured_content = Some(shapes::to_structured(&shapes::Answered { result, payment }));
     out
+}
+
+/// A paid MCP server's answer, passed on as it came (content, `structuredContent`, `isError`,
+/// `_meta`), with what tollgate adds: the receipt (a text block for the model, and
+/// `_meta["tollgate/receipt"]`) and the paid rail's standard settlement metadata.
+fn upstream_success(
+    tool: &UpstreamTool,
+    answer: Value,
+    payment: Option<Payment>,
+    meta: Map<String, Value>,
+) -> CallToolResult {
+    let mut result: CallToolResult = match serde_json::from_value(answer) {
+        Ok(result) => result,
+        Err(e) => {
+            return tool_error(format!(
+                "`{}`: the MCP server `{}` answered a result that is not an MCP tool result                  ({e}){}",
+                tool.name,
+                tool.server(),
+                paid_note(payment.as_ref())
+            ));
+        }
+    };
+    if result.is_error != Some(true)
+        && let Some(structured) = &result.structured_content
+        && let Err(reason) = tool.validate_output(structured)
+    {
+        return tool_error(format!(
+            "`{}`: the MCP server `{}` answered structured content that does not match its own              output schema ({reason}){}",
+            tool.name,
+            tool.server(),
+            paid_note(payment.as_ref())
+        ));
+    }
+    let mut all_meta = result.meta.take().map(|m| m.0).unwrap_or_default();
+    all_meta.extend(meta);
+    if let Some(payment) = &payment {
+        let json = serde_json::to_value(payment).unwrap_or_default();
+        result
+            .content
+            .push(ContentBlock::text(format!("[payment receipt] {json}")));
+        all_meta.insert("tollgate/receipt".into(), json);
+    }
+    if !all_meta.is_empty() {
+        result.meta = Some(rmcp::model::MetaObject(all_meta));
+    }
+    result
+}
+
+/// What was paid for an answer tollgate cannot pass on, for the message.
+fn paid_note(payment: Option<&Payment>) -> String {
+    match payment {
+        Some(payment) => format!(
+            ". It was paid for: {}",
+            serde_json::to_string(payment).unwrap_or_default()
+        ),
+        None => String::new(),
+    }
 }
 
 fn tool_error(message: String) -> CallToolResult {
@@ -299,11 +429,30 @@ impl ServerHandler for Tollgate {
         _request: Option<PaginatedRequestParams>,
         _context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, McpError> {
-        Ok(ListToolsResult::with_all_items(self.tools.as_ref().clone()))
+        let mut all = self.tools.as_ref().clone();
+        if !self.upstreams.is_empty() {
+            for tool in self.upstreams.tools().await {
+                if all.iter().any(|t| t.name == tool.name.as_str()) {
+                    tracing::warn!(tool = %tool.name, server = %tool.server(),
+                        "not offered: tollgate already has a tool by that name");
+                    continue;
+                }
+                all.push(tools::upstream_tool(&tool));
+            }
+        }
+        Ok(ListToolsResult::with_all_items(all))
     }
 
     fn get_tool(&self, name: &str) -> Option<Tool> {
-        self.tools.iter().find(|t| t.name == name).cloned()
+        self.tools
+            .iter()
+            .find(|t| t.name == name)
+            .cloned()
+            .or_else(|| {
+                self.upstreams
+                    .offered_now(name)
+                    .map(|t| tools::upstream_tool(&t))
+            })
     }
 
     async fn call_tool(
@@ -320,44 +469,84 @@ impl ServerHandler for Tollgate {
             return Ok(result.into());
         }
         let Some(tool) = self.catalog.get(&request.name) else {
-            return Err(McpError::invalid_params(
-                format!(
-                    "unknown tool `{}`; tools/list shows the tools this server has",
+            return match self.upstreams.find(&request.name).await {
+                Some(Ok(tool)) => {
+                    let continuation = match approval_continuation(
+                        &mut arguments,
+                        tool.max_price.is_some(),
+                        &tool.name,
+                        request.request_state,
+                        request.input_responses,
+                    ) {
+                        Ok(continuation) => continuation,
+                        Err(refused) => return Ok(tool_error(refused).into()),
+                    };
+                    tracing::info!(tool = %tool.name, server = %tool.server(), "tool call");
+                    Ok(self
+                        .call_upstream_tool(&tool, arguments, continuation, &context)
+                        .await)
+                }
+                Some(Err(e)) => Ok(tool_error(format!(
+                    "`{}`: {e}; nothing was sent or paid",
                     request.name
-                ),
-                None,
-            ));
+                ))
+                .into()),
+                None => Err(McpError::invalid_params(
+                    format!(
+                        "unknown tool `{}`; tools/list shows the tools this server has",
+                        request.name
+                    ),
+                    None,
+                )),
+            };
         };
         tracing::info!(tool = %tool.name, "tool call");
-        // A paid tool's `approval_id` is tollgate's, never the upstream's: taken out here.
-        let approval_id = match arguments.remove(crate::catalog::APPROVAL_ID_ARGUMENT) {
-            None => None,
-            Some(_) if tool.max_price.is_none() => {
-                return Ok(tool_error(format!(
-                    "`{}` is not a paid tool, so it takes no approval_id; nothing was sent",
-                    tool.name
-                ))
-                .into());
-            }
-            Some(Value::String(id)) => Some(id),
-            Some(_) => {
-                return Ok(tool_error(
-                    "approval_id must be a string (the id from an approval_required result); \
-                     nothing was sent"
-                        .to_owned(),
-                )
-                .into());
-            }
-        };
-        let continuation = approval::Continuation {
-            approval_id,
-            request_state: request.request_state,
-            input_responses: request.input_responses,
+        let continuation = match approval_continuation(
+            &mut arguments,
+            tool.max_price.is_some(),
+            &tool.name,
+            request.request_state,
+            request.input_responses,
+        ) {
+            Ok(continuation) => continuation,
+            Err(refused) => return Ok(tool_error(refused).into()),
         };
         Ok(self
             .call_http_tool(tool, arguments, continuation, &context)
             .await)
     }
+}
+
+/// What a retried call brings back for its approval. A paid tool's `approval_id` is
+/// tollgate's, never the upstream's: taken out of the arguments here.
+fn approval_continuation(
+    arguments: &mut Map<String, Value>,
+    paid: bool,
+    tool: &str,
+    request_state: Option<String>,
+    input_responses: Option<rmcp::model::InputResponses>,
+) -> Result<approval::Continuation, String> {
+    let approval_id = match arguments.remove(crate::catalog::APPROVAL_ID_ARGUMENT) {
+        None => None,
+        Some(_) if !paid => {
+            return Err(format!(
+                "`{tool}` is not a paid tool, so it takes no approval_id; nothing was sent"
+            ));
+        }
+        Some(Value::String(id)) => Some(id),
+        Some(_) => {
+            return Err(
+                "approval_id must be a string (the id from an approval_required result); \
+                 nothing was sent"
+                    .to_owned(),
+            );
+        }
+    };
+    Ok(approval::Continuation {
+        approval_id,
+        request_state,
+        input_responses,
+    })
 }
 
 /// The token a request presents: over HTTP, the bearer credential the HTTP gate verified

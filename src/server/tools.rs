@@ -7,6 +7,7 @@ use serde_json::{Map, Value, json};
 
 use super::shapes;
 use crate::catalog::{APPROVAL_ID_ARGUMENT, HttpTool};
+use crate::mcp_upstream::UpstreamTool;
 
 /// The MCP view of an HTTP tool.
 pub fn mcp_tool(tool: &HttpTool) -> Tool {
@@ -32,6 +33,42 @@ pub fn mcp_tool(tool: &HttpTool) -> Tool {
         annotations.idempotent_hint = a.idempotent;
         annotations.open_world_hint = a.open_world;
         out = out.with_annotations(annotations);
+    }
+    out
+}
+
+/// The MCP view of a paid MCP server's tool: its own definition under tollgate's name, the
+/// most a call may cost in the description, `approval_id` added to a paid tool's arguments,
+/// and, when it declares an output schema, that schema or the `approval_required` result.
+pub fn upstream_tool(tool: &UpstreamTool) -> Tool {
+    let mut out = tool.definition.clone();
+    out.name = tool.name.clone().into();
+    let mut description = out.description.as_deref().unwrap_or_default().to_owned();
+    if description.is_empty() {
+        description = format!("`{}` of the MCP server `{}`.", tool.remote, tool.server());
+    }
+    match tool.max_price {
+        Some(max) => description.push_str(&format!(" (Paid: at most {max} per call.)")),
+        None => description
+            .push_str(" (tollgate pays nothing for it: a call that asks for payment is refused.)"),
+    }
+    out.description = Some(description.into());
+    if tool.max_price.is_some() {
+        out.input_schema = Arc::new(with_approval_id(&tool.definition.input_schema));
+        if let Some(schema) = &tool.definition.output_schema {
+            let base = base_schemas();
+            let mut either = Map::new();
+            either.insert("type".into(), "object".into());
+            either.insert(
+                "anyOf".into(),
+                Value::Array(vec![
+                    Value::Object((**schema).clone()),
+                    Value::Object(base.approval_required.clone()),
+                ]),
+            );
+            either.insert("$defs".into(), Value::Object(base.defs.clone()));
+            out.output_schema = Some(Arc::new(either));
+        }
     }
     out
 }

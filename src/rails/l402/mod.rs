@@ -15,7 +15,6 @@ use reqwest::header::{AUTHORIZATION, HeaderMap};
 use serde_json::{Map, Value, json};
 
 use super::{BoxFuture, Kept, Proving, Rail, Unknown, Verdict};
-use crate::catalog::HttpTool;
 use crate::ledger::blocking;
 use crate::ledger::{Ledger, PaidToken, PendingPayment};
 use crate::lightning::{BackendError, Lightning, PaymentStatus};
@@ -23,6 +22,7 @@ use crate::money::{UsdMicros, now_unix};
 use crate::pay::assets::Asset;
 use crate::pay::{Challenge, Offer, PayError, Proof, Protocol, Quote};
 use crate::pay::{Payment, ReusedToken};
+use crate::tool::Tool;
 use wire::{L402Challenge, hash_from_hex, preimage_matches};
 
 /// The rail's name.
@@ -40,8 +40,8 @@ pub struct L402 {
 }
 
 /// The origin a tool's requests go to (`https://api.example.com:443`).
-fn origin(tool: &HttpTool) -> String {
-    tool.url.origin().ascii_serialization()
+fn origin(tool: &dyn Tool) -> String {
+    tool.origin()
 }
 
 impl Rail for L402 {
@@ -133,10 +133,10 @@ impl Rail for L402 {
         })
     }
 
-    fn kept(&self, ledger: &Ledger, tool: &HttpTool, now: u64) -> Option<Kept> {
+    fn kept(&self, ledger: &Ledger, tool: &dyn Tool, now: u64) -> Option<Kept> {
         self.lightning.as_ref()?;
-        tool.max_price?;
-        let token = match blocking(|| ledger.token(&origin(tool), &tool.name, now)) {
+        tool.max_price()?;
+        let token = match blocking(|| ledger.token(&origin(tool), tool.name(), now)) {
             Ok(token) => token?,
             Err(e) => {
                 tracing::warn!(error = %e, "the ledger could not be read for a paid L402 token");
@@ -159,8 +159,8 @@ impl Rail for L402 {
         self.lightning.is_some() && !wire::read_challenges(headers, &mut Vec::new()).is_empty()
     }
 
-    fn forget(&self, ledger: &Ledger, tool: &HttpTool, payment_hash: &str) {
-        if let Err(e) = blocking(|| ledger.forget_token(&origin(tool), &tool.name, payment_hash)) {
+    fn forget(&self, ledger: &Ledger, tool: &dyn Tool, payment_hash: &str) {
+        if let Err(e) = blocking(|| ledger.forget_token(&origin(tool), tool.name(), payment_hash)) {
             tracing::error!(error = %e, "could not forget a refused L402 token");
         }
     }
@@ -203,7 +203,7 @@ impl L402 {
             details: {
                 let mut d = details.clone();
                 d.insert("origin".into(), origin.clone().into());
-                d.insert("service".into(), tool.name.clone().into());
+                d.insert("service".into(), tool.name().into());
                 d.insert("scheme".into(), challenge.scheme.clone().into());
                 d.insert("macaroon".into(), challenge.macaroon.clone().into());
                 d.insert("token_expires_at".into(), json!(challenge.token_expires_at));
@@ -217,7 +217,7 @@ impl L402 {
                 ))
             })?;
         tracing::info!(
-            tool = %tool.name, backend, payment_hash = %invoice.payment_hash_hex(),
+            tool = %tool.name(), backend, payment_hash = %invoice.payment_hash_hex(),
             amount_msat = invoice.amount_msat, "paying a Lightning invoice"
         );
         let paid = match lightning
@@ -268,7 +268,7 @@ impl L402 {
         };
         let token = PaidToken {
             origin,
-            service: tool.name.clone(),
+            service: tool.name().to_owned(),
             scheme: challenge.scheme.clone(),
             macaroon: challenge.macaroon.clone(),
             preimage: hex::encode(paid.preimage),

@@ -115,7 +115,9 @@ impl Rail for Mpp {
             settled.transaction = receipt.as_ref().and_then(wire::reference);
             settled.details = wire::receipt_details(&quote.offer, receipt.as_ref());
             if let Some(receipt) = receipt {
-                settled.meta.insert("mpp/payment-receipt".into(), receipt);
+                settled
+                    .meta
+                    .insert("org.paymentauth/receipt".into(), receipt);
             }
             if let Some(wallet) = &self.wallet {
                 wire::read_fee(proof, &quote.offer, wallet).await;
