@@ -569,15 +569,13 @@ impl Checkout {
                 .resent_refused(tool, &quote, held, &payment, reason)
                 .await;
         }
-        // The seller refused the fresh signed payment. Never sign again. A fresh proof that is
-        // refused will not settle: release it.
-        if let Err(e) = blocking(|| self.ledger.release(held.id(), now_unix())) {
-            tracing::error!(error = %e, "could not release a refused payment's reservation");
-        }
-        held.settled();
         // MPP `payment-expired`: the credential came too late and was not used; one fresh
         // challenge, signed anew, is the one exception to "never sign again".
         if rail.refused_as_expired(headers, body) {
+            if let Err(e) = blocking(|| self.ledger.release(held.id(), now_unix())) {
+                tracing::error!(error = %e, "could not release a refused payment's reservation");
+            }
+            held.settled();
             let why = format!(
                 "the seller found the signed {} credential expired",
                 quote.offer.protocol
@@ -586,17 +584,107 @@ impl Checkout {
                 .pay_fresh(call, &quote, approval, port, attempt, &why)
                 .await;
         }
-        let again = self.rails.read_challenge(headers, body);
-        let reason = again
+        // The seller refused the fresh signed payment: never sign again. A seller may still
+        // have settled it (a hostile one settles, then asks again), so the chain is asked now.
+        let reason = self
+            .rails
+            .read_challenge(headers, body)
             .seller_error
             .unwrap_or_else(|| "no reason given".to_owned());
-        Outcome::failed(tool.redact(&format!(
+        let refused = format!(
             "`{}`: the seller answered 402 again after tollgate sent a signed payment of {} (the \
              seller says: {reason}). tollgate signs one payment per call, so nothing more was \
-             signed; nothing was charged unless the seller settles that payment.",
+             signed",
             tool.name(),
             quote.usd
+        );
+        let payment = blocking(|| self.ledger.pending())
+            .ok()
+            .and_then(|all| all.into_iter().find(|p| p.id == held.id()));
+        let verdict = match &payment {
+            Some(payment) => tokio::time::timeout(
+                ASK_THE_CHAIN,
+                super::reconcile::verdict(&self.rails, &*self.ledger, payment, now_unix()),
+            )
+            .await
+            .ok()
+            .and_then(Result::ok),
+            None => None,
+        };
+        if let (Some(payment), Some(verdict @ crate::rails::Verdict::Paid { .. })) =
+            (&payment, &verdict)
+        {
+            let owner = self.leases.owner().to_owned();
+            let ledger = &self.ledger;
+            let written = blocking(|| {
+                super::reconcile::settle(&**ledger, &owner, payment, verdict, now_unix())
+            });
+            held.settled();
+            let transaction = match verdict {
+                crate::rails::Verdict::Paid { transaction, .. } => transaction.clone(),
+                _ => None,
+            };
+            let receipt = match written {
+                Ok(Some(receipt)) => receipt.receipt_id,
+                Ok(None) => String::new(),
+                Err(e) => {
+                    tracing::error!(error = %e, "a refused payment settled, but its receipt could not be committed");
+                    String::new()
+                }
+            };
+            tracing::warn!(tool = %tool.name(), %receipt, ?transaction,
+                "the seller settled a payment it then refused; receipt written");
+            return Outcome::failed(tool.redact(&format!(
+                "{refused}. Yet the chain shows that payment settled (transaction {}, receipt \
+                 {receipt}): it was paid, and the seller did not deliver the answer. Nothing \
+                 more was paid.",
+                transaction.as_deref().unwrap_or("not found in the node's logs"),
+            )));
+        }
+        // Unsettled: released, and if it could still settle (the seller holds a valid
+        // signature), watched until it can no longer, so a late settlement gets its receipt.
+        if let Err(e) = blocking(|| self.ledger.release(held.id(), now_unix())) {
+            tracing::error!(error = %e, "could not release a refused payment's reservation");
+        }
+        held.settled();
+        if let (Some(payment), Some(crate::rails::Verdict::Open)) = (payment, verdict) {
+            self.watch_refused(payment);
+        }
+        Outcome::failed(tool.redact(&format!(
+            "{refused}; nothing was charged unless the seller settles that payment before it \
+             expires (tollgate watches for that and writes its receipt if it does)."
         )))
+    }
+
+    /// Watches a refused payment that could still settle until it can no longer: if it
+    /// settled meanwhile, its receipt is written (its reservation was released).
+    fn watch_refused(&self, payment: PendingPayment) {
+        let (rails, ledger) = (self.rails.clone(), self.ledger.clone());
+        let owner = self.leases.owner().to_owned();
+        let wait = payment
+            .valid_before
+            .unwrap_or(0)
+            .saturating_sub(now_unix())
+            .saturating_add(5)
+            .min(WATCH_AT_MOST.as_secs());
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_secs(wait)).await;
+            let verdict = tokio::time::timeout(
+                ASK_THE_CHAIN,
+                super::reconcile::verdict(&rails, &*ledger, &payment, now_unix()),
+            )
+            .await;
+            if let Ok(Ok(verdict @ crate::rails::Verdict::Paid { .. })) = verdict {
+                let written = tokio::task::spawn_blocking(move || {
+                    super::reconcile::settle(&*ledger, &owner, &payment, &verdict, now_unix())
+                })
+                .await;
+                tracing::warn!(
+                    ?written,
+                    "a payment the seller had refused settled later; receipt written"
+                );
+            }
+        });
     }
 
     /// The seller refused a proof tollgate re-sent for a payment whose outcome was unknown:
@@ -796,6 +884,11 @@ impl Checkout {
         receipt
     }
 }
+
+/// How long the chain is asked, at most, what happened to a refused payment.
+const ASK_THE_CHAIN: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a refused payment that could still settle is watched, at most.
+const WATCH_AT_MOST: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
 /// Where a payment starts.
 enum Start {

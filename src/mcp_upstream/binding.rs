@@ -56,10 +56,24 @@ pub fn read_result(result: &Value) -> Read {
     {
         return mpp_challenge(data);
     }
-    if result.get("isError").and_then(Value::as_bool) == Some(true)
-        && let Some(required) = x402_required_in_result(result)
-    {
-        return x402_challenge(&required);
+    if result.get("isError").and_then(Value::as_bool) == Some(true) {
+        if let Some(required) = x402_required_in_result(result) {
+            return x402_challenge(&required);
+        }
+        // mppx on the official SDK's McpServer: a payment error thrown in a tool becomes an
+        // error result whose text keeps the JSON-RPC code (a refused credential, -32043).
+        if let Some(text) = first_text(result)
+            && let Some(kind) = MPP_ERROR_TEXTS
+                .iter()
+                .find_map(|(prefix, kind)| text.starts_with(prefix).then_some(*kind))
+        {
+            let problem = serde_json::json!({
+                "type": format!("https://paymentauth.org/problems/{kind}"),
+                "title": "Payment refused by the MCP server",
+                "detail": excerpt(text),
+            });
+            return mpp_challenge(&serde_json::json!({"challenges": [], "problem": problem}));
+        }
     }
     let mut headers = HeaderMap::new();
     if let Some(meta) = meta {
@@ -144,25 +158,42 @@ pub fn request_meta(headers: &[(HeaderName, HeaderValue)]) -> Result<Map<String,
     Ok(meta)
 }
 
-/// The `PaymentRequired` an x402 `isError` result carries: its `structuredContent`, else its
-/// first text block as JSON.
+/// The `PaymentRequired` an x402 `isError` result carries, where the spec and the SDKs put
+/// it: `structuredContent` itself or its `x402/error.data`, else the first text block parsed
+/// the same two ways.
 fn x402_required_in_result(result: &Value) -> Option<Value> {
-    if let Some(structured) = result.get("structuredContent")
-        && is_x402_required(structured)
-    {
-        return Some(structured.clone());
+    let unwrap = |value: &Value| -> Option<Value> {
+        if is_x402_required(value) {
+            return Some(value.clone());
+        }
+        let data = value.get("x402/error")?.get("data")?;
+        is_x402_required(data).then(|| data.clone())
+    };
+    if let Some(required) = result.get("structuredContent").and_then(unwrap) {
+        return Some(required);
     }
-    let text = result
-        .get("content")?
-        .as_array()?
-        .iter()
-        .find_map(|block| block.get("text").and_then(Value::as_str))?;
+    let text = first_text(result)?;
     if text.len() > MAX_CHALLENGE_BYTES {
         return None;
     }
-    let parsed: Value = serde_json::from_str(text).ok()?;
-    is_x402_required(&parsed).then_some(parsed)
+    unwrap(&serde_json::from_str(text).ok()?)
 }
+
+/// The first text block of a result.
+fn first_text(result: &Value) -> Option<&str> {
+    result
+        .get("content")?
+        .as_array()?
+        .iter()
+        .find_map(|block| block.get("text").and_then(Value::as_str))
+}
+
+/// Error-result texts that are MPP payment errors (the official TypeScript SDK's McpServer
+/// turns every error but -32042 thrown in a tool into such a result), and the problem each is.
+const MPP_ERROR_TEXTS: &[(&str, &str)] = &[
+    ("MCP error -32043:", "verification-failed"),
+    ("MCP error -32042:", "payment-required"),
+];
 
 fn is_x402_required(value: &Value) -> bool {
     value.get("x402Version").is_some() && value.get("accepts").is_some()
@@ -330,6 +361,23 @@ mod tests {
         ));
         let legacy = read_error(402, "Payment required", Some(&required())).unwrap();
         assert!(matches!(legacy, Read::PaymentRequired { .. }));
+    }
+
+    #[test]
+    fn the_spec_wrapper_and_mppx_error_texts_are_read() {
+        let wrapped = json!({"x402/error": {"code": 402, "message": "pay", "data": required()}});
+        let result =
+            json!({"isError": true, "content": [{"type": "text", "text": wrapped.to_string()}]});
+        assert!(matches!(read_result(&result), Read::PaymentRequired { .. }));
+        let refused = json!({"isError": true, "content": [{"type": "text",
+            "text": "MCP error -32043: Payment verification failed: Transaction hash has already been used."}]});
+        let Read::PaymentRequired { headers, body } = read_result(&refused) else {
+            panic!("a refusal")
+        };
+        let challenge = crate::rails::read_challenge(&headers, &body);
+        assert!(challenge.offers.is_empty());
+        let problem = crate::rails::mpp::wire::problem(&headers, &body).unwrap();
+        assert_eq!(problem.kind, "verification-failed");
     }
 
     #[test]
