@@ -110,7 +110,9 @@ pub fn read_error(code: i32, message: &str, data: Option<&Value>) -> Result<Read
              elicitation, error -32042: {message}); tollgate does not pass an upstream's \
              elicitation on, so nothing was paid"
         )),
-        (X402_LEGACY_CODE, Some(data)) if is_x402_required(data) => Ok(x402_challenge(data)),
+        (X402_LEGACY_CODE | PAYMENT_REQUIRED_CODE, Some(data)) if is_x402_required(data) => {
+            Ok(x402_challenge(data))
+        }
         (X402_LEGACY_CODE | PAYMENT_REQUIRED_CODE | VERIFICATION_FAILED_CODE, _) => Err(format!(
             "the MCP server answered error {code} ({message}) without a payment challenge \
              tollgate can read"

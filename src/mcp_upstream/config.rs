@@ -41,7 +41,7 @@ pub struct McpUpstreamSpec {
     /// Only these of its tools are offered (by the server's own names); all when absent.
     #[serde(default)]
     pub tools: Option<Vec<String>>,
-    /// The most any one call to its tools may cost, in USD (e.g. `"0.05"`); without it (and
+    /// The most any one call to its tools may cost (e.g. `"0.05 USD"`); without it (and
     /// without a per-tool price) tollgate never pays it.
     #[serde(default)]
     pub max_price: Option<String>,

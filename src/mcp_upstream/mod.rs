@@ -32,8 +32,12 @@ pub struct McpUpstreams {
     servers: Vec<Server>,
 }
 
+/// Names an upstream tool may not take (tollgate's own tools and the `[[tool]]`s).
+type Taken = Arc<std::collections::HashSet<String>>;
+
 struct Server {
     connection: Arc<Connection>,
+    taken: Taken,
     /// The tools offered from the last listing (`None` until listed).
     offered: std::sync::Mutex<Option<Offered>>,
 }
@@ -134,13 +138,19 @@ impl Tool for UpstreamTool {
 }
 
 impl McpUpstreams {
-    pub fn new(configs: Vec<McpUpstreamConfig>) -> McpUpstreams {
+    /// `taken`: the names already offered, which no upstream tool may shadow.
+    pub fn new(
+        configs: Vec<McpUpstreamConfig>,
+        taken: std::collections::HashSet<String>,
+    ) -> McpUpstreams {
+        let taken: Taken = Arc::new(taken);
         McpUpstreams {
             servers: configs
                 .into_iter()
                 .map(|c| Server {
                     connection: Arc::new(Connection::new(c)),
                     offered: Default::default(),
+                    taken: taken.clone(),
                 })
                 .collect(),
         }
@@ -219,7 +229,7 @@ impl Server {
         {
             return Ok(o.tools.clone());
         }
-        let tools = Arc::new(offer(&self.connection, &listed));
+        let tools = Arc::new(offer(&self.connection, &listed, &self.taken));
         *offered = Some(Offered {
             from: listed,
             tools: tools.clone(),
@@ -230,7 +240,11 @@ impl Server {
 
 /// The tools of one listing that tollgate offers: allowed by the config, with a valid name
 /// once prefixed and valid schemas. What is left out is logged with the reason.
-fn offer(connection: &Arc<Connection>, listed: &[rmcp::model::Tool]) -> Vec<Arc<UpstreamTool>> {
+fn offer(
+    connection: &Arc<Connection>,
+    listed: &[rmcp::model::Tool],
+    taken: &Taken,
+) -> Vec<Arc<UpstreamTool>> {
     let config = &connection.config;
     let mut out = Vec::new();
     for definition in listed.iter().take(MAX_TOOLS) {
@@ -251,6 +265,16 @@ fn offer(connection: &Arc<Connection>, listed: &[rmcp::model::Tool]) -> Vec<Arc<
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
         {
             skip(format!("{name:?} is not a valid tool name"));
+            continue;
+        }
+        if taken.contains(&name) {
+            skip(format!(
+                "`{name}` is already the name of one of tollgate's tools (change `prefix`)"
+            ));
+            continue;
+        }
+        if out.iter().any(|t: &Arc<UpstreamTool>| t.name == name) {
+            skip(format!("the server lists `{remote}` twice"));
             continue;
         }
         let input_schema = Value::Object((*definition.input_schema).clone());

@@ -54,7 +54,9 @@ impl Tollgate {
     pub fn new(catalog: Arc<Catalog>, checkout: Checkout) -> Tollgate {
         let mut list: Vec<Tool> = catalog.iter().map(|t| tools::mcp_tool(t)).collect();
         list.extend(meta::tools());
-        let upstreams = Arc::new(McpUpstreams::new(catalog.mcp_upstreams.clone()));
+        // An upstream tool never shadows one of tollgate's own or a `[[tool]]`.
+        let taken = list.iter().map(|t| t.name.to_string()).collect();
+        let upstreams = Arc::new(McpUpstreams::new(catalog.mcp_upstreams.clone(), taken));
         Tollgate {
             catalog,
             checkout: Arc::new(checkout),
@@ -161,7 +163,8 @@ impl Tollgate {
             request_token(context).and_then(|token| self.checkout.identify(token.as_deref()));
         let caller = identified.map_err(|reason| {
             format!(
-                "your credential is refused: {reason}. Nothing was sent or paid; ask the owner                  or your orchestrator for a valid token."
+                "your credential is refused: {reason}. Nothing was sent or paid; ask the owner \
+                 or your orchestrator for a valid token."
             )
         })?;
         self.checkout.admits(tool, caller.as_ref())?;
@@ -299,7 +302,8 @@ fn upstream_success(
         Ok(result) => result,
         Err(e) => {
             return tool_error(format!(
-                "`{}`: the MCP server `{}` answered a result that is not an MCP tool result                  ({e}){}",
+                "`{}`: the MCP server `{}` answered a result that is not an MCP tool result \
+                 ({e}){}",
                 tool.name,
                 tool.server(),
                 paid_note(payment.as_ref())
@@ -311,7 +315,8 @@ fn upstream_success(
         && let Err(reason) = tool.validate_output(structured)
     {
         return tool_error(format!(
-            "`{}`: the MCP server `{}` answered structured content that does not match its own              output schema ({reason}){}",
+            "`{}`: the MCP server `{}` answered structured content that does not match its own \
+                 output schema ({reason}){}",
             tool.name,
             tool.server(),
             paid_note(payment.as_ref())
