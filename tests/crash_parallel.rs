@@ -652,10 +652,12 @@ async fn kill_9_across_processes_with_identical_and_distinct_calls_agrees_with_t
     // What the processes that lived were told: every answered payment is a distinct
     // settlement on chain. A call fails only as a re-sent payment (an identical call that took
     // over a killed call's proof) that the chain shows settled or still open, or as a fresh
-    // payment the seller refused: the harness's facilitator sometimes fails a settlement (its
-    // gas account's nonce) right after two settlements of one authorization raced, which
-    // happens when a retry re-sends a killed call's proof while the seller is still settling
-    // it. Either way the chain judged above: nothing it settled lacks a receipt.
+    // payment the seller refused. Two settlements of one authorization do race here (a retry
+    // re-sends a killed call's proof while the seller is still settling it); the harness's
+    // facilitator sends one transaction at a time so that the loser's reverted gas estimate
+    // cannot stall or refuse another payment (see `facilitatorSigner` in
+    // tests/peers/x402/start.mjs). Either way the chain judged above: nothing it settled lacks
+    // a receipt.
     let mut told = BTreeSet::new();
     let (mut killed, mut resent, mut refused) = (0, 0, 0);
     for r in &runs {

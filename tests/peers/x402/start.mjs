@@ -178,7 +178,19 @@ async function deployUsdc(chain, tag) {
   return usdc;
 }
 
-// The facilitator's signer: its own account (gas payer), a nonce manager and 50 ms polling.
+// The facilitator's signer: its own account (gas payer), a nonce manager, 50 ms polling, and
+// one transaction sent at a time.
+//
+// Why one at a time: viem takes a nonce before it estimates gas. When two settlements of one
+// authorization race (a buyer re-sends a proof the seller is still settling), the loser's gas
+// estimate reverts ("authorization is used or canceled") after its nonce was taken. Any
+// settlement that took the next nonce meanwhile then waits behind that gap until some later
+// transaction fills it: if none comes (the buyer waits for this very answer before sending
+// more), it hangs for confirmationTimeoutMs and fails as `settlement_pending`, which a buyer
+// sees as a seller that never answers. Or viem's reset after the failed send hands one nonce
+// to two sends ("nonce too low"), and a fresh payment is refused. Sending one at a time (each
+// takes ~5 ms: anvil mines it at once) takes every nonce after the previous send has ended, so
+// a failed estimate burns nothing. Reads, verification and waiting for receipts stay parallel.
 function facilitatorSigner(chain) {
   const account = privateKeyToAccount(KEYS.facilitator, { nonceManager });
   const client = createWalletClient({
@@ -187,7 +199,21 @@ function facilitatorSigner(chain) {
     transport: http(chain.rpcUrls.default.http[0]),
     pollingInterval: 50,
   }).extend(publicActions);
-  return toFacilitatorEvmSigner({ ...client, address: account.address }, { confirmationTimeoutMs: 30000 });
+  let last = Promise.resolve();
+  const oneAtATime = (send) => (args) => {
+    const sent = last.then(() => send(args));
+    last = sent.catch(() => {});
+    return sent;
+  };
+  return toFacilitatorEvmSigner(
+    {
+      ...client,
+      address: account.address,
+      writeContract: oneAtATime(client.writeContract),
+      sendTransaction: oneAtATime(client.sendTransaction),
+    },
+    { confirmationTimeoutMs: 30000 },
+  );
 }
 
 // ---------------------------------------------------------------- event log shared by a seller
