@@ -107,8 +107,9 @@ pub fn read_error(code: i32, message: &str, data: Option<&Value>) -> Result<Read
         }
         (PAYMENT_REQUIRED_CODE, Some(data)) if data.get("elicitations").is_some() => Err(format!(
             "the MCP server asks a person to complete a step in a browser first (URL \
-             elicitation, error -32042: {message}); tollgate does not pass an upstream's \
-             elicitation on, so nothing was paid"
+             elicitation, error -32042: {message}){}; tollgate does not pass an upstream's \
+             elicitation on, so nothing was paid",
+            elicitation_urls(data)
         )),
         (X402_LEGACY_CODE | PAYMENT_REQUIRED_CODE, Some(data)) if is_x402_required(data) => {
             Ok(x402_challenge(data))
@@ -321,6 +322,31 @@ fn excerpt(text: &str) -> String {
     out
 }
 
+/// The pages a URL elicitation names (at most three, `http(s)` only), for the person the
+/// model tells: ": open URL (its message)".
+fn elicitation_urls(data: &Value) -> String {
+    let pages: Vec<String> = data["elicitations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| {
+            let url = e["url"].as_str()?;
+            let scheme_ok =
+                url::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "https" | "http"));
+            scheme_ok.then(|| match e["message"].as_str() {
+                Some(said) => format!("{} ({})", excerpt(url), excerpt(said)),
+                None => excerpt(url),
+            })
+        })
+        .take(3)
+        .collect();
+    if pages.is_empty() {
+        String::new()
+    } else {
+        format!(": open {}", pages.join(", "))
+    }
+}
+
 /// Challenges read from one answer (more are ignored).
 const MAX_CHALLENGES: usize = 16;
 /// The largest `PaymentRequired` read from a text block.
@@ -395,7 +421,14 @@ mod tests {
                                              "elicitationId": "e1", "message": "consent"}]});
         let refused = read_error(-32042, "URL elicitation required", Some(&data)).unwrap_err();
         assert!(refused.contains("elicitation"), "{refused}");
+        assert!(
+            refused.contains("open https://example.com/consent (consent)"),
+            "{refused}"
+        );
         assert!(refused.contains("nothing was paid"), "{refused}");
+        let other = json!({"elicitations": [{"mode": "url", "url": "javascript:alert(1)"}]});
+        let refused = read_error(-32042, "URL elicitation required", Some(&other)).unwrap_err();
+        assert!(!refused.contains("javascript"), "{refused}");
     }
 
     #[test]

@@ -310,6 +310,9 @@ fn upstream_success(
             ));
         }
     };
+    // The answer is tollgate's, to its own host: a complete result, whatever revision the
+    // server speaks (rmcp drops the discriminator again for a host on an older revision).
+    result.result_type = Some(rmcp::model::ResultType::COMPLETE);
     if result.is_error != Some(true)
         && let Some(structured) = &result.structured_content
         && let Err(reason) = tool.validate_output(structured)
