@@ -5,6 +5,7 @@ pub mod http_server;
 pub mod l402_peer;
 pub mod ledgers;
 pub mod mcp;
+pub mod mcp_sellers;
 pub mod mpp_peer;
 pub mod seller;
 pub mod stdio;
