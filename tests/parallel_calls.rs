@@ -3,7 +3,9 @@
 //! identical) and across processes sharing one ledger, against the real x402 v2 seller
 //! (`@x402/express` 2.27 on anvil with Circle's FiatToken). The chain is the judge: every
 //! paid call moved exactly its price, every payment has exactly one receipt, and no call ever
-//! sends another call's in-flight proof.
+//! sends another call's in-flight proof. The cross-process case runs on both ledger
+//! backends: the SQLite file the processes share, and a PostgreSQL database
+//! (`support::ledgers`).
 
 mod support;
 
@@ -11,6 +13,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use support::ledgers::{Backend, Place};
 use support::stdio::Session;
 use support::x402_peer::{X402Peers, start};
 
@@ -19,9 +22,23 @@ const PRICE: u128 = 1_000; // atomic USDC per call of /weather (0.001 USD)
 /// A scratch config for the v2 seller, with `policy` as the policy file.
 struct Setup {
     dir: tempfile::TempDir,
+    /// The ledger's database, when it is not the SQLite file in `dir/state`.
+    place: Option<Place>,
 }
 
 impl Setup {
+    /// The config of [`Setup::new`] on a ledger of `backend`; `None` (after saying why) when
+    /// PostgreSQL is not available and peers are not required.
+    fn on(peers: &X402Peers, policy: &str, backend: Backend) -> Option<Setup> {
+        let mut setup = Setup::new(peers, policy);
+        if backend == Backend::Postgres {
+            let place = Place::new(backend)?;
+            place.configure(&setup.config());
+            setup.place = Some(place);
+        }
+        Some(setup)
+    }
+
     fn new(peers: &X402Peers, policy: &str) -> Setup {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path();
@@ -53,7 +70,7 @@ impl Setup {
             ),
         )
         .unwrap();
-        Setup { dir }
+        Setup { dir, place: None }
     }
 
     fn config(&self) -> std::path::PathBuf {
@@ -150,6 +167,15 @@ async fn eight_identical_calls_at_once_on_one_session_each_pay_once() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn four_processes_of_identical_calls_pay_exactly_the_cap_and_no_more() {
+    four_processes_of_identical_calls_pay_exactly_the_cap(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn four_processes_of_identical_calls_pay_exactly_the_cap_and_no_more_on_postgres() {
+    four_processes_of_identical_calls_pay_exactly_the_cap(Backend::Postgres).await;
+}
+
+async fn four_processes_of_identical_calls_pay_exactly_the_cap(backend: Backend) {
     const PROCESSES: usize = 4;
     const CALLS: usize = 8;
     const N: u128 = 5;
@@ -158,10 +184,13 @@ async fn four_processes_of_identical_calls_pay_exactly_the_cap_and_no_more() {
     }
     let Some(peers) = start().await else { return };
     // N calls of 0.001 fit under the per-day cap; the (N+1)th does not.
-    let setup = Setup::new(
+    let Some(setup) = Setup::on(
         &peers,
         "[caps]\nper_call = \"0.01 USD\"\nper_day = \"0.0055 USD\"\n",
-    );
+        backend,
+    ) else {
+        return;
+    };
     let payee = peers.str("/v2/payee");
     let before = peers.balance("v2", &payee).await;
 
@@ -216,6 +245,9 @@ async fn four_processes_of_identical_calls_pay_exactly_the_cap_and_no_more() {
         .unwrap();
     assert_eq!(next[0]["isError"], json!(true), "{next:?}");
     assert_eq!(peers.balance("v2", &payee).await, before + N * PRICE);
+    if let Some(place) = &setup.place {
+        place.assert_used_by(&setup.dir.path().join("state"));
+    }
 }
 
 /// A payment in flight belongs to its call: an identical call made meanwhile pays its own
