@@ -146,7 +146,7 @@ fn main() {
             let seller = mcp_sellers::x402_seller_command(
                 &peers.str("/v2/rpc"),
                 &peers.str("/v2/usdc"),
-                "0x00000000000000000000000000000000000B4011",
+                "0x0000000000000000000000000000000000095011",
                 false,
                 &log,
             );
@@ -193,7 +193,7 @@ fn main() {
             let rpc = peers.str("/rpc");
             let seller = mcp_sellers::mpp_seller_command(
                 &rpc,
-                "0x00000000000000000000000000000000000B4012",
+                "0x0000000000000000000000000000000000095012",
                 false,
                 &log,
             );

@@ -182,8 +182,10 @@ async fn mpp_peers() -> Option<(PathBuf, MppPeers)> {
 }
 
 /// Payees of the MCP sellers: addresses that hold nothing, so their balance is what was paid.
-const PAYEE_STDIO: &str = "0x00000000000000000000000000000000000A4011";
-const PAYEE_HTTP: &str = "0x00000000000000000000000000000000000A4012";
+/// Digits only, so they are valid EIP-55 checksums (web3.py refuses a mixed-case address
+/// whose checksum is wrong).
+const PAYEE_STDIO: &str = "0x0000000000000000000000000000000000094011";
+const PAYEE_HTTP: &str = "0x0000000000000000000000000000000000094012";
 
 fn x402_command(peers: &X402Peers, pay_to: &str, hostile: bool, log: &Path) -> Vec<String> {
     x402_seller_command(
@@ -223,6 +225,10 @@ async fn x402_mcp_seller_over_stdio_and_http_is_paid_once_per_call_on_both_revis
             call("pyx_weather", json!({"city": "Paris"})),
             call("pyxh_weather", json!({"city": "Lyon"})),
             call("pyx_free_echo", json!({"text": "free"})),
+            call(
+                "price_check",
+                json!({"tool": "pyx_weather", "arguments": {"city": "Nice"}})
+            ),
         ]);
         let key = peers.str("/buyer_key");
         let (report, logs) = support::mcp::drive_with_logs(
@@ -252,7 +258,7 @@ async fn x402_mcp_seller_over_stdio_and_http_is_paid_once_per_call_on_both_revis
             "{weather:#}"
         );
         let results = results(&report);
-        assert_eq!(results.len(), 3, "{report:#}");
+        assert_eq!(results.len(), 4, "{report:#}");
         let receipt = assert_paid(&results[0], "pyx", "weather", "x402/payment-response");
         assert_eq!(results[0]["structuredContent"]["city"], "Paris");
         assert_eq!(
@@ -271,6 +277,12 @@ async fn x402_mcp_seller_over_stdio_and_http_is_paid_once_per_call_on_both_revis
         assert_ne!(results[2]["isError"], json!(true), "{:#}", results[2]);
         assert!(results[2]["_meta"]["tollgate/receipt"].is_null());
         assert!(text(&results[2]).contains("free"), "{:#}", results[2]);
+        // price_check asks the server for its price, and pays nothing (the chain says so
+        // below: two payments per transport, not three).
+        let check = &results[3]["structuredContent"];
+        assert_eq!(check["status"], "payment_required", "{check:#}");
+        assert_eq!(check["would_pay"]["amount_usd"], "0.001", "{check:#}");
+        assert_eq!(check["would_pay"]["protocol"], "x402", "{check:#}");
     }
 
     // Two calls on each transport (one per revision): each moved the price once, on chain.

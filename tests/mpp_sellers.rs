@@ -154,6 +154,10 @@ async fn paid_call_settles_on_chain(seller: &str, tool: &str, buyer: usize, fore
         .expect("a reference")
         .to_owned();
     assert_eq!(receipt["transaction"], reference.as_str(), "{receipt}");
+    // The seller's own Payment-Receipt, decoded, for MCP-native clients.
+    let standard = &result["_meta"]["org.paymentauth/receipt"];
+    assert_eq!(standard["reference"], reference.as_str(), "{result}");
+    assert_eq!(standard["status"], "success", "{result}");
 
     // The reference is a mined transaction sent by the buyer, and the recipient got exactly
     // the amount.
