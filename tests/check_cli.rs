@@ -170,3 +170,67 @@ fn names_each_bad_http_key() {
     let (ok, out) = check(&config);
     assert!(ok, "{out}");
 }
+
+#[test]
+fn lists_paid_mcp_servers_without_starting_them_and_warns_of_a_missing_program() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("tools")).unwrap();
+    std::fs::write(
+        dir.path().join("tollgate.toml"),
+        "tools_dir = \"tools\"\nstate_dir = \"state\"\n",
+    )
+    .unwrap();
+    // A started server would write this file: check must not start it.
+    let marker = dir.path().join("started");
+    std::fs::write(
+        dir.path().join("tools/mcp.toml"),
+        format!(
+            "[[mcp_upstream]]\nname = \"forecasts\"\ncommand = \"sh\"\n\
+             args = [\"-c\", \"touch {}\"]\nmax_price = \"0.01 USD\"\n\
+             max_prices = {{ premium = \"0.25 USD\" }}\n\n\
+             [[mcp_upstream]]\nname = \"maps\"\nurl = \"https://maps.example.com:8443/mcp?key=secret\"\n\n\
+             [[mcp_upstream]]\nname = \"gone\"\ncommand = \"/nonexistent/mcp-server\"\nmax_price = \"0.01 USD\"\n",
+            marker.display()
+        ),
+    )
+    .unwrap();
+    let (ok, out) = check(&dir.path().join("tollgate.toml"));
+    assert!(ok, "a missing program is a warning, not an error: {out}");
+    let row = |name: &str| {
+        out.lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("a row for {name}: {out}"))
+            .split("  ")
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        row("forecasts"),
+        [
+            "forecasts",
+            "forecasts_*",
+            "stdio: sh",
+            "0.01 USD (1 per tool)"
+        ],
+        "{out}"
+    );
+    assert_eq!(
+        row("maps"),
+        [
+            "maps",
+            "maps_*",
+            "http: https://maps.example.com:8443/mcp",
+            "never pays"
+        ],
+        "{out}"
+    );
+    assert!(!out.contains("secret"), "no query string is shown: {out}");
+    assert!(
+        out.contains("warning: mcp_upstream `gone`")
+            && out.contains("`/nonexistent/mcp-server` is not found"),
+        "{out}"
+    );
+    assert!(!marker.exists(), "check started an MCP server");
+}

@@ -35,6 +35,9 @@ pub fn check(config: Option<PathBuf>) -> ExitCode {
     for warning in &catalog.warnings {
         println!("warning: {warning}");
     }
+    if !catalog.mcp_upstreams.is_empty() {
+        print_mcp_upstreams(&catalog.mcp_upstreams);
+    }
     println!(
         "policy {}: at most {} per call{}",
         policy.source,
@@ -103,4 +106,70 @@ pub fn check(config: Option<PathBuf>) -> ExitCode {
     }
     println!("{} tool(s) OK", catalog.len());
     ExitCode::SUCCESS
+}
+
+/// The paid MCP servers, as configured: check starts none of them (their tools are listed at
+/// the first `tools/list` of `serve`), but warns about a program that cannot be found.
+fn print_mcp_upstreams(upstreams: &[tollgate::mcp_upstream::McpUpstreamConfig]) {
+    use tollgate::mcp_upstream::config::Transport;
+    let rows: Vec<[String; 4]> = upstreams
+        .iter()
+        .map(|u| {
+            let transport = match &u.transport {
+                Transport::Stdio { command, .. } => format!("stdio: {command}"),
+                // Scheme, host, port and path: never a query or credentials.
+                Transport::Http { url, .. } => format!(
+                    "http: {}://{}{}",
+                    url.scheme(),
+                    u.host(),
+                    match url.port() {
+                        Some(port) => format!(":{port}{}", url.path()),
+                        None => url.path().to_owned(),
+                    }
+                ),
+            };
+            let price = match (u.max_price, u.max_prices.len()) {
+                (None, 0) => "never pays".to_owned(),
+                (Some(p), 0) => p.to_string(),
+                (Some(p), n) => format!("{p} ({n} per tool)"),
+                (None, n) => format!("{n} tool(s) only"),
+            };
+            [u.name.clone(), format!("{}*", u.prefix), transport, price]
+        })
+        .collect();
+    println!("paid MCP servers (started and listed at first use, not by check):");
+    print_table(["MCP SERVER", "TOOLS", "TRANSPORT", "MAX PRICE"], &rows);
+    for u in upstreams {
+        if let Transport::Stdio { command, .. } = &u.transport
+            && !program_exists(command)
+        {
+            println!(
+                "warning: mcp_upstream `{}` ({}): the program `{command}` is not found{}; its \
+                 tools will not be offered",
+                u.name,
+                u.file.display(),
+                if command.contains('/') {
+                    ""
+                } else {
+                    " on PATH"
+                }
+            );
+        }
+    }
+}
+
+/// Whether `command` names an executable file: an absolute path as given, a bare name on
+/// `PATH`.
+fn program_exists(command: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let runnable = |p: &std::path::Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if command.contains('/') {
+        // A relative path is resolved where the program starts (its `cwd`): not judged here.
+        let path = std::path::Path::new(command);
+        return !path.is_absolute() || runnable(path);
+    }
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| runnable(&dir.join(command))))
 }
