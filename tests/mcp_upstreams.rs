@@ -348,6 +348,35 @@ fn assert_refused(tool: &str, result: &Value, words: &[&str]) {
     );
 }
 
+/// What the hostile seller's log and tollgate's ledger say after [`hostile_calls`]: the one
+/// settlement is pay_again's (with the one receipt); price_rises got one payment at the first
+/// price that was never settled; the `refused` tools never got a payment at all.
+fn assert_only_pay_again_settled(log: &Path, setup: &Setup, refused: &[&str]) {
+    let paid_calls = |tool: &str| -> Vec<Value> {
+        events(log, "call", tool)
+            .into_iter()
+            .filter(|e| e["paid"] == true)
+            .collect()
+    };
+    assert_eq!(events(log, "settle", "pay_again").len(), 1);
+    assert_eq!(events(log, "settle", "price_rises").len(), 0);
+    assert_eq!(
+        paid_calls("price_rises").len(),
+        1,
+        "one payment sent, at the first price"
+    );
+    for tool in refused {
+        let paid = paid_calls(tool);
+        assert!(paid.is_empty(), "{tool} got a payment: {paid:?}");
+    }
+    let receipts = setup.receipts();
+    assert_eq!(
+        ledger_pairs(&receipts),
+        [("bad".into(), "pay_again".into())],
+        "{receipts:#?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn x402_mcp_refusals_move_nothing_and_a_second_ask_after_paying_pays_once() {
     let Some((python, peers)) = x402_peers().await else {
@@ -414,34 +443,17 @@ async fn x402_mcp_refusals_move_nothing_and_a_second_ask_after_paying_pays_once(
         X402_PRICE,
         "{calls:#?}"
     );
-    assert_eq!(events(&log, "settle", "pay_again").len(), 1);
-    assert_eq!(events(&log, "settle", "price_rises").len(), 0);
-    // Nothing was sent with a payment to a tool whose offer was refused.
-    for tool in [
-        "weather",
-        "unknown_network",
-        "unknown_asset",
-        "malformed",
-        "elicit_url",
-        "hang",
-    ] {
-        let paid: Vec<Value> = events(&log, "call", tool)
-            .into_iter()
-            .filter(|e| e["paid"] == true)
-            .collect();
-        assert!(paid.is_empty(), "{tool} got a payment: {paid:?}");
-    }
-    // price_rises: one payment sent at the first price, none at the risen one.
-    let rises: Vec<Value> = events(&log, "call", "price_rises")
-        .into_iter()
-        .filter(|e| e["paid"] == true)
-        .collect();
-    assert_eq!(rises.len(), 1, "{rises:?}");
-    let receipts = setup.receipts();
-    assert_eq!(
-        ledger_pairs(&receipts),
-        [("bad".into(), "pay_again".into())],
-        "{receipts:#?}"
+    assert_only_pay_again_settled(
+        &log,
+        &setup,
+        &[
+            "weather",
+            "unknown_network",
+            "unknown_asset",
+            "malformed",
+            "elicit_url",
+            "hang",
+        ],
     );
 }
 
@@ -565,20 +577,10 @@ async fn mpp_mcp_refusals_move_nothing_and_a_second_ask_after_paying_pays_once()
         }
     }
     assert_eq!(peers.path_usd(PAYEE_STDIO).await, MPP_AMOUNT, "{calls:#?}");
-    assert_eq!(events(&log, "settle", "pay_again").len(), 1);
-    assert_eq!(events(&log, "settle", "price_rises").len(), 0);
-    for tool in ["weather", "malformed", "elicit_url", "hang"] {
-        let paid: Vec<Value> = events(&log, "call", tool)
-            .into_iter()
-            .filter(|e| e["paid"] == true)
-            .collect();
-        assert!(paid.is_empty(), "{tool} got a payment: {paid:?}");
-    }
-    let receipts = setup.receipts();
-    assert_eq!(
-        ledger_pairs(&receipts),
-        [("bad".into(), "pay_again".into())],
-        "{receipts:#?}"
+    assert_only_pay_again_settled(
+        &log,
+        &setup,
+        &["weather", "malformed", "elicit_url", "hang"],
     );
 }
 
