@@ -22,9 +22,18 @@ use support::stdio::Session;
 use support::x402_peer::X402Peers;
 
 /// A scratch config: `head` (assets, wallet, rpc) in `tollgate.toml`, `policy` as the policy
-/// file, and `tools` in `tools/sellers.toml`.
+/// file, and `tools` in `tools/sellers.toml`; the sellers' logs beside them.
 struct Setup {
     dir: tempfile::TempDir,
+}
+
+/// Who sells in a test: one seller of the chain's MCP SDK over stdio, named `name` (its tools are
+/// `<name>_…`), paying [`PAYEE_STDIO`], hostile tools included or not, with `extra` TOML lines
+/// in its `[[mcp_upstream]]` table.
+struct Stdio<'a> {
+    name: &'a str,
+    hostile: bool,
+    extra: &'a str,
 }
 
 impl Setup {
@@ -70,6 +79,41 @@ impl Setup {
              assets = [\"pathUSD\"]\n",
             tools,
         )
+    }
+
+    /// The x402 peers' chain with one stdio seller (the x402 Python SDK's MCP server), and
+    /// that seller's log.
+    fn x402_seller(peers: &X402Peers, caps: &str, seller: Stdio<'_>) -> (Setup, PathBuf) {
+        let setup = Setup::x402(peers, caps, "");
+        let log = setup.log(seller.name);
+        setup.tools(&stdio_upstream(
+            seller.name,
+            &x402_command(peers, PAYEE_STDIO, seller.hostile, &log),
+            seller.extra,
+        ));
+        (setup, log)
+    }
+
+    /// The MPP peers' chain with one stdio seller (mppx's MCP server), and that seller's log.
+    fn mpp_seller(peers: &MppPeers, seller: Stdio<'_>) -> (Setup, PathBuf) {
+        let setup = Setup::mpp(peers, "");
+        let log = setup.log(seller.name);
+        setup.tools(&stdio_upstream(
+            seller.name,
+            &mpp_seller_command(&peers.str("/rpc"), PAYEE_STDIO, seller.hostile, &log),
+            seller.extra,
+        ));
+        (setup, log)
+    }
+
+    /// Replaces the tool definitions.
+    fn tools(&self, tools: &str) {
+        std::fs::write(self.dir.path().join("tools/sellers.toml"), tools).unwrap();
+    }
+
+    /// Where the seller `name` logs its events.
+    fn log(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("{name}.jsonl"))
     }
 
     fn config(&self) -> PathBuf {
@@ -181,6 +225,9 @@ async fn mpp_peers() -> Option<(PathBuf, MppPeers)> {
     Some((python, support::mpp_peer::start().await?))
 }
 
+/// The policy's caps of most tests: 0.01 USD per call, no daily cap.
+const PER_CALL: &str = "[caps]\nper_call = \"0.01 USD\"\n";
+
 /// Payees of the MCP sellers: addresses that hold nothing, so their balance is what was paid.
 /// Digits only, so they are valid EIP-55 checksums (web3.py refuses a mixed-case address
 /// whose checksum is wrong).
@@ -202,12 +249,10 @@ async fn x402_mcp_seller_over_stdio_and_http_is_paid_once_per_call_on_both_revis
     let Some((python, peers)) = x402_peers().await else {
         return;
     };
-    let scratch = tempfile::tempdir().unwrap();
-    let (stdio_log, http_log) = (scratch.path().join("stdio"), scratch.path().join("http"));
+    let setup = Setup::x402(&peers, PER_CALL, "");
+    let (stdio_log, http_log) = (setup.log("pyx"), setup.log("pyxh"));
     let http = HttpSeller::start(&x402_command(&peers, PAYEE_HTTP, false, &http_log));
-    let setup = Setup::x402(
-        &peers,
-        "[caps]\nper_call = \"0.01 USD\"\n",
+    setup.tools(
         &[
             stdio_upstream(
                 "pyx",
@@ -382,17 +427,16 @@ async fn x402_mcp_refusals_move_nothing_and_a_second_ask_after_paying_pays_once(
     let Some((python, peers)) = x402_peers().await else {
         return;
     };
-    let scratch = tempfile::tempdir().unwrap();
-    let log = scratch.path().join("hostile");
-    let setup = Setup::x402(
+    let (setup, log) = Setup::x402_seller(
         &peers,
-        "[caps]\nper_call = \"0.01 USD\"\n",
-        &stdio_upstream(
-            "bad",
-            &x402_command(&peers, PAYEE_STDIO, true, &log),
+        PER_CALL,
+        Stdio {
+            name: "bad",
+            hostile: true,
             // `weather` costs 0.001: its own limit is below that.
-            "max_price = \"0.01 USD\"\nmax_prices = { weather = \"0.0005 USD\" }\ntimeout_ms = 5000",
-        ),
+            extra: "max_price = \"0.01 USD\"\nmax_prices = { weather = \"0.0005 USD\" }\n\
+                    timeout_ms = 5000",
+        },
     );
     let key = peers.str("/buyer_key");
     let calls = hostile_calls(
@@ -462,12 +506,11 @@ async fn mpp_mcp_seller_over_stdio_and_http_is_paid_once_per_call_on_both_revisi
     let Some((python, peers)) = mpp_peers().await else {
         return;
     };
-    let scratch = tempfile::tempdir().unwrap();
-    let (stdio_log, http_log) = (scratch.path().join("stdio"), scratch.path().join("http"));
+    let setup = Setup::mpp(&peers, "");
+    let (stdio_log, http_log) = (setup.log("mppx"), setup.log("mppxh"));
     let rpc = peers.str("/rpc");
     let http = HttpSeller::start(&mpp_seller_command(&rpc, PAYEE_HTTP, false, &http_log));
-    let setup = Setup::mpp(
-        &peers,
+    setup.tools(
         &[
             stdio_upstream(
                 "mppx",
@@ -530,16 +573,15 @@ async fn mpp_mcp_refusals_move_nothing_and_a_second_ask_after_paying_pays_once()
     let Some((python, peers)) = mpp_peers().await else {
         return;
     };
-    let scratch = tempfile::tempdir().unwrap();
-    let log = scratch.path().join("hostile");
-    let setup = Setup::mpp(
+    let (setup, log) = Setup::mpp_seller(
         &peers,
-        &stdio_upstream(
-            "bad",
-            &mpp_seller_command(&peers.str("/rpc"), PAYEE_STDIO, true, &log),
+        Stdio {
+            name: "bad",
+            hostile: true,
             // `weather` costs 0.01: its own limit is below that.
-            "max_price = \"0.05 USD\"\nmax_prices = { weather = \"0.005 USD\" }\ntimeout_ms = 5000",
-        ),
+            extra: "max_price = \"0.05 USD\"\nmax_prices = { weather = \"0.005 USD\" }\n\
+                    timeout_ms = 5000",
+        },
     );
     let (key, _payer) = peers.buyer(1);
     let calls = hostile_calls(
@@ -589,11 +631,9 @@ async fn one_credential_budget_is_spent_across_an_http_tool_and_an_mcp_tool() {
     let Some((python, peers)) = x402_peers().await else {
         return;
     };
-    let scratch = tempfile::tempdir().unwrap();
-    let log = scratch.path().join("seller");
-    let setup = Setup::x402(
-        &peers,
-        "[caps]\nper_call = \"0.01 USD\"\n",
+    let setup = Setup::x402(&peers, PER_CALL, "");
+    let log = setup.log("pyx");
+    setup.tools(
         &[
             format!(
                 "[[tool]]\nname = \"http_weather\"\ndescription = \"Weather over HTTP (x402)\"\n\
@@ -647,16 +687,14 @@ async fn an_mcp_tool_that_needs_approval_is_paid_only_when_the_person_accepts() 
     let Some((python, peers)) = x402_peers().await else {
         return;
     };
-    let scratch = tempfile::tempdir().unwrap();
-    let log = scratch.path().join("seller");
-    let setup = Setup::x402(
+    let (setup, _log) = Setup::x402_seller(
         &peers,
-        "[caps]\nper_call = \"0.01 USD\"\n",
-        &stdio_upstream(
-            "pyx",
-            &x402_command(&peers, PAYEE_STDIO, false, &log),
-            "max_price = \"0.01 USD\"\napproval = \"always\"",
-        ),
+        PER_CALL,
+        Stdio {
+            name: "pyx",
+            hostile: false,
+            extra: "max_price = \"0.01 USD\"\napproval = \"always\"",
+        },
     );
     let key = peers.str("/buyer_key");
     let mut paid = 0;
@@ -688,16 +726,14 @@ async fn identical_parallel_calls_of_an_mcp_tool_each_pay_once() {
     let Some((_python, peers)) = x402_peers().await else {
         return;
     };
-    let scratch = tempfile::tempdir().unwrap();
-    let log = scratch.path().join("seller");
-    let setup = Setup::x402(
+    let (setup, _log) = Setup::x402_seller(
         &peers,
-        "[caps]\nper_call = \"0.01 USD\"\n",
-        &stdio_upstream(
-            "pyx",
-            &x402_command(&peers, PAYEE_STDIO, false, &log),
-            "max_price = \"0.01 USD\"",
-        ),
+        PER_CALL,
+        Stdio {
+            name: "pyx",
+            hostile: false,
+            extra: "max_price = \"0.01 USD\"",
+        },
     );
     const CALLS: usize = 6;
     let (config, key) = (setup.config(), peers.str("/buyer_key"));
@@ -736,4 +772,115 @@ async fn identical_parallel_calls_of_an_mcp_tool_each_pay_once() {
         CALLS as u128 * X402_PRICE
     );
     assert_eq!(setup.receipts().len(), CALLS);
+}
+
+/// Two tollgate processes sharing one ledger, each sending identical and distinct calls of the
+/// same paid MCP tool at once (one seller, over streamable HTTP, for both), under a per-day cap
+/// that admits 5 of their 8 calls: exactly 5 are paid, on chain and in the ledger, each with its
+/// own settlement; the others are refused by the cap before anything is signed, and so is the
+/// next call.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_processes_of_identical_and_distinct_calls_pay_exactly_the_cap() {
+    let Some((_python, peers)) = x402_peers().await else {
+        return;
+    };
+    // 5 calls of 0.001 fit under the per-day cap; the 6th does not.
+    let setup = Setup::x402(
+        &peers,
+        "[caps]\nper_call = \"0.01 USD\"\nper_day = \"0.0055 USD\"\n",
+        "",
+    );
+    let log = setup.log("pyxh");
+    let http = HttpSeller::start(&x402_command(&peers, PAYEE_HTTP, false, &log));
+    setup.tools(&http_upstream(
+        "pyxh",
+        &http.url,
+        "max_price = \"0.01 USD\"",
+    ));
+    let key = peers.str("/buyer_key");
+    let run = |process: usize, calls: Vec<Value>| {
+        let (config, key) = (setup.config(), key.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut session = Session::start(&config, &[("TOLLGATE_EVM_KEY", &key)]);
+            for (i, arguments) in calls.iter().enumerate() {
+                session.call_tool(i as u64 + 1, "pyxh_weather", arguments.clone());
+            }
+            let results: Vec<Value> = (0..calls.len())
+                .map(|_| {
+                    session
+                        .next_response()
+                        .unwrap_or_else(|| panic!("process {process} answered"))["result"]
+                        .clone()
+                })
+                .collect();
+            session.finish();
+            results
+        })
+    };
+    // In each process: two calls identical to each other and to the other process's, and two
+    // of its own.
+    let calls = |process: usize| {
+        vec![
+            json!({"city": "Paris"}),
+            json!({"city": "Paris"}),
+            json!({"city": format!("Lyon {process}")}),
+            json!({"city": format!("Nice {process}")}),
+        ]
+    };
+    let (a, b) = tokio::join!(run(0, calls(0)), run(1, calls(1)));
+    let results: Vec<Value> = a.unwrap().into_iter().chain(b.unwrap()).collect();
+
+    let (paid, refused): (Vec<&Value>, Vec<&Value>) =
+        results.iter().partition(|r| r["isError"] != json!(true));
+    assert_eq!(paid.len(), 5, "exactly the cap was paid: {results:#?}");
+    let mut transactions: Vec<String> = paid
+        .iter()
+        .map(|r| {
+            let receipt = assert_paid(r, "pyxh", "weather", "x402/payment-response");
+            receipt["transaction"]
+                .as_str()
+                .expect("a transaction")
+                .to_owned()
+        })
+        .collect();
+    transactions.sort();
+    transactions.dedup();
+    assert_eq!(transactions.len(), 5, "five distinct settlements");
+    for r in &refused {
+        assert_refused(
+            "a call over the cap",
+            r,
+            &["per-day cap", "nothing was paid"],
+        );
+    }
+    assert_eq!(peers.balance("v2", PAYEE_HTTP).await, 5 * X402_PRICE);
+    assert_eq!(events(&log, "settle", "weather").len(), 5);
+    let receipts = setup.receipts();
+    assert_eq!(receipts.len(), 5, "{receipts:#?}");
+    let spent: u64 = receipts
+        .iter()
+        .map(|r| r["amount_usd_micros"].as_u64().expect("an amount"))
+        .sum();
+    assert_eq!(
+        u128::from(spent),
+        5 * X402_PRICE,
+        "ledger spent = chain moved"
+    );
+
+    // The next call, from a third process, is refused too: nothing more moves.
+    let next = run(2, vec![json!({"city": "Rome"})]).await.unwrap();
+    assert_refused(
+        "the next call",
+        &next[0],
+        &["per-day cap", "nothing was paid"],
+    );
+    assert_eq!(peers.balance("v2", PAYEE_HTTP).await, 5 * X402_PRICE);
+    assert_eq!(
+        events(&log, "call", "weather")
+            .iter()
+            .filter(|e| e["paid"] == true)
+            .count(),
+        5,
+        "no payment was sent beyond the cap"
+    );
 }
