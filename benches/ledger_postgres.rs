@@ -7,8 +7,10 @@
 //! The database: `TOLLGATE_BENCH_PG_URL` if set (a database the bench may fill), else a
 //! cluster of its own in `target/pg-bench` (`scripts/postgres`, durable), stopped after.
 
-use std::path::Path;
-use std::process::Command;
+#[path = "support/bench_postgres.rs"]
+mod bench_postgres;
+
+use bench_postgres::BenchPostgres;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
@@ -149,26 +151,9 @@ fn report(
 }
 
 fn main() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let own = std::env::var("TOLLGATE_BENCH_PG_URL").is_err();
-    let pg_dir = root.join("target/pg-bench");
-    let url = match std::env::var("TOLLGATE_BENCH_PG_URL") {
-        Ok(url) => url,
-        Err(_) => {
-            let out = Command::new(root.join("scripts/postgres"))
-                .arg("start")
-                .arg(&pg_dir)
-                .env("TOLLGATE_PG_DURABLE", "1")
-                .output()
-                .expect("scripts/postgres");
-            assert!(
-                out.status.success(),
-                "cannot start PostgreSQL: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            String::from_utf8(out.stdout).unwrap().trim().to_owned()
-        }
-    };
+    // Stopped (when it is the bench's own) as this is dropped, at the end of main.
+    let cluster = BenchPostgres::start();
+    let url = cluster.url.clone();
     println!(
         "ledger work per payment, {ROUNDS} rounds, one caller; then {THREADS} threads x \
          {PER_THREAD} payments against the same caps"
@@ -194,11 +179,4 @@ fn main() {
     );
     report("PostgreSQL", &mut plain, &mut proved, per_sec);
     drop(postgres);
-
-    if own {
-        let _ = Command::new(root.join("scripts/postgres"))
-            .arg("stop")
-            .arg(&pg_dir)
-            .output();
-    }
 }

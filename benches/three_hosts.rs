@@ -15,6 +15,10 @@
 //! databases), else a cluster of its own in `target/pg-bench` (`scripts/postgres`, fsync on,
 //! as a real database), stopped after. The peers: `scripts/test` installs them.
 
+#[path = "../tests/support/cli.rs"]
+mod cli;
+#[path = "../tests/support/hosts.rs"]
+mod hosts;
 #[path = "../tests/support/ledgers.rs"]
 #[allow(dead_code)]
 mod ledgers;
@@ -24,11 +28,15 @@ mod stdio;
 #[path = "../tests/support/x402_peer.rs"]
 mod x402_peer;
 
+#[path = "support/bench_postgres.rs"]
+mod bench_postgres;
+
+use bench_postgres::BenchPostgres;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
+use hosts::host;
 use ledgers::{Backend, Place};
 use serde_json::{Value, json};
 use stdio::Session;
@@ -42,69 +50,6 @@ const CALLS: usize = 8;
 const ROUNDS: usize = 3;
 /// The cap of the last burst, in payments.
 const N: usize = 10;
-
-/// One host: its own directory (config, tools, policy), the ledger of `place`, and the state
-/// directory `state` (its own for PostgreSQL, the one shared directory for SQLite). Hosts
-/// after the first get the first one's root key when their state directory is their own.
-fn host(peers: &X402Peers, place: &Place, policy: &str, i: usize) -> PathBuf {
-    let p = place.dir.path().join(format!("host-{i}"));
-    std::fs::create_dir_all(p.join("tools")).unwrap();
-    std::fs::create_dir_all(p.join("policies")).unwrap();
-    let state = match place.backend {
-        Backend::Postgres => p.join("state"),
-        Backend::Sqlite => place.state().to_owned(),
-    };
-    std::fs::create_dir_all(&state).unwrap();
-    std::fs::write(
-        p.join("tollgate.toml"),
-        format!(
-            "tools_dir = \"tools\"\nstate_dir = \"{}\"\npolicy = \"bench\"\n[approval]\n\
-             listen = \"off\"\n[[assets]]\nnetwork = \"eip155:31337\"\naddress = \"{}\"\n\
-             symbol = \"USDC\"\ndecimals = 6\n[rpc]\n\"eip155:31337\" = \"{}\"\n",
-            state.display(),
-            peers.str("/v2/usdc"),
-            peers.str("/v2/rpc"),
-        ),
-    )
-    .unwrap();
-    place.configure(&p.join("tollgate.toml"));
-    std::fs::write(
-        p.join("policies/bench.toml"),
-        format!("{policy}\n[allow]\nnetworks = [\"eip155:31337\"]\nassets = [\"USDC\"]\n"),
-    )
-    .unwrap();
-    std::fs::write(
-        p.join("tools/seller.toml"),
-        format!(
-            "[[tool]]\nname = \"weather\"\ndescription = \"Weather from the x402 v2 seller\"\n\
-             url = \"{}/weather?city={{city}}\"\nmax_price = \"0.01 USD\"\n\
-             input_schema = {{ type = \"object\", properties = {{ city = {{ type = \"string\" }} }} }}\n",
-            peers.seller("v2")
-        ),
-    )
-    .unwrap();
-    if i == 0 {
-        tollgate(&p, &["init"]);
-    } else if place.backend == Backend::Postgres {
-        let first = place.dir.path().join("host-0/state/root.key");
-        std::fs::copy(first, state.join("root.key")).unwrap();
-    }
-    p
-}
-
-fn tollgate(host: &Path, args: &[&str]) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .args(args)
-        .arg("--config")
-        .arg(host.join("tollgate.toml"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// One call's outcome: its latency and its result.
 struct Call {
@@ -302,26 +247,9 @@ fn report(backend: Backend, bursts: &[Burst]) {
 }
 
 fn main() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let own = std::env::var("TOLLGATE_BENCH_PG_URL").is_err();
-    let pg_dir = root.join("target/pg-bench");
-    let url = match std::env::var("TOLLGATE_BENCH_PG_URL") {
-        Ok(url) => url,
-        Err(_) => {
-            let out = Command::new(root.join("scripts/postgres"))
-                .arg("start")
-                .arg(&pg_dir)
-                .env("TOLLGATE_PG_DURABLE", "1")
-                .output()
-                .expect("scripts/postgres");
-            assert!(
-                out.status.success(),
-                "cannot start PostgreSQL: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            String::from_utf8(out.stdout).unwrap().trim().to_owned()
-        }
-    };
+    // Stopped (when it is the bench's own) as this is dropped, at the end of main.
+    let cluster = BenchPostgres::start();
+    let url = cluster.url.clone();
     // `support::ledgers` makes a database per `Place` on the server this variable names.
     // SAFETY: no other thread is running yet.
     unsafe { std::env::set_var(ledgers::PG_URL, &url) };
@@ -329,13 +257,6 @@ fn main() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     measure(&runtime);
     drop(runtime);
-
-    if own {
-        let _ = Command::new(root.join("scripts/postgres"))
-            .arg("stop")
-            .arg(&pg_dir)
-            .output();
-    }
 }
 
 /// Both ledgers' uncapped bursts, alternating, then one capped burst on each.

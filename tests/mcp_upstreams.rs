@@ -9,7 +9,6 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use serde_json::{Value, json};
 use support::mcp::{Mode, drive, drive_elicit, python};
@@ -121,18 +120,7 @@ impl Setup {
     }
 
     fn tollgate(&self, args: &[&str]) -> String {
-        let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
-            .args(args)
-            .arg("--config")
-            .arg(self.config())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "tollgate {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+        support::cli::tollgate(self.dir.path(), args)
     }
 
     /// `tollgate receipts --format json`.

@@ -10,78 +10,20 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Instant;
 
 use serde_json::{Value, json};
+use support::cli::tollgate;
+use support::hosts::host;
 use support::ledgers::{Backend, Place};
 use support::stdio::Session;
-use support::x402_peer::{X402Peers, start};
+use support::x402_peer::start;
 
 const PRICE: u128 = 1_000; // atomic USDC (and µUSD) per call of /weather (0.001 USD)
 const HOSTS: usize = 3;
 const PROCESSES: usize = 4;
 const CALLS: usize = 8;
 const N: usize = 10;
-
-/// One host: its own directory (config, tools, policy, state), the shared ledger's URL in its
-/// config, and the first host's root key.
-fn host(peers: &X402Peers, place: &Place, policy: &str, i: usize) -> PathBuf {
-    let p = place.dir.path().join(format!("host-{i}"));
-    std::fs::create_dir_all(p.join("tools")).unwrap();
-    std::fs::create_dir_all(p.join("policies")).unwrap();
-    std::fs::write(
-        p.join("tollgate.toml"),
-        format!(
-            "tools_dir = \"tools\"\nstate_dir = \"state\"\npolicy = \"test\"\n[approval]\n\
-             listen = \"off\"\n[[assets]]\nnetwork = \"eip155:31337\"\naddress = \"{}\"\n\
-             symbol = \"USDC\"\ndecimals = 6\n[rpc]\n\"eip155:31337\" = \"{}\"\n",
-            peers.str("/v2/usdc"),
-            peers.str("/v2/rpc"),
-        ),
-    )
-    .unwrap();
-    place.configure(&p.join("tollgate.toml"));
-    std::fs::write(
-        p.join("policies/test.toml"),
-        format!("{policy}\n[allow]\nnetworks = [\"eip155:31337\"]\nassets = [\"USDC\"]\n"),
-    )
-    .unwrap();
-    std::fs::write(
-        p.join("tools/seller.toml"),
-        format!(
-            "[[tool]]\nname = \"weather\"\ndescription = \"Weather from the x402 v2 seller\"\n\
-             url = \"{}/weather?city={{city}}\"\nmax_price = \"0.01 USD\"\n\
-             input_schema = {{ type = \"object\", properties = {{ city = {{ type = \"string\" }} }} }}\n",
-            peers.seller("v2")
-        ),
-    )
-    .unwrap();
-    // One root key for every host: the first host's, copied (as the README says).
-    std::fs::create_dir_all(p.join("state")).unwrap();
-    let first = place.dir.path().join("host-0/state/root.key");
-    if i == 0 {
-        tollgate(&p, &["init"]);
-    } else {
-        std::fs::copy(&first, p.join("state/root.key")).unwrap();
-    }
-    p
-}
-
-fn tollgate(host: &Path, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .args(args)
-        .arg("--config")
-        .arg(host.join("tollgate.toml"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
 
 /// One `tollgate serve` on `host`: `calls` calls sent at once, their results collected.
 fn burst(host: &Path, env: &[(&str, &str)], tag: &str, calls: usize) -> Vec<Value> {

@@ -1,6 +1,8 @@
 //! Shared test support: a misbehaving-on-demand HTTP server, and running real MCP clients.
 #![allow(dead_code)]
 
+pub mod cli;
+pub mod hosts;
 pub mod http_server;
 pub mod l402_peer;
 pub mod ledgers;
