@@ -45,3 +45,11 @@ pub mod toml_input;
 pub mod tool;
 pub mod upstream;
 pub mod wallet;
+
+/// Installs ring as the process's rustls crypto provider. reqwest, rmcp's HTTP transport and
+/// mpp's RPC client are built without a default one, and building a client before a provider
+/// is installed panics: every place that builds one calls this first. A second install is a
+/// no-op.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

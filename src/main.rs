@@ -143,9 +143,8 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    // One TLS provider for every HTTPS client of the process (reqwest, the PostgreSQL
-    // driver, rmcp's HTTP transport), before any of them is built.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    // Before any client is built, whichever command runs.
+    tollgate::install_tls_provider();
     let outcome = match cli.command {
         Command::Serve { config, http } => cli::serve::serve(config, http),
         Command::Check { config } => return cli::check::check(config),

@@ -17,9 +17,7 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A client for nodes: connect and whole-call timeouts, no redirects.
 pub fn client() -> Result<reqwest::Client, String> {
-    // reqwest is built without a default TLS provider (as everywhere in tollgate): install
-    // ring's, or building the client panics.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    crate::install_tls_provider();
     reqwest::Client::builder()
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(CALL_TIMEOUT)

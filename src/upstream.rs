@@ -180,8 +180,7 @@ impl Upstream {
 
 fn build_client(defaults: &UpstreamDefaults) -> Result<reqwest::Client, reqwest::Error> {
     {
-        // One TLS provider for the process (ring); a second install is harmless.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        crate::install_tls_provider();
         let max_redirects = defaults.max_redirects;
         let redirect = reqwest::redirect::Policy::custom(move |attempt| {
             let same_origin = attempt

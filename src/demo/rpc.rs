@@ -247,7 +247,7 @@ mod tests {
         let sandbox_usdc = held.iter().find(|h| h.sandbox).expect("the sandbox asset");
         assert_eq!(sandbox_usdc.shown(), "10.000000");
 
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        crate::install_tls_provider();
         let client = reqwest::Client::new();
         let ask = |method: &'static str, params: Value| {
             let client = client.clone();

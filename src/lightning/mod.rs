@@ -245,8 +245,7 @@ impl Lightning {
 /// An HTTP client for a backend: connect timeout, no proxy from the environment (the backend
 /// is named exactly), no redirects (a secret header must not follow one).
 pub(crate) fn client(root_cert_pem: Option<&[u8]>) -> Result<reqwest::Client, SetupError> {
-    // reqwest is built without a TLS provider: install ring once (a second install is harmless).
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    crate::install_tls_provider();
     let mut builder = reqwest::Client::builder()
         .connect_timeout(CONNECT_TIMEOUT)
         .redirect(reqwest::redirect::Policy::none())

@@ -253,9 +253,7 @@ impl Connection {
                 use rmcp::transport::streamable_http_client::{
                     StreamableHttpClientTransport, StreamableHttpClientTransportConfig,
                 };
-                // reqwest is built without a default TLS provider: without this, the first
-                // HTTPS-capable client built before any other (a listing at start) panics.
-                let _ = rustls::crypto::ring::default_provider().install_default();
+                crate::install_tls_provider();
                 let client = reqwest::Client::builder()
                     .connect_timeout(std::time::Duration::from_secs(5))
                     .redirect(reqwest::redirect::Policy::none())

@@ -153,8 +153,7 @@ impl TempoWallet {
             WalletError::TempoConfig("wallet.tempo.rpc_url is not an http(s) URL".to_owned())
         })?;
         let account = config.account();
-        // The RPC client mpp builds uses reqwest with rustls and no bundled crypto provider.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        crate::install_tls_provider();
         let own = signer.address();
         let mut provider = TempoProvider::new(signer, url.as_str())
             .map_err(|e| WalletError::TempoConfig(format!("wallet.tempo.rpc_url: {e}")))?;
