@@ -1,9 +1,16 @@
 //! Paid x402 calls the way hosts make them, against the real v2 seller (`@x402/express`
 //! 2.27.0 on anvil), side by side with the reference buyer `@x402/fetch` in one run:
 //!
-//! * tollgate's own cost per paid call: paid calls through tollgate (MCP over stdio) alternating
-//!   with the same paid request sent with a pre-signed `PAYMENT-SIGNATURE` (the seller's verify
-//!   + settle, which nobody can avoid); the median of the pairs' differences;
+//! * tollgate's own cost per paid call over a pre-signed paid request: each paid call through
+//!   tollgate (MCP over stdio) minus what a paid request sent with a pre-signed
+//!   `PAYMENT-SIGNATURE` would have taken: its paid request's time at the seller (verify +
+//!   settle, which nobody can avoid), timed on the wire by a proxy in front of the seller, plus
+//!   the way there and back (the median over the pre-signed requests, sent through the same
+//!   proxy). The figure is the same call's, not the difference of two calls whose settle times
+//!   differ by more than it. The same for `@x402/fetch`; and, as a cross-check, the plain
+//!   differences of alternating pairs. While these are timed the sellers and chains run at the
+//!   lowest CPU priority (`renice`), so that what they still do after answering is not counted
+//!   as the next buyer's; `X402_BENCH_PAUSE_MS` pauses before each call (default 0);
 //! * throughput with 8 calls in flight on one MCP session, distinct and identical arguments,
 //!   and `@x402/fetch` with 8 concurrent loops: calls/s and errors;
 //! * spawn → first paid result: a fresh `tollgate serve`, initialize, one paid call;
@@ -16,6 +23,8 @@
 #[path = "../tests/support/stdio.rs"]
 #[allow(dead_code)]
 mod stdio;
+#[path = "support/timing_proxy.rs"]
+mod timing_proxy;
 #[path = "../tests/support/x402_peer.rs"]
 mod x402_peer;
 
@@ -27,6 +36,18 @@ use serde_json::{Value, json};
 use stdio::Session;
 
 const SEQUENTIAL: usize = 60;
+/// The pause before each sequential call, `X402_BENCH_PAUSE_MS` (default 0). Hosts call tools
+/// seconds apart; on a virtual machine an idle vCPU is woken again on every hop, which costs
+/// as much as tollgate's own work (a free tool call: ~0.4 ms back to back, ~1.1 ms after 30 ms
+/// idle, on the 2-core CI machine).
+fn pause() -> Duration {
+    Duration::from_millis(
+        std::env::var("X402_BENCH_PAUSE_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+    )
+}
 const CONCURRENCY: usize = 8;
 const SECONDS: u64 = 10;
 
@@ -35,7 +56,8 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn setup(dir: &Path, peers: &x402_peer::X402Peers) -> PathBuf {
+/// `seller`: the v2 seller's base URL the tools call (the timing proxy's).
+fn setup(dir: &Path, peers: &x402_peer::X402Peers, seller: &str) -> PathBuf {
     std::fs::create_dir_all(dir.join("tools")).unwrap();
     std::fs::create_dir_all(dir.join("policies")).unwrap();
     std::fs::write(
@@ -59,7 +81,7 @@ fn setup(dir: &Path, peers: &x402_peer::X402Peers) -> PathBuf {
              max_price = \"0.01 USD\"\ninput_schema = {{ type = \"object\", properties = {{ city = {{ type = \"string\" }} }} }}\n\n\
              [[tool]]\nname = \"same\"\ndescription = \"paid, no arguments\"\nurl = \"{0}/weather?city=Paris\"\n\
              max_price = \"0.01 USD\"\n",
-            peers.seller("v2")
+            seller
         ),
     )
     .unwrap();
@@ -124,33 +146,53 @@ fn fetch_load(peers: &x402_peer::X402Peers, identical: bool) -> Value {
     })
 }
 
+/// Sequential paid calls, with what the seller's side of the wire says of each.
+#[derive(Default)]
+struct Sequential {
+    /// Latency of a paid request sent with a pre-signed `PAYMENT-SIGNATURE` (ms).
+    presigned: Vec<f64>,
+    /// Latency of the alternating paid call through tollgate (ms).
+    through: Vec<f64>,
+    /// Each tollgate call minus its own paid request's time at the seller: what it cost over
+    /// a pre-signed paid request (its 402 round trip, if it made one, included).
+    own: Vec<f64>,
+    /// Each tollgate call minus every request's time at the seller: its own processing.
+    processing: Vec<f64>,
+    /// How many requests each tollgate call sent (2: the unpaid one answered 402, then the
+    /// paid one; 1: paid at once, at the price the seller asked before).
+    requests: Vec<usize>,
+    /// The pairs' differences (tollgate call minus pre-signed request), the noisy cross-check.
+    pairs: Vec<f64>,
+    /// Each pre-signed request's latency minus its time at the seller: what the way to the
+    /// seller and back costs any client (loopback, the proxy, waking up).
+    wire: Vec<f64>,
+}
+
 /// Paid calls made one at a time, alternating: a paid request sent with a pre-signed
 /// `PAYMENT-SIGNATURE` (the seller's verify + settle, which nobody can avoid), then a paid call
-/// through tollgate (MCP over stdio: the 402, choosing, reserving, signing, the paid request,
-/// the receipt). Alternating pairs cancel the drift of a shared machine; tollgate's own cost
-/// is the median of each pair's difference. Latencies in ms: (pre-signed, tollgate, own, and
-/// own minus the unpaid request's 402 round trip, which every buyer that does not know the
-/// price in advance makes).
-fn paired(
+/// through tollgate (MCP over stdio: choosing, reserving, signing, the paid request, the
+/// receipt). Both go through the timing proxy at `seller`. The first two warm both paths up
+/// (connections, schema compilation).
+fn sequential(
     runtime: &tokio::runtime::Runtime,
+    seller: &str,
     peers: &x402_peer::X402Peers,
+    timed: &timing_proxy::Intervals,
     config: &Path,
     key: &str,
-) -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) {
+) -> Sequential {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let wallet = tollgate::wallet::EvmWallet::from_hex(&peers.str("/buyer_key")).unwrap();
     let mut session = Session::start(config, &[("TOLLGATE_EVM_KEY", key)]);
-    let (mut signed, mut ours, mut own, mut beyond) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut out = Sequential::default();
     for i in 0..SEQUENTIAL + 2 {
+        std::thread::sleep(pause());
         let presigned = runtime.block_on(async {
-            let url = format!("{}/weather?city=p{i}", peers.seller("v2"));
-            let t402 = Instant::now();
+            let url = format!("{seller}/weather?city=p{i}");
             let unpaid = http.get(&url).send().await.unwrap();
             let headers = unpaid.headers().clone();
             let body = unpaid.bytes().await.unwrap();
-            let challenge_ms = t402.elapsed().as_secs_f64() * 1e3;
             let challenge = tollgate::rails::read_challenge(&headers, &body);
             let proof = tollgate::rails::x402::wire::prove(
                 &challenge.offers[0],
@@ -167,27 +209,90 @@ fn paired(
             let status = r.status();
             let _ = r.bytes().await;
             assert!(status.is_success(), "{status}");
-            (t0.elapsed().as_secs_f64() * 1e3, challenge_ms)
+            let latency = t0.elapsed().as_secs_f64() * 1e3;
+            let at_seller: f64 = timed.between(t0, Instant::now()).iter().sum();
+            (latency, latency - at_seller)
         });
-        let (presigned, challenge_ms) = presigned;
+        let (presigned, wire) = presigned;
+        std::thread::sleep(pause());
         let t0 = Instant::now();
         session.call_tool(i as u64 + 1, "weather", json!({"city": format!("s{i}")}));
         let r = session.response(i as u64 + 1).expect("tollgate answered");
-        let through = t0.elapsed().as_secs_f64() * 1e3;
+        let t1 = Instant::now();
+        let through = (t1 - t0).as_secs_f64() * 1e3;
         assert!(
             r["result"]["structuredContent"]["payment"].is_object(),
             "{r}"
         );
-        // The first two warm both paths up (connections, schema compilation).
+        let at_seller = timed.between(t0, t1);
         if i >= 2 {
-            signed.push(presigned);
-            ours.push(through);
-            own.push(through - presigned);
-            beyond.push(through - presigned - challenge_ms);
+            out.presigned.push(presigned);
+            out.through.push(through);
+            out.own
+                .push(through - at_seller.last().copied().unwrap_or_default());
+            out.processing.push(through - at_seller.iter().sum::<f64>());
+            out.requests.push(at_seller.len());
+            out.pairs.push(through - presigned);
+            out.wire.push(wire);
         }
     }
     session.finish();
-    (signed, ours, own, beyond)
+    out
+}
+
+/// `@x402/fetch` making `SEQUENTIAL` paid calls one at a time through the timing proxy: each
+/// call's latency minus its paid request's time at the seller (ms).
+fn fetch_own(seller: &str, key: &str, timed: &timing_proxy::Intervals) -> Result<Vec<f64>, String> {
+    let t0 = Instant::now();
+    let out = Command::new("node")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/peers/x402/fetch_load.mjs"
+        ))
+        .arg(seller)
+        .arg("/weather?city=Paris")
+        .arg(key)
+        .env("X402_SEQUENTIAL", (SEQUENTIAL + 2).to_string())
+        .env("X402_PAUSE_MS", pause().as_millis().to_string())
+        .output()
+        .map_err(|e| e.to_string())?;
+    let requests = timed.between(t0, Instant::now());
+    let answer: Value = serde_json::from_slice(&out.stdout).map_err(|_| {
+        String::from_utf8_lossy(&out.stderr)
+            .chars()
+            .take(300)
+            .collect::<String>()
+    })?;
+    let latencies: Vec<f64> = answer["latencies_ms"]
+        .as_array()
+        .ok_or_else(|| answer.to_string())?
+        .iter()
+        .filter_map(Value::as_f64)
+        .collect();
+    // Each call: the unpaid request (402), then the paid one.
+    if requests.len() != 2 * latencies.len() {
+        return Err(format!(
+            "{} requests at the seller for {} calls",
+            requests.len(),
+            latencies.len()
+        ));
+    }
+    Ok(latencies
+        .iter()
+        .enumerate()
+        .skip(2)
+        .map(|(i, latency)| latency - requests[2 * i + 1])
+        .collect())
+}
+
+fn quartiles(v: &[f64]) -> (f64, f64, f64) {
+    let mut sorted = v.to_vec();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    (
+        sorted[sorted.len() / 4],
+        sorted[sorted.len() / 2],
+        sorted[sorted.len() * 3 / 4],
+    )
 }
 
 /// Spawn → first paid result, in ms.
@@ -270,28 +375,69 @@ fn main() {
         println!("x402 peers are not installed (run scripts/test once); nothing measured");
         return;
     };
+    let seller_addr: std::net::SocketAddr = peers
+        .seller("v2")
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .parse()
+        .expect("the seller listens on an IP address");
+    let (proxy, timed) = runtime.block_on(timing_proxy::start(seller_addr));
+    let proxied = format!("http://{proxy}");
     let dir = tempfile::tempdir().unwrap();
-    let config = setup(dir.path(), &peers);
+    let config = setup(dir.path(), &peers, &proxied);
     let key = peers.str("/buyer_key");
 
-    let (signed, ours, own, beyond) = paired(&runtime, &peers, &config, &key);
-    let mut sorted = own.clone();
-    sorted.sort_by(|a, b| a.total_cmp(b));
+    // While the sequential calls are timed, the sellers and chains yield the CPU to the
+    // buyers: what a seller still does after answering (its facilitator, the chain, its log)
+    // is not the next buyer's cost, yet on a 2-core machine it would be counted as such.
+    let nice = |level: &str| {
+        if let Some(group) = peers.process_group() {
+            let _ = Command::new("renice")
+                .args(["-n", level, "-g", &group.to_string()])
+                .stdout(std::process::Stdio::null())
+                .status();
+        }
+    };
+    nice("19");
+    let seq = sequential(&runtime, &proxied, &peers, &timed, &config, &key);
+    // A pre-signed paid request costs its client the seller's time plus the way there and back.
+    let wire = median(seq.wire.clone());
+    let over = |v: &[f64]| v.iter().map(|x| x - wire).collect::<Vec<f64>>();
+    let (q1, own, q3) = quartiles(&over(&seq.own));
+    let one_request = seq.requests.iter().filter(|n| **n == 1).count();
     println!(
-        "sequential paid calls, {SEQUENTIAL} alternating pairs: pre-signed request median {:.2} \
-         ms, through tollgate median {:.2} ms; tollgate's own cost per paid call: median {:.2} \
-         ms (quartiles {:.2} to {:.2})",
-        median(signed),
-        median(ours),
-        median(own),
-        sorted[sorted.len() / 4],
-        sorted[sorted.len() * 3 / 4],
+        "sequential paid calls ({SEQUENTIAL}): through tollgate median {:.2} ms; tollgate's own \
+         cost per paid call over a pre-signed paid request (each call minus its paid request's \
+         time at the seller, timed on the wire, minus the way there and back a pre-signed \
+         request takes too, median {wire:.2} ms): median {own:.2} ms (quartiles {q1:.2} to \
+         {q3:.2}); {one_request} of {SEQUENTIAL} calls paid at once at the price the seller \
+         asked before (no 402 round trip)",
+        median(seq.through.clone()),
     );
+    let (p1, processing, p3) = quartiles(&over(&seq.processing));
     println!(
-        "  without the unpaid request's 402 round trip (the seller's time, which every buyer that \
-         does not know the price spends): tollgate's own processing (MCP, choosing, ledger, \
-         signing, receipt) median {:.2} ms",
-        median(beyond)
+        "  tollgate's own processing (MCP, choosing, ledger, signing, receipt; every request's \
+         time at the seller and its way there and back taken out): median {processing:.2} ms \
+         (quartiles {p1:.2} to {p3:.2})"
+    );
+    match fetch_own(&proxied, &key, &timed) {
+        Ok(theirs) => {
+            let (f1, fetch, f3) = quartiles(&over(&theirs));
+            println!(
+                "  @x402/fetch, the same way on the same seller: median {fetch:.2} ms over a \
+                 pre-signed paid request (quartiles {f1:.2} to {f3:.2}; an unpaid request \
+                 answered 402, then the paid one)"
+            );
+        }
+        Err(e) => println!("  @x402/fetch sequential calls failed: {e}"),
+    }
+    nice("0");
+    let (c1, pairs, c3) = quartiles(&seq.pairs);
+    println!(
+        "  cross-check, alternating pairs: pre-signed request median \
+         {:.2} ms; tollgate call minus the pre-signed request median {pairs:.2} ms (quartiles \
+         {c1:.2} to {c3:.2}: settle times vary by more than the figure)",
+        median(seq.presigned.clone()),
     );
 
     for identical in [false, true] {

@@ -164,6 +164,11 @@ impl X402Peers {
     }
 
     /// The seller's base URL (`http://127.0.0.1:PORT`) for "v1" or "v2".
+    /// The process group of the peers (start.mjs and both anvils), while it runs.
+    pub fn process_group(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     pub fn seller(&self, which: &str) -> String {
         self.str(&format!("/{which}/seller"))
     }

@@ -5,6 +5,10 @@
 //   node tests/peers/x402/fetch_load.mjs SELLER_URL PATH PRIVATE_KEY CONCURRENCY SECONDS
 //
 // Prints one JSON line: {ok, errors, seconds, calls_per_s, first_error}.
+//
+// With X402_SEQUENTIAL=N instead: N paid calls one at a time (distinct arguments), and one JSON
+// line {latencies_ms: [...]}, each call's latency from the first request to the read body;
+// X402_PAUSE_MS (default 0) waits that long before each call.
 import { wrapFetchWithPayment, x402Client } from "@x402/fetch";
 import { registerExactEvmScheme } from "@x402/evm/exact/client";
 import { privateKeyToAccount } from "viem/accounts";
@@ -21,6 +25,24 @@ registerExactEvmScheme(client, { signer: privateKeyToAccount(key) });
 client.setSpendControls({ allowedAssets: true });
 const payFetch = wrapFetchWithPayment(fetch, client);
 const url = new URL(path, base).toString();
+
+if (process.env.X402_SEQUENTIAL) {
+  const latencies = [];
+  const pause = Number(process.env.X402_PAUSE_MS ?? "0");
+  for (let n = 0; n < Number(process.env.X402_SEQUENTIAL); n++) {
+    if (pause > 0) await new Promise((resolve) => setTimeout(resolve, pause));
+    const t = performance.now();
+    const r = await payFetch(`${url}${url.includes("?") ? "&" : "?"}s=${n}`, { method: "GET" });
+    await r.text();
+    if (r.status !== 200) {
+      process.stdout.write(JSON.stringify({ error: `status ${r.status}` }) + "\n");
+      process.exit(1);
+    }
+    latencies.push(performance.now() - t);
+  }
+  process.stdout.write(JSON.stringify({ latencies_ms: latencies }) + "\n");
+  process.exit(0);
+}
 
 let ok = 0;
 let errors = 0;
