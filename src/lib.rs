@@ -32,6 +32,7 @@ pub mod catalog;
 pub mod checkout;
 pub mod config;
 pub mod demo;
+pub mod in_flight;
 pub mod ledger;
 pub mod lightning;
 pub mod loopback;

@@ -22,6 +22,11 @@ pub trait Tool: Sync {
     fn max_price(&self) -> Option<UsdMicros>;
     /// Every payment needs a person's approval, whatever its amount.
     fn approval_always(&self) -> bool;
+    /// Whether a call may pay at once, without asking first, at the price the seller asked
+    /// on its last calls (on a rail that allows it: [`crate::rails::Rail::pays_ahead`]).
+    fn pays_ahead(&self) -> bool {
+        false
+    }
     /// `text` with the tool's secrets (API keys from the environment) replaced.
     fn redact(&self, text: &str) -> String;
     /// Facts about where the call went, for its receipt (the MCP server and its own tool name).

@@ -76,6 +76,10 @@ pub struct ToolSpec {
     /// `"threshold"` (the default): only above the policy's or the caller's threshold.
     #[serde(default)]
     pub approval: Option<String>,
+    /// Whether a call may pay at once at the price the seller asked on its last calls, without
+    /// asking first (x402 only; `true` by default). See the README's "Paying ahead".
+    #[serde(default)]
+    pub pay_ahead: Option<bool>,
     #[serde(default)]
     pub timeout_ms: Option<u64>,
     #[serde(default)]
@@ -125,6 +129,8 @@ pub struct HttpTool {
     pub max_price: Option<UsdMicros>,
     /// Every payment needs a person's approval (`approval = "always"`).
     pub approval_always: bool,
+    /// A call may pay at once at the price the seller asked before (`pay_ahead`).
+    pub pay_ahead: bool,
     pub timeout: Duration,
     pub max_response_bytes: u64,
     pub annotations: Annotations,
@@ -265,6 +271,10 @@ impl crate::tool::Tool for HttpTool {
     }
     fn approval_always(&self) -> bool {
         self.approval_always
+    }
+
+    fn pays_ahead(&self) -> bool {
+        self.pay_ahead
     }
     fn redact(&self, text: &str) -> String {
         HttpTool::redact(self, text)
@@ -764,6 +774,7 @@ fn compile(
         output_schema,
         max_price,
         approval_always,
+        pay_ahead: spec.pay_ahead.unwrap_or(true),
         timeout: Duration::from_millis(spec.timeout_ms.unwrap_or(defaults.timeout_ms)),
         max_response_bytes: spec
             .max_response_bytes

@@ -18,7 +18,7 @@ use super::receipt::{self, Settlement};
 use super::{Call, Checkout, Counter, Gate, HttpCounter, Outcome, Port, Sold, Tool, blocking};
 use crate::approval::ApprovalRecord;
 use crate::catalog::{HttpTool, UpstreamRequest};
-use crate::ledger::{LedgerError, NewReservation, PendingPayment, Proved, ReservationId};
+use crate::ledger::{LedgerError, NewReservation, PendingPayment, Proved};
 use crate::money::{UsdMicros, now_unix};
 use crate::pay::{self, Challenge, Judgement, PayError, Proof, Quote, Receipt, Refusal};
 use crate::pay::{Charge, Payment};
@@ -28,6 +28,8 @@ use crate::upstream::{Limits, Reply, Stage, UpstreamError};
 /// Which attempt at paying one call this is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Attempt {
+    /// At the price the seller asked on its last calls, before it asks ([`super::ahead`]).
+    Ahead,
     First,
     /// On a fresh challenge, after the first went stale; never followed by another.
     Fresh,
@@ -53,6 +55,11 @@ impl Checkout {
         // A credential paid earlier for this origin and service (an L402 token) is sent on the
         // first request.
         let mut kept = self.kept(tool);
+        if kept.is_none()
+            && let Some(outcome) = self.pay_ahead(&call, port).await
+        {
+            return outcome;
+        }
         // Held until this call has paid (or given up) once it meets a challenge whose payment
         // serves every call to the service: a parallel call to it waits, then sends what this
         // one paid for (`Flights`).
@@ -101,6 +108,59 @@ impl Checkout {
                 }
             }
         }
+    }
+
+    /// Pays at once, with the call's first request, the offer `call`'s seller asked for and
+    /// settled on its last calls ([`super::ahead`]); `None` when this call asks the seller
+    /// first (no such offer, or one the rules would not pay now, or one a person would have
+    /// to approve): nothing was reserved or signed then.
+    async fn pay_ahead<P: Port, C: Counter>(
+        &self,
+        call: &Call<'_, C>,
+        port: &P,
+    ) -> Option<Outcome<P::Halt, C::Answer>> {
+        let tool = call.tool();
+        if !tool.pays_ahead() || tool.max_price().is_none() {
+            return None;
+        }
+        let Some(mut offer) = self.ahead.offer(tool.name()) else {
+            tracing::debug!(tool = %tool.name(), "no known price to pay ahead");
+            return None;
+        };
+        if !self.rails.get(offer.protocol)?.pays_ahead()
+            || !self.policy.tools.permits(tool.name())
+            || !self.policy.hosts.permits(&tool.host())
+        {
+            return None;
+        }
+        // The payment names the resource it pays for: this call's, not the earlier one's.
+        if let (Some(url), Some(Value::Object(resource))) =
+            (call.counter.resource_url(), offer.resource.as_mut())
+            && resource.contains_key("url")
+        {
+            resource.insert("url".to_owned(), Value::String(url));
+        }
+        let challenge = Challenge {
+            offers: vec![offer],
+            ..Challenge::default()
+        };
+        let quote = match pay::choose(&challenge, &self.rules(tool, call.caller)) {
+            Ok(quote) => quote,
+            Err(judged) => {
+                tracing::debug!(tool = %tool.name(), ?judged, "the known price is not payable now; asking the seller first");
+                return None;
+            }
+        };
+        let now = now_unix();
+        if self.approval_reason(tool, &quote, call.caller).is_some() {
+            tracing::debug!(tool = %tool.name(), "a person must approve; asking the seller first");
+            return None;
+        }
+        let approval = ApprovalRecord::by_policy(quote.usd, now);
+        Some(
+            self.pay_quote(call, quote, approval, port, Attempt::Ahead)
+                .await,
+        )
     }
 
     /// Sends the call once, unpaid, through its counter: what the seller asks for, if anything
@@ -304,6 +364,8 @@ impl Checkout {
             "{} {} {}: paying {} to {} ({})",
             if reused {
                 "re-sending the signed payment"
+            } else if attempt == Attempt::Ahead {
+                "signed ahead, at the price asked on the last calls"
             } else if rail.pays_when_proving() {
                 "paid; sending the proof"
             } else {
@@ -318,7 +380,7 @@ impl Checkout {
         tracing::info!(
             tool = %tool.name(), protocol = %quote.offer.protocol, network = %quote.offer.network,
             amount_atomic = %quote.offer.amount_atomic, usd = %quote.usd, payee = %quote.offer.payee,
-            reused, "paying"
+            reused, ahead = attempt == Attempt::Ahead, "paying"
         );
 
         // Cancelled after the proof left: `held` gives the payment up (unknown) as it drops.
@@ -343,16 +405,19 @@ impl Checkout {
                     headers: &headers,
                 };
                 let settled = rail.settlement(paid).await;
+                // A seller that settled this offer may be paid it ahead on later calls.
+                if settled.transaction.is_some() && rail.pays_ahead() && tool.pays_ahead() {
+                    self.ahead.settled(tool.name(), &quote.offer);
+                }
                 let receipt = self.commit(
                     call,
-                    held.id(),
+                    held,
                     &quote,
                     &proof,
                     settled.transaction,
                     settled.details,
                     approval,
                 );
-                held.settled();
                 tracing::info!(
                     tool = %tool.name(), receipt = %receipt.receipt_id,
                     transaction = ?receipt.transaction, usd = %quote.usd, "paid"
@@ -365,9 +430,7 @@ impl Checkout {
             }
             Exchange::Failed(e) if rail.pays_when_proving() => {
                 // Paid, and what was paid for is kept: the next call sends it, pays nothing.
-                let receipt =
-                    self.commit(call, held.id(), &quote, &proof, None, Map::new(), approval);
-                held.settled();
+                let receipt = self.commit(call, held, &quote, &proof, None, Map::new(), approval);
                 Outcome::failed(tool.redact(&format!(
                     "`{}`: the request with the paid {} credential failed ({e}). The payment of \
                      {} went through (receipt {}); calling again sends the same credential and \
@@ -409,12 +472,19 @@ impl Checkout {
         // call ended without an answer) re-sends that proof: the claim makes this call its one
         // owner. A payment in flight in a live call is never taken.
         let lease = self.leases.lease(now);
-        let claimed = blocking(|| {
+        // On the worker itself: nearly always one indexed read of a few microseconds, less
+        // than handing the worker's core to another thread costs (a retry's claim writes).
+        let claimed = (|| {
+            // Nearly every call: nothing of this call left a process before; one read says so.
+            let open = ledger.owners_of(&key)?;
+            if open.is_empty() {
+                return Ok(None);
+            }
             // The same call made earlier by a process on this host that has died since: its
             // payment is unknown now, not in flight (its lease has not lapsed yet).
-            Leases::disown_dead_owners_of(&**ledger, &key)?;
+            Leases::disown_dead_among(&**ledger, open)?;
             ledger.claim_unknown(&key, &lease, now)
-        })
+        })()
         .map_err(|e| {
             format!(
                 "`{}`: the ledger could not be read ({e}); nothing was paid",
@@ -543,8 +613,7 @@ impl Checkout {
         if rail.pays_when_proving() {
             // The invoice is paid (the preimage proves it): the money is gone whatever the
             // seller thinks of the proof. Commit it, forget what was kept, pay no more.
-            let receipt = self.commit(call, held.id(), &quote, &proof, None, Map::new(), approval);
-            held.settled();
+            let receipt = self.commit(call, held, &quote, &proof, None, Map::new(), approval);
             let hash = receipt
                 .details
                 .get("payment_hash")
@@ -586,18 +655,35 @@ impl Checkout {
         }
         // The seller refused the fresh signed payment: never sign again. A seller may still
         // have settled it (a hostile one settles, then asks again), so the chain is asked now.
-        let reason = self
-            .rails
-            .read_challenge(headers, body)
+        let challenge = self.rails.read_challenge(headers, body);
+        let reason = challenge
             .seller_error
+            .clone()
             .unwrap_or_else(|| "no reason given".to_owned());
-        let refused = format!(
-            "`{}`: the seller answered 402 again after tollgate sent a signed payment of {} (the \
-             seller says: {reason}). tollgate signs one payment per call, so nothing more was \
-             signed",
-            tool.name(),
-            quote.usd
-        );
+        let refused = if attempt == Attempt::Ahead {
+            // Its price or its terms changed, or it takes no payment it did not ask for: this
+            // process asks it first from now on.
+            self.ahead.refused(tool.name());
+            tracing::warn!(tool = %tool.name(), %reason,
+                "the seller refused a payment made ahead; its calls ask the price first from now on");
+            format!(
+                "`{}`: tollgate sent a signed payment of {} ahead, at the price the seller asked \
+                 on its last calls, and the seller refused it (the seller says: {reason}). {} tollgate \
+                 signs one payment per call, so nothing more was signed; calling again asks the \
+                 seller its price first and pays that, within your limits",
+                tool.name(),
+                quote.usd,
+                describe(&challenge)
+            )
+        } else {
+            format!(
+                "`{}`: the seller answered 402 again after tollgate sent a signed payment of {} \
+                 (the seller says: {reason}). tollgate signs one payment per call, so nothing \
+                 more was signed",
+                tool.name(),
+                quote.usd
+            )
+        };
         let payment = blocking(|| self.ledger.pending())
             .ok()
             .and_then(|all| all.into_iter().find(|p| p.id == held.id()));
@@ -846,13 +932,17 @@ impl Checkout {
     }
 
     /// Commits a paid reservation with its receipt (the actual cost: the amount plus any fee
-    /// the proof reports) and returns the receipt. A failure to commit leaves the reservation
-    /// held (never under-counted) and is logged for the owner.
+    /// the proof reports) and returns the receipt at once. The ledger write runs beside the
+    /// answer going back (it waits for no disk: see `Reservations::commit`): until it lands
+    /// the reservation holds the amount against every cap, so nothing can be overspent
+    /// meanwhile, and a transport waits for it before the process exits
+    /// ([`super::Checkout::finish_writes`]). A failure to commit leaves the payment pending
+    /// with its proof (never under-counted), given up for reconciliation, and is logged.
     #[allow(clippy::too_many_arguments)]
     fn commit<C: Counter>(
         &self,
         call: &Call<'_, C>,
-        reservation: ReservationId,
+        held: Held,
         quote: &Quote,
         proof: &Proof,
         transaction: Option<String>,
@@ -878,9 +968,19 @@ impl Checkout {
         );
         let row = receipt::row(&receipt, now);
         let charged = actual_usd(quote, proof).0;
-        if let Err(e) = blocking(|| self.ledger.commit(reservation, charged, row, now)) {
-            tracing::error!(error = %e, receipt = %receipt.receipt_id, "paid, but the receipt could not be committed");
-        }
+        let ledger = self.ledger.clone();
+        let receipt_id = receipt.receipt_id.clone();
+        let writing = self.writes.enter();
+        tokio::task::spawn_blocking(move || {
+            writing.hold();
+            match ledger.commit(held.id(), charged, row, now) {
+                Ok(()) => held.settled(),
+                // `held` drops: the payment is given up, pending with its proof, for
+                // reconciliation to commit from what the chain or backend says.
+                Err(e) => tracing::error!(error = %e, receipt = %receipt_id,
+                    "paid, but the receipt could not be committed; the payment stays pending for reconciliation"),
+            }
+        });
         receipt
     }
 }
@@ -994,6 +1094,10 @@ impl Counter for HttpCounter<'_> {
 
     fn tool(&self) -> &dyn Tool {
         self.tool
+    }
+
+    fn resource_url(&self) -> Option<String> {
+        Some(self.request.url.to_string())
     }
 
     fn send<'a>(

@@ -170,10 +170,18 @@ impl Leases {
         Ok((released, disown_dead(ledger, owned)?))
     }
 
-    /// [`Leases::disown_dead_owners`] for the open payments of one call (its fingerprint): a
-    /// retry of a call whose process died need not wait for the lease to lapse.
-    pub fn disown_dead_owners_of(ledger: &Ledger, fingerprint: &str) -> Result<usize, LedgerError> {
-        disown_dead(ledger, ledger.owners_of(fingerprint)?)
+    /// [`Leases::disown_dead_owners`] for the open payments of one call (`Owners::owners_of`
+    /// its fingerprint): a retry of a call whose process died need not wait for the lease to
+    /// lapse.
+    pub fn disown_dead_among(
+        ledger: &Ledger,
+        open: Vec<(ReservationId, Option<String>)>,
+    ) -> Result<usize, LedgerError> {
+        disown_dead(
+            ledger,
+            open.into_iter()
+                .filter_map(|(id, owner)| Some((id, owner?))),
+        )
     }
 }
 

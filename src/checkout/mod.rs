@@ -9,6 +9,7 @@
 //! is translate: requests in, outcomes out, progress, cancellation, and its own way to ask a
 //! person.
 //!
+//! * [`ahead`]: paying at once, at the price a tool's seller asked on its last calls.
 //! * [`lease`]: which live call owns an open payment (a lease it renews), giving a payment up
 //!   when its call ends without an answer, and telling a dead owner from a live one.
 //! * [`engine`]: the saga.
@@ -19,6 +20,7 @@
 //!
 //! Where the payment protocols differ, the engine asks the offer's rail ([`crate::rails`]).
 
+mod ahead;
 pub mod approve;
 mod caller;
 mod engine;
@@ -73,6 +75,10 @@ pub struct Checkout {
     flights: Flights,
     /// Credentials whose budgets this process has recorded in the tree of budgets.
     registered: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// What each tool's seller asked for on its last calls (paying ahead).
+    ahead: ahead::Ahead,
+    /// Receipts being committed after their answer went back ([`Checkout::finish_writes`]).
+    writes: Arc<crate::in_flight::InFlight>,
 }
 
 impl Checkout {
@@ -96,7 +102,16 @@ impl Checkout {
             upstream,
             flights: Default::default(),
             registered: Default::default(),
+            writes: Default::default(),
+            ahead: Default::default(),
         }
+    }
+
+    /// Waits until every receipt committed after its answer went back is in the ledger: a
+    /// transport calls this before the process exits, and before it answers from the ledger
+    /// (a budget, the receipts).
+    pub async fn finish_writes(&self) {
+        self.writes.idle().await;
     }
 }
 
@@ -109,6 +124,12 @@ pub trait Counter: Sync {
 
     /// The tool being called.
     fn tool(&self) -> &dyn Tool;
+
+    /// The URL this call is sold at, when it has one: a payment made ahead names it as the
+    /// resource it pays for.
+    fn resource_url(&self) -> Option<String> {
+        None
+    }
 
     /// Sends the call once with `headers` added (a proof's, a kept credential's; none:
     /// unpaid). `progress` takes short lines about where the call is.

@@ -153,14 +153,15 @@ pub fn serve(config: Option<PathBuf>, http: Option<Option<String>>) -> anyhow::R
             return serve_http(&config, catalog, payments, listen).await;
         }
         let server = Tollgate::new(catalog, payments);
+        let finishing = server.clone();
         let running = server
             .serve(rmcp::transport::stdio_pipes())
             .await
             .context("the MCP session did not start")?;
-        running
-            .waiting()
-            .await
-            .context("the MCP session ended with an error")?;
+        let ended = running.waiting().await;
+        // The receipts of the last answers are written before the process exits.
+        finishing.finish_writes().await;
+        ended.context("the MCP session ended with an error")?;
         tracing::info!("stdin closed; exiting");
         Ok(())
     })

@@ -523,9 +523,13 @@ pub trait Owners: Reservations {
         now: u64,
     ) -> Result<Option<PendingPayment>, LedgerError>;
 
-    /// The owners of open payments with a recorded proof and this fingerprint (the same call
-    /// made earlier, maybe in a process that has died since), newest first.
-    fn owners_of(&self, fingerprint: &str) -> Result<Vec<(ReservationId, String)>, LedgerError>;
+    /// The open payments with this fingerprint that left the process (pending: the same call
+    /// made earlier, maybe in a process that has died since), newest first, with their owners
+    /// (`None`: given up). Empty for nearly every call: then there is nothing to claim.
+    fn owners_of(
+        &self,
+        fingerprint: &str,
+    ) -> Result<Vec<(ReservationId, Option<String>)>, LedgerError>;
 
     /// Takes ownership of one open payment if nobody alive owns it (reconciliation does this
     /// before it asks the chain, so a retry cannot re-send the proof meanwhile). `None` if it

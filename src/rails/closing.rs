@@ -93,6 +93,9 @@ impl Rail for Closable {
     fn pays_when_proving(&self) -> bool {
         self.rail.pays_when_proving()
     }
+    fn pays_ahead(&self) -> bool {
+        self.rail.pays_ahead()
+    }
     fn settlement<'a>(&'a self, paid: PaidAnswer<'a>) -> BoxFuture<'a, Settled> {
         self.rail.settlement(paid)
     }

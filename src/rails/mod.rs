@@ -91,6 +91,14 @@ pub trait Rail: Send + Sync {
         )))
     }
 
+    /// Whether an offer the seller asked for on earlier calls may be paid on the next call's
+    /// first request, before the seller asks: the proof must be one a seller that refuses it
+    /// never settles (a signed authorization for exactly that offer), and proving must be at
+    /// once ([`Rail::signs_at_once`]).
+    fn pays_ahead(&self) -> bool {
+        false
+    }
+
     /// Whether proving moves the money (an invoice paid), rather than the seller's settling
     /// of the proof: then a refused or failed paid request still committed the payment.
     fn pays_when_proving(&self) -> bool {

@@ -85,7 +85,7 @@ struct Gate {
     /// Cancelled when shutdown begins: new requests are refused.
     closing: CancellationToken,
     /// Responses to POSTs still being written (a tool call's SSE stream ends with its result).
-    responses: Arc<super::InFlight>,
+    responses: Arc<crate::in_flight::InFlight>,
 }
 
 impl Gate {
@@ -429,6 +429,7 @@ pub async fn serve(
     let finished = async {
         server.calls.idle().await;
         gate.responses.idle().await;
+        server.finish_writes().await;
     };
     if tokio::time::timeout(settings.shutdown_grace, finished)
         .await

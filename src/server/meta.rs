@@ -113,12 +113,15 @@ impl Tollgate {
         match name {
             PRICE_CHECK => Some(self.price_check(arguments, context).await),
             PAYMENT_STATUS => {
+                // What the ledger says includes the receipts of calls already answered.
+                self.checkout.finish_writes().await;
                 let owner = super::network_owner(context);
                 Some(payment_status(&self.checkout, arguments, |id| {
                     self.issued_to(id, owner)
                 }))
             }
             BUDGET_STATUS | LIST_RECEIPTS | DELEGATE_BUDGET => {
+                self.checkout.finish_writes().await;
                 let identified = super::request_token(context)
                     .and_then(|token| self.checkout.identify(token.as_deref()));
                 let caller = match identified {

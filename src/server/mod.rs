@@ -31,6 +31,7 @@ use serde_json::{Map, Value};
 
 use crate::catalog::{Catalog, HttpTool, UpstreamRequest};
 use crate::checkout::{Call, Checkout, HttpCounter, Outcome, Payment, Port};
+pub(crate) use crate::in_flight::InFlight;
 use crate::mcp_upstream::{McpCounter, McpUpstreams, UpstreamTool};
 use crate::upstream::Answer;
 
@@ -65,6 +66,12 @@ impl Tollgate {
             issued: Default::default(),
             upstreams,
         }
+    }
+
+    /// Waits until the receipts of answered calls are in the ledger (before the process
+    /// exits).
+    pub async fn finish_writes(&self) {
+        self.checkout.finish_writes().await;
     }
 
     /// Validates arguments and builds the request; the error is the result to return.
@@ -608,58 +615,5 @@ impl Tollgate {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(id)
             .is_some_and(|o| *o == owner)
-    }
-}
-
-/// Counts what is in flight (tool calls; HTTP responses being written);
-/// [`InFlight::idle`] resolves when there is none.
-#[derive(Default)]
-pub(crate) struct InFlight {
-    count: std::sync::atomic::AtomicUsize,
-    idle: tokio::sync::Notify,
-}
-
-/// One thing in flight; counted until dropped.
-pub(crate) struct Entered(Arc<InFlight>);
-
-impl InFlight {
-    pub(crate) fn enter(self: &Arc<Self>) -> Entered {
-        self.count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        Entered(self.clone())
-    }
-
-    pub(crate) fn count(&self) -> usize {
-        self.count.load(std::sync::atomic::Ordering::SeqCst)
-    }
-
-    /// Resolves once nothing is in flight.
-    pub(crate) async fn idle(&self) {
-        loop {
-            let notified = self.idle.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.count() == 0 {
-                return;
-            }
-            notified.await;
-        }
-    }
-}
-
-impl Entered {
-    /// Keeps the count held by whatever owns this (a closure that must capture it).
-    pub(crate) fn hold(&self) {}
-}
-
-impl Drop for Entered {
-    fn drop(&mut self) {
-        if self
-            .0
-            .count
-            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst)
-            == 1
-        {
-            self.0.idle.notify_waiters();
-        }
     }
 }

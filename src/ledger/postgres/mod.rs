@@ -823,13 +823,16 @@ impl Owners for PostgresLedger {
         })
     }
 
-    fn owners_of(&self, fingerprint: &str) -> Result<Vec<(ReservationId, String)>, LedgerError> {
+    fn owners_of(
+        &self,
+        fingerprint: &str,
+    ) -> Result<Vec<(ReservationId, Option<String>)>, LedgerError> {
         self.block(async {
             let client = self.client().await?;
             Ok(client
                 .query(
                     "SELECT id, owner FROM reservations
-                     WHERE fingerprint = $1 AND state = 'pending' AND owner IS NOT NULL
+                     WHERE fingerprint = $1 AND state = 'pending'
                      ORDER BY id DESC LIMIT 64",
                     &[&fingerprint],
                 )

@@ -57,7 +57,7 @@ fn unknown_of_sql() -> String {
 fn owners_of_sql() -> String {
     format!(
         "SELECT id, owner FROM reservations
-         WHERE fingerprint = ?1 AND {OPEN} AND state = 'pending' AND owner IS NOT NULL
+         WHERE fingerprint = ?1 AND {OPEN} AND state = 'pending'
          ORDER BY id DESC LIMIT 64"
     )
 }
@@ -638,12 +638,15 @@ impl Owners for SqliteLedger {
 
     /// The owners of open payments with a recorded proof and this fingerprint (the same call
     /// made earlier, maybe in a process that has died since), newest first.
-    fn owners_of(&self, fingerprint: &str) -> Result<Vec<(ReservationId, String)>, LedgerError> {
+    fn owners_of(
+        &self,
+        fingerprint: &str,
+    ) -> Result<Vec<(ReservationId, Option<String>)>, LedgerError> {
         self.read(|tx| {
             let rows = tx
                 .prepare_cached(&owners_of_sql())?
                 .query_map([fingerprint], |row| {
-                    Ok((ReservationId(row.get(0)?), row.get::<_, String>(1)?))
+                    Ok((ReservationId(row.get(0)?), row.get::<_, Option<String>>(1)?))
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(rows)

@@ -71,6 +71,12 @@ impl Rail for X402 {
         true
     }
 
+    /// A signed authorization for exactly the offer the seller asked for on its last calls:
+    /// a seller that finds it no longer matches its requirements refuses it unsettled.
+    fn pays_ahead(&self) -> bool {
+        true
+    }
+
     fn sign(&self, quote: &Quote, now: u64) -> Result<Proof, PayError> {
         match &self.wallet {
             Some(wallet) => wire::prove(&quote.offer, wallet, now),

@@ -303,6 +303,7 @@ async function startV2Seller(chain, usdc) {
     },
   };
   const resourceServer = new x402ResourceServer(facilitatorClient).register(network, new ExactEvmServerScheme());
+  let variablePrice = "1000";
   const offer = (amount) => ({
     scheme: "exact",
     price: { amount, asset: usdc, extra: { ...EIP712 } },
@@ -313,6 +314,9 @@ async function startV2Seller(chain, usdc) {
   const routes = {
     "GET /weather": { accepts: offer("1000"), description: "Weather report", mimeType: "application/json" },
     "GET /premium": { accepts: offer("250000"), description: "Premium report", mimeType: "application/json" },
+    // Priced by whatever `POST /_price/<atomic>` set last (1000 at start): a seller whose price
+    // changes between calls.
+    "GET /variable": { accepts: { ...offer("1000"), price: () => ({ amount: variablePrice, asset: usdc, extra: { ...EIP712 } }) }, description: "Variable report", mimeType: "application/json" },
     // Paid like /weather, but the answer takes 8 s: a buyer that gives up sooner never reads
     // it, while the payment still settles (the middleware settles when the handler answers).
     "GET /hang-after-pay": {
@@ -339,7 +343,9 @@ async function startV2Seller(chain, usdc) {
   const app = express();
   app.disable("x-powered-by");
   ev.mount(app);
+  app.post("/_price/:amount", (req, res) => { variablePrice = String(BigInt(req.params.amount)); res.json({ price: variablePrice }); });
   app.use(paymentMiddleware(routes, resourceServer));
+  app.get("/variable", (req, res) => res.json({ report: "variable", city: req.query.city ?? null }));
   app.get("/hang-after-pay", (req, res) => setTimeout(() => res.json({ report: "late" }), 8000));
   app.get("/weather", (req, res) => res.json({ report: "sunny", city: req.query.city ?? null }));
   app.get("/premium", (req, res) => res.json({ report: "premium forecast", city: req.query.city ?? null, days: 7 }));
