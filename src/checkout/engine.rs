@@ -127,10 +127,7 @@ impl Checkout {
             tracing::debug!(tool = %tool.name(), "no known price to pay ahead");
             return None;
         };
-        if !self.rails.get(offer.protocol)?.pays_ahead()
-            || !self.policy.tools.permits(tool.name())
-            || !self.policy.hosts.permits(&tool.host())
-        {
+        if !self.rails.get(offer.protocol)?.pays_ahead() || !self.policy_permits(tool) {
             return None;
         }
         // The payment names the resource it pays for: this call's, not the earlier one's.
@@ -226,7 +223,7 @@ impl Checkout {
                 describe(&challenge)
             )));
         }
-        if !self.policy.tools.permits(tool.name()) || !self.policy.hosts.permits(&tool.host()) {
+        if !self.policy_permits(tool) {
             return Outcome::failed(format!(
                 "the policy ({}) does not allow paying for `{}` (host {}); nothing was paid",
                 self.policy.source,
@@ -248,6 +245,11 @@ impl Checkout {
         };
         self.pay_quote(call, quote, approval, port, Attempt::First)
             .await
+    }
+
+    /// Whether the policy lets tollgate pay for `tool` at all (its `tools` and `hosts`).
+    fn policy_permits(&self, tool: &dyn Tool) -> bool {
+        self.policy.tools.permits(tool.name()) && self.policy.hosts.permits(&tool.host())
     }
 
     /// The approval step: by the policy below every threshold, else by a person, asked
@@ -1001,8 +1003,15 @@ enum Start {
     Reserved(Held),
 }
 
-/// Identifies one call for proof reuse: the tool, its arguments, and the exact offer.
+/// Identifies one call for proof reuse: the tool, its arguments, and the exact offer. Not the
+/// resource an offer names (x402 v1 puts the request's URL there, which the tool and arguments
+/// already say): a call paid ahead, at an offer first asked on another call, and its retry
+/// after a restart, at the offer its own 402 carries, are the same call.
 fn fingerprint(tool: &str, arguments: &Map<String, Value>, quote: &Quote) -> String {
+    let mut offer = quote.offer.raw.clone();
+    if let Some(terms) = offer.as_object_mut() {
+        terms.remove("resource");
+    }
     let mut hash = Sha256::new();
     hash.update(tool.as_bytes());
     hash.update([0]);
@@ -1013,7 +1022,7 @@ fn fingerprint(tool: &str, arguments: &Map<String, Value>, quote: &Quote) -> Str
     );
     hash.update([0]);
     hash.update(
-        crate::canonical::canonical_json(&quote.offer.raw)
+        crate::canonical::canonical_json(&offer)
             .to_string()
             .as_bytes(),
     );
@@ -1202,6 +1211,47 @@ fn describe(challenge: &Challenge) -> String {
 #[cfg(test)]
 mod tests {
     use serde_json::json;
+
+    #[test]
+    fn an_offer_asked_on_another_call_fingerprints_as_this_calls_own() {
+        let quote = |raw: serde_json::Value| crate::pay::Quote {
+            offer: crate::pay::Offer {
+                protocol: crate::pay::Protocol::new("x402", "x402", 1),
+                scheme: "exact".into(),
+                network: "base".into(),
+                chain_id: Some(8453),
+                asset: "0xa".into(),
+                amount_atomic: 1000,
+                payee: "0xb".into(),
+                max_timeout_seconds: 60,
+                raw,
+                resource: None,
+                extensions: None,
+            },
+            asset: crate::pay::assets::Asset {
+                chain_id: 8453,
+                address: "0xa".into(),
+                symbol: "USDC".into(),
+                decimals: 6,
+                usd_micros_per_unit: 1_000_000,
+                sandbox: false,
+            },
+            usd: crate::money::UsdMicros(1000),
+        };
+        let arguments = json!({"city": "Paris"});
+        let arguments = arguments.as_object().unwrap();
+        let offer = |resource: &str, amount: &str| {
+            json!({"scheme": "exact", "maxAmountRequired": amount, "resource": resource,
+                   "extra": {"name": "USD Coin", "version": "2"}})
+        };
+        let own = super::fingerprint("t", arguments, &quote(offer("/w?city=Paris", "1000")));
+        // Paid ahead at the offer asked on an earlier call (another URL in `resource`).
+        let ahead = super::fingerprint("t", arguments, &quote(offer("/w?city=Oslo", "1000")));
+        assert_eq!(own, ahead);
+        // Any other term is another offer.
+        let dearer = super::fingerprint("t", arguments, &quote(offer("/w?city=Paris", "2000")));
+        assert_ne!(own, dearer);
+    }
 
     #[test]
     fn the_same_arguments_in_another_order_are_the_same_call() {
