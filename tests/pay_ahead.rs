@@ -313,3 +313,140 @@ async fn a_seller_that_takes_no_payment_it_did_not_ask_for_is_asked_first_from_t
         ]
     );
 }
+
+/// Sends every call at once on the session, then waits for all of them: results by id.
+fn at_once(session: &mut Session, calls: &[(u64, Value)]) -> std::collections::HashMap<u64, Value> {
+    tokio::task::block_in_place(|| {
+        for (id, arguments) in calls {
+            session.call_tool(*id, "weather_v2", arguments.clone());
+        }
+        let mut results = std::collections::HashMap::new();
+        while results.len() < calls.len() {
+            let r = session.next_response().expect("tollgate answered");
+            results.insert(r["id"].as_u64().unwrap(), r["result"].clone());
+        }
+        results
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn parallel_calls_paid_ahead_each_pay_their_own_identical_or_distinct() {
+    let Some(peers) = start().await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path(), &peers);
+    let payee = peers.str("/v2/payee");
+    let before = peers.balance("v2", &payee).await;
+    let mut session = Session::start(&config, &[("TOLLGATE_EVM_KEY", &peers.str("/buyer_key"))]);
+    for i in 1..=2u64 {
+        paid(&call(
+            &mut session,
+            i,
+            "weather_v2",
+            json!({"city": "warm"}),
+        ));
+    }
+    // 8 at once, as a host sends parallel tool calls: 4 identical, 4 distinct.
+    let calls: Vec<(u64, Value)> = (3..=10u64)
+        .map(|id| {
+            let city = if id <= 6 {
+                "same".to_owned()
+            } else {
+                format!("c{id}")
+            };
+            (id, json!({"city": city}))
+        })
+        .collect();
+    let results = at_once(&mut session, &calls);
+    tokio::task::block_in_place(|| session.finish());
+    let mut transactions = std::collections::HashSet::new();
+    for result in results.values() {
+        let receipt = paid(result);
+        transactions.insert(receipt["transaction"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(transactions.len(), 8, "each call its own settlement");
+    assert_eq!(peers.balance("v2", &payee).await, before + 10 * 1000);
+    let seen = requests(&peers, "v2", "/weather").await;
+    let p = Some("PAYMENT-SIGNATURE".to_owned());
+    assert_eq!(seen.len(), 12, "{seen:?}");
+    assert!(
+        seen[4..].iter().all(|r| *r == (200, p.clone())),
+        "the 8 parallel calls were each paid with their first request: {seen:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_processes_paying_ahead_at_once_never_pass_a_shared_cap() {
+    let Some(peers) = start().await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let config = setup(dir.path(), &peers);
+    // 7 calls of 0.001 a day, for both processes (one ledger).
+    std::fs::write(
+        dir.path().join("policies/test.toml"),
+        "[caps]\nper_call = \"0.01 USD\"\nper_day = \"0.007 USD\"\n[allow]\nnetworks = [\"eip155:31337\"]\n",
+    )
+    .unwrap();
+    let payee = peers.str("/v2/payee");
+    let before = peers.balance("v2", &payee).await;
+    let key = peers.str("/buyer_key");
+    let mut a = Session::start(&config, &[("TOLLGATE_EVM_KEY", &key)]);
+    let mut b = Session::start(&config, &[("TOLLGATE_EVM_KEY", &key)]);
+    for (session, name) in [(&mut a, "a"), (&mut b, "b")] {
+        for i in 1..=2u64 {
+            paid(&call(
+                session,
+                i,
+                "weather_v2",
+                json!({"city": format!("warm-{name}")}),
+            ));
+        }
+    }
+    // Both processes now pay ahead; 4 identical calls each, at once: 3 fit under the cap.
+    let calls: Vec<(u64, Value)> = (3..=6u64).map(|id| (id, json!({"city": "same"}))).collect();
+    let (ra, rb) = tokio::task::block_in_place(|| {
+        for (id, arguments) in &calls {
+            a.call_tool(*id, "weather_v2", arguments.clone());
+            b.call_tool(*id, "weather_v2", arguments.clone());
+        }
+        let collect = |s: &mut Session| {
+            (0..calls.len())
+                .map(|_| s.next_response().expect("tollgate answered")["result"].clone())
+                .collect::<Vec<_>>()
+        };
+        (collect(&mut a), collect(&mut b))
+    });
+    let all: Vec<&Value> = ra.iter().chain(rb.iter()).collect();
+    let ok = all.iter().filter(|r| r["isError"] != json!(true)).count();
+    let refused: Vec<String> = all
+        .iter()
+        .filter(|r| r["isError"] == json!(true))
+        .map(|r| {
+            r["content"][0]["text"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(ok, 3, "{all:#?}");
+    assert!(
+        refused
+            .iter()
+            .all(|t| t.contains("per-day cap") && t.contains("nothing was paid")),
+        "{refused:?}"
+    );
+    // The next call, in either process, is refused before anything is signed.
+    let next = call(&mut a, 7, "weather_v2", json!({"city": "next"}));
+    assert_eq!(next["isError"], json!(true), "{next}");
+    tokio::task::block_in_place(|| {
+        a.finish();
+        b.finish();
+    });
+    assert_eq!(peers.balance("v2", &payee).await, before + 7 * 1000);
+    let settled = peers.seller_events("v2", "settle").await;
+    assert_eq!(settled.iter().filter(|e| e["ok"] == json!(true)).count(), 7);
+    let signed = requests(&peers, "v2", "/weather")
+        .await
+        .iter()
+        .filter(|(_, header)| header.is_some())
+        .count();
+    assert_eq!(signed, 7, "nothing signed beyond the cap");
+}
