@@ -335,7 +335,7 @@ fn fsyncs(config: &Path, key: &str, calls: usize) -> Option<(f64, f64)> {
         use std::io::{BufRead, BufReader, Write};
         let mut stdin = child.stdin.take()?;
         let mut stdout = BufReader::new(child.stdout.take()?);
-        let mut send = |v: Value| writeln!(stdin, "{v}").unwrap();
+        let mut send = |v: Value| stdin.write_all(format!("{v}\n").as_bytes()).unwrap();
         send(
             json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
             "protocolVersion": "2025-11-25", "capabilities": {},

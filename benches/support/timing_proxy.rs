@@ -102,14 +102,17 @@ async fn forward(client: TcpStream, server: TcpStream, intervals: Arc<Intervals>
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
+            // Recorded before the bytes go on: the buyer may have its answer, and the bench
+            // read the intervals, before this task runs again after the write.
+            {
+                let mut c = current.lock().unwrap();
+                c.responding = true;
+                if let Some(index) = c.index {
+                    intervals.answered(index, Instant::now());
+                }
+            }
             if client_write.write_all(&buf[..n]).await.is_err() {
                 break;
-            }
-            let now = Instant::now();
-            let mut c = current.lock().unwrap();
-            c.responding = true;
-            if let Some(index) = c.index {
-                intervals.answered(index, now);
             }
         }
         let _ = client_write.shutdown().await;

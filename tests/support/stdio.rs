@@ -71,10 +71,14 @@ impl Session {
         self.child.id()
     }
 
-    /// Sends one message.
+    /// Sends one message, as one write of one line, the way hosts do (`writeln!` of a
+    /// `Value` on the unbuffered pipe makes one write per JSON token, and tollgate would be
+    /// woken for every part of the line).
     pub fn send(&mut self, message: Value) {
         if let Some(stdin) = self.stdin.as_mut() {
-            writeln!(stdin, "{message}").expect("write to tollgate");
+            let mut line = message.to_string();
+            line.push('\n');
+            stdin.write_all(line.as_bytes()).expect("write to tollgate");
         }
     }
 
