@@ -102,6 +102,7 @@ fn measure(receipts: u64) {
             protocol: "x402".into(),
             meta_json: "{}".into(),
             lease: None,
+            unless_call_open: false,
         };
         let receipt = |suffix: &str| NewReceipt {
             receipt_id: format!("bench-{suffix}{i}"),

@@ -42,6 +42,7 @@ fn reservation(tag: &str, i: u64, budget: u64) -> NewReservation {
         protocol: "x402".into(),
         meta_json: "{}".into(),
         lease: None,
+        unless_call_open: false,
     }
 }
 

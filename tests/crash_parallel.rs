@@ -748,6 +748,7 @@ fn a_dead_process_reservation_that_never_signed_is_released_at_once() {
                     owner: owner.to_owned(),
                     until: now + 60,
                 }),
+                unless_call_open: false,
             },
             now,
         )

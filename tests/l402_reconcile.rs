@@ -45,6 +45,7 @@ fn pending_l402(ledger: &Ledger, hash: &str, service: &str) -> ReservationId {
                     owner: OWNER.into(),
                     until: tollgate::money::now_unix() + LEASE,
                 }),
+                unless_call_open: false,
             },
             tollgate::money::now_unix(),
         )

@@ -43,6 +43,7 @@ for_each_backend!(
     amounts_beyond_64_bit_integers_are_refused_not_wrapped,
     eight_connections_racing_to_claim_one_unknown_payment_claim_it_once,
     a_reservation_and_its_proof_are_written_together_or_not_at_all,
+    a_new_call_is_not_reserved_while_a_payment_of_the_same_call_is_open,
 );
 
 const CHILD_MODE: &str = "LEDGER_TEST_CHILD";
@@ -63,6 +64,7 @@ fn reservation(call: &str, amount: u64, caps: Vec<Cap>) -> NewReservation {
         protocol: "x402".to_owned(),
         meta_json: r#"{"network":"eip155:8453"}"#.to_owned(),
         lease: None,
+        unless_call_open: false,
     }
 }
 
@@ -1205,4 +1207,75 @@ fn tls_is_used_when_the_url_asks_and_verify_full_checks_the_certificate() {
         err.contains("sslrootcert") && err.contains("/nonexistent/ca.pem"),
         "{err}"
     );
+}
+
+/// `unless_call_open`: a new call's reservation is made only when no payment of the same call
+/// (fingerprint) is open with a proof; then nothing is written, nothing is signed, and the
+/// caller looks at what is open (to claim an unknown proof, or pay its own beside a live one).
+fn a_new_call_is_not_reserved_while_a_payment_of_the_same_call_is_open(backend: Backend) {
+    use tollgate::ledger::Proved;
+    let Some(place) = Place::new(backend) else {
+        return;
+    };
+    let ledger = place.open();
+    let cap = total_cap(10, 1_000);
+    let first_of_call = |call: &str, fingerprint: &str| NewReservation {
+        fingerprint: fingerprint.to_owned(),
+        unless_call_open: true,
+        ..reservation(call, 1_000, vec![cap.clone()])
+    };
+    let mut signed = 0;
+    let mut prove = |_: ReservationId| {
+        signed += 1;
+        Ok(Proved {
+            proof_json: "{}".to_owned(),
+            valid_before: T0 + 60,
+        })
+    };
+
+    // Nothing of the call is open: reserved and proved in one transaction.
+    let a = ledger
+        .reserve_proved(first_of_call("a", "fp-same"), T0, &mut prove)
+        .expect("nothing of the call is open");
+    // The same call again while `a` is pending: refused before any signature or hold.
+    let again = ledger.reserve_proved(first_of_call("a2", "fp-same"), T0, &mut prove);
+    assert!(matches!(again, Err(LedgerError::CallOpen)), "{again:?}");
+    let again = ledger.reserve(first_of_call("a3", "fp-same"), T0);
+    assert!(matches!(again, Err(LedgerError::CallOpen)), "{again:?}");
+    assert_eq!(
+        ledger.pending().unwrap().len(),
+        1,
+        "nothing written for the same call"
+    );
+    let status = ledger.status(std::slice::from_ref(&cap), T0).unwrap();
+    assert_eq!(status[0].reserved_usd_micros, 1_000, "{status:?}");
+    // Another call is not held back by it; a caller that looked (`unless_call_open` false)
+    // pays its own beside the open one.
+    ledger
+        .reserve_proved(first_of_call("b", "fp-other"), T0, &mut prove)
+        .expect("another call");
+    ledger
+        .reserve_proved(
+            NewReservation {
+                fingerprint: "fp-same".to_owned(),
+                ..reservation("a4", 1_000, vec![cap.clone()])
+            },
+            T0,
+            &mut prove,
+        )
+        .expect("a call that looked first pays its own");
+    // A reserved payment without a proof does not count as open for this purpose.
+    let unproved = ledger
+        .reserve(first_of_call("c", "fp-reserved"), T0)
+        .unwrap();
+    ledger
+        .reserve(first_of_call("c2", "fp-reserved"), T0)
+        .expect("no proof recorded for fp-reserved");
+    ledger.release(unproved, T0).unwrap();
+    // Once the payment is settled, the same call may pay again.
+    ledger.commit(a, 1_000, receipt("a", T0), T0).unwrap();
+    ledger
+        .reserve_proved(first_of_call("a5", "fp-same"), T0, &mut prove)
+        .expect("the earlier payment of the call is settled");
+    assert_eq!(signed, 4, "signed for a, b, a4 and a5 only");
 }

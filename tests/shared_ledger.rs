@@ -167,6 +167,7 @@ fn the_books_and_approvals_of_one_host_are_every_hosts() {
                 protocol: "x402".into(),
                 meta_json: "{}".into(),
                 lease: None,
+                unless_call_open: false,
             },
             1_800_000_000,
         )
@@ -282,6 +283,7 @@ fn a_sqlite_ledger_moves_into_postgres_with_everything_it_holds() {
                             owner: "host-1/42".into(),
                             until: t0 + 60,
                         }),
+                        unless_call_open: false,
                     },
                     t0 + i as u64 * 3_700,
                 )
@@ -361,6 +363,7 @@ fn a_sqlite_ledger_moves_into_postgres_with_everything_it_holds() {
                 protocol: "x402".into(),
                 meta_json: "{}".into(),
                 lease: None,
+                unless_call_open: false,
             },
             t0 + 8_000,
         )

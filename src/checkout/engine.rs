@@ -468,25 +468,38 @@ impl Checkout {
         now: u64,
     ) -> Result<Start, String> {
         let tool = call.tool();
-        let ledger = &self.ledger;
         let key = fingerprint(tool.name(), call.arguments, quote);
-        // A retry of a call whose payment has an unknown outcome (its process died, or the
-        // call ended without an answer) re-sends that proof: the claim makes this call its one
-        // owner. A payment in flight in a live call is never taken.
         let lease = self.leases.lease(now);
-        // On the worker itself: nearly always one indexed read of a few microseconds, less
-        // than handing the worker's core to another thread costs (a retry's claim writes).
-        let claimed = (|| {
-            // Nearly every call: nothing of this call left a process before; one read says so.
+        let new = |unless_call_open| NewReservation {
+            call_id: hex::encode(rand::random::<[u8; 8]>()),
+            fingerprint: key.clone(),
+            amount_usd_micros: rail.hold(quote).0,
+            caps: self.caps(call.caller),
+            tool: tool.name().to_owned(),
+            payee: quote.offer.payee.clone(),
+            protocol: quote.offer.protocol.to_string(),
+            meta_json: charge_of(quote, call.arguments, tool).to_json(),
+            lease: Some(lease.clone()),
+            unless_call_open,
+        };
+        // Nearly every call: nothing of this call is open, and the reservation's own
+        // transaction says so (no read before it).
+        match self.reserve(rail, quote, new(true), now) {
+            Err(LedgerError::CallOpen) => {}
+            reserved => return reserved.map_err(|e| refusal(tool, quote, e)),
+        }
+        // A payment of this very call is open. A retry of a call whose payment has an unknown
+        // outcome (its process died, or the call ended without an answer) re-sends that
+        // proof: the claim makes this call its one owner. A payment in flight in a live call
+        // is never taken: this call then pays its own.
+        let ledger = &self.ledger;
+        let claimed = blocking(|| {
             let open = ledger.owners_of(&key)?;
-            if open.is_empty() {
-                return Ok(None);
-            }
             // The same call made earlier by a process on this host that has died since: its
             // payment is unknown now, not in flight (its lease has not lapsed yet).
             Leases::disown_dead_among(&**ledger, open)?;
             ledger.claim_unknown(&key, &lease, now)
-        })()
+        })
         .map_err(|e| {
             format!(
                 "`{}`: the ledger could not be read ({e}); nothing was paid",
@@ -506,22 +519,25 @@ impl Checkout {
                 _ => held.disown(),
             }
         }
-        let new = NewReservation {
-            call_id: hex::encode(rand::random::<[u8; 8]>()),
-            fingerprint: key,
-            amount_usd_micros: rail.hold(quote).0,
-            caps: self.caps(call.caller),
-            tool: tool.name().to_owned(),
-            payee: quote.offer.payee.clone(),
-            protocol: quote.offer.protocol.to_string(),
-            meta_json: charge_of(quote, call.arguments, tool).to_json(),
-            lease: Some(lease),
-        };
+        self.reserve(rail, quote, new(false), now)
+            .map_err(|e| refusal(tool, quote, e))
+    }
+
+    /// A new reservation against every cap; for a rail that signs at once, signed and recorded
+    /// pending in the same transaction.
+    fn reserve(
+        &self,
+        rail: &dyn Rail,
+        quote: &Quote,
+        new: NewReservation,
+        now: u64,
+    ) -> Result<Start, LedgerError> {
+        let ledger = &self.ledger;
         if rail.signs_at_once() {
             // The signature is made inside the reservation's transaction and recorded there:
             // one durable write, and nothing signed without a reservation.
             let mut signed = None;
-            let reserved = blocking(|| {
+            let id = blocking(|| {
                 ledger.reserve_proved(new, now, &mut |_| {
                     let proof = rail.sign(quote, now).map_err(|e| e.to_string())?;
                     let proved = Proved {
@@ -531,23 +547,18 @@ impl Checkout {
                     signed = Some(proof);
                     Ok(proved)
                 })
-            });
-            return match (reserved, signed) {
-                (Ok(id), Some(proof)) => Ok(Start::Signed(self.leases.hold(id), proof)),
-                (Ok(id), None) => Err(format!(
-                    "`{}`: the ledger recorded reservation {id} without its signature; nothing \
-                     was paid",
-                    tool.name()
-                )),
-                (Err(e), _) => Err(refusal(tool, quote, e)),
+            })?;
+            return match signed {
+                Some(proof) => Ok(Start::Signed(self.leases.hold(id), proof)),
+                None => Err(LedgerError::NotProved(format!(
+                    "the ledger recorded reservation {id} without its signature"
+                ))),
             };
         }
-        match blocking(|| ledger.reserve(new, now)) {
-            // From here the reservation is this call's; dropping the hold before a proof is
-            // recorded releases it.
-            Ok(id) => Ok(Start::Reserved(self.leases.hold(id))),
-            Err(e) => Err(refusal(tool, quote, e)),
-        }
+        // From here the reservation is this call's; dropping the hold before a proof is
+        // recorded releases it.
+        let id = blocking(|| ledger.reserve(new, now))?;
+        Ok(Start::Reserved(self.leases.hold(id)))
     }
 }
 

@@ -63,6 +63,12 @@ pub enum LedgerError {
         supported: i64,
     },
 
+    /// A reservation asked to be made only for a call with nothing open
+    /// ([`super::NewReservation::unless_call_open`]) found a payment of the same call with a
+    /// proof recorded and still open (in flight, or of unknown outcome); nothing was written.
+    #[error("a payment of the same call is still open; nothing was reserved")]
+    CallOpen,
+
     /// A query failed (I/O error, a lock held longer than the busy timeout, a full disk...),
     /// as the backend described it.
     #[error("ledger database error: {0}")]

@@ -138,6 +138,11 @@ pub struct NewReservation {
     /// The live call that owns the payment, and until when (it renews the lease while it
     /// runs). `None`: nobody owns it, and once a proof is recorded its outcome is unknown.
     pub lease: Option<Lease>,
+    /// Made only if no payment of the same call (`fingerprint`) has a proof recorded and is
+    /// still open: otherwise nothing is written and the error is [`LedgerError::CallOpen`].
+    /// A new call asks this, and looks at what is open only when told so, in one transaction
+    /// instead of a read before every reservation.
+    pub unless_call_open: bool,
 }
 
 /// Who owns an open payment, and until when: the owner is an opaque id (a call in a live

@@ -1014,6 +1014,23 @@ async fn reserve_in(
 ) -> Result<ReservationId, LedgerError> {
     let amount = to_sql("amount", r.amount_usd_micros)?;
     let now_sql = to_sql("time", now)?;
+    if r.unless_call_open
+        && tx
+            .query_opt(
+                &tx.prepare_cached(
+                    "SELECT 1 FROM reservations WHERE fingerprint = $1 AND state = 'pending'
+                     LIMIT 1",
+                )
+                .await
+                .map_err(db)?,
+                &[&r.fingerprint],
+            )
+            .await
+            .map_err(db)?
+            .is_some()
+    {
+        return Err(LedgerError::CallOpen);
+    }
     let keys: Vec<&str> = r
         .caps
         .iter()

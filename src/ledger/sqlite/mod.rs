@@ -986,6 +986,13 @@ fn reserve_in(
 ) -> Result<ReservationId, LedgerError> {
     let amount = to_sql("amount", r.amount_usd_micros)?;
     let now_sql = to_sql("time", now)?;
+    if r.unless_call_open
+        && tx
+            .prepare_cached(&owners_of_sql())?
+            .exists([r.fingerprint.as_str()])?
+    {
+        return Err(LedgerError::CallOpen);
+    }
     for cap in &r.caps {
         let (spent, reserved) = usage(tx, cap, now)?;
         let needed = u128::from(spent) + u128::from(reserved) + u128::from(r.amount_usd_micros);
