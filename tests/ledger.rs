@@ -1254,7 +1254,7 @@ fn a_new_call_is_not_reserved_while_a_payment_of_the_same_call_is_open(backend: 
     ledger
         .reserve_proved(first_of_call("b", "fp-other"), T0, &mut prove)
         .expect("another call");
-    ledger
+    let a4 = ledger
         .reserve_proved(
             NewReservation {
                 fingerprint: "fp-same".to_owned(),
@@ -1272,8 +1272,14 @@ fn a_new_call_is_not_reserved_while_a_payment_of_the_same_call_is_open(backend: 
         .reserve(first_of_call("c2", "fp-reserved"), T0)
         .expect("no proof recorded for fp-reserved");
     ledger.release(unproved, T0).unwrap();
-    // Once the payment is settled, the same call may pay again.
+    // Once the call's payments are settled, the same call may pay again.
     ledger.commit(a, 1_000, receipt("a", T0), T0).unwrap();
+    let still = ledger.reserve(first_of_call("a6", "fp-same"), T0);
+    assert!(
+        matches!(still, Err(LedgerError::CallOpen)),
+        "a4 is open: {still:?}"
+    );
+    ledger.commit(a4, 1_000, receipt("a4", T0), T0).unwrap();
     ledger
         .reserve_proved(first_of_call("a5", "fp-same"), T0, &mut prove)
         .expect("the earlier payment of the call is settled");
