@@ -530,7 +530,8 @@ pub trait Owners: Reservations {
 
     /// The open payments with this fingerprint that left the process (pending: the same call
     /// made earlier, maybe in a process that has died since), newest first, with their owners
-    /// (`None`: given up). Empty for nearly every call: then there is nothing to claim.
+    /// (`None`: given up). A new call reads this only when its reservation found the call
+    /// open ([`NewReservation::unless_call_open`]).
     fn owners_of(
         &self,
         fingerprint: &str,

@@ -57,6 +57,12 @@ const UNOWNED: &str = "(owner IS NULL OR lease_until IS NULL OR lease_until < $2
 /// The granularity of `spend_hours`, in seconds.
 const HOUR_SECS: i64 = 3_600;
 
+/// The open payments of one call (fingerprint $1) whose proof left the process, newest first:
+/// what `owners_of` lists, and what a reservation made `unless_call_open` must not find.
+const OPEN_OF_CALL: &str = "SELECT id, owner FROM reservations
+     WHERE fingerprint = $1 AND state = 'pending'
+     ORDER BY id DESC LIMIT 64";
+
 /// A PostgreSQL database holding the ledger, shared by every process (on any host) whose
 /// ledger URL names it. Cheap to share (`&self` everywhere).
 pub struct PostgresLedger {
@@ -830,12 +836,7 @@ impl Owners for PostgresLedger {
         self.block(async {
             let client = self.client().await?;
             Ok(client
-                .query(
-                    "SELECT id, owner FROM reservations
-                     WHERE fingerprint = $1 AND state = 'pending'
-                     ORDER BY id DESC LIMIT 64",
-                    &[&fingerprint],
-                )
+                .query(OPEN_OF_CALL, &[&fingerprint])
                 .await
                 .map_err(db)?
                 .iter()
@@ -1015,19 +1016,14 @@ async fn reserve_in(
     let amount = to_sql("amount", r.amount_usd_micros)?;
     let now_sql = to_sql("time", now)?;
     if r.unless_call_open
-        && tx
-            .query_opt(
-                &tx.prepare_cached(
-                    "SELECT 1 FROM reservations WHERE fingerprint = $1 AND state = 'pending'
-                     LIMIT 1",
-                )
-                .await
-                .map_err(db)?,
+        && !tx
+            .query(
+                &tx.prepare_cached(OPEN_OF_CALL).await.map_err(db)?,
                 &[&r.fingerprint],
             )
             .await
             .map_err(db)?
-            .is_some()
+            .is_empty()
     {
         return Err(LedgerError::CallOpen);
     }

@@ -69,7 +69,7 @@ fn owners_of_sql() -> String {
 pub struct SqliteLedger {
     path: PathBuf,
     conn: Mutex<Connection>,
-    /// Lazy commits since the last checkpoint ([`Self::write_lazy`]).
+    /// Lazy commits made ([`Self::write_lazy`]); every [`CHECKPOINT_EVERY`]th checkpoints.
     lazy_commits: AtomicU32,
     /// A second connection, opened on the first checkpoint, that copies the log into the file
     /// without holding `conn`.
@@ -143,11 +143,11 @@ impl SqliteLedger {
             conn.pragma_update(None, "synchronous", "FULL")?;
             out
         };
-        if self.lazy_commits.fetch_add(1, Ordering::Relaxed) + 1 >= CHECKPOINT_EVERY {
-            self.lazy_commits.store(0, Ordering::Relaxed);
-            if let Err(e) = self.checkpoint() {
-                tracing::debug!(error = %e, "the ledger's log was not copied into its file this time");
-            }
+        let made = self.lazy_commits.fetch_add(1, Ordering::Relaxed);
+        if made.wrapping_add(1).is_multiple_of(CHECKPOINT_EVERY)
+            && let Err(e) = self.checkpoint()
+        {
+            tracing::debug!(error = %e, "the ledger's log was not copied into its file this time");
         }
         out
     }
