@@ -1051,6 +1051,58 @@ fn reserve_in(
 mod tests {
     use super::*;
 
+    /// A paid call's statements are compiled once per connection, not again whenever their
+    /// arguments change (SQLite does that for a bound value that might change the plan, as
+    /// in every query here with an `ORDER BY`, unless the query planner stability guarantee
+    /// is on): the reservation's transaction is on the way of every proof.
+    #[test]
+    fn a_paid_calls_statements_are_not_compiled_again_for_new_arguments() {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = SqliteLedger::open(dir.path()).unwrap();
+        for i in 0..4u64 {
+            let id = ledger
+                .reserve(
+                    NewReservation {
+                        call_id: format!("call-{i}"),
+                        fingerprint: format!("fp-{i}"),
+                        amount_usd_micros: 1_000,
+                        caps: vec![Cap {
+                            key: "policy:per-day".into(),
+                            limit_usd_micros: 1_000_000,
+                            window_secs: Some(86_400),
+                        }],
+                        tool: "weather".into(),
+                        payee: "0xpayee".into(),
+                        protocol: "x402".into(),
+                        meta_json: "{}".into(),
+                        lease: None,
+                        unless_call_open: true,
+                    },
+                    1_000 + i,
+                )
+                .unwrap();
+            ledger.mark_pending(id, "{}", 2_000 + i).unwrap();
+            let receipt = NewReceipt {
+                receipt_id: format!("0xtx{i}"),
+                at: 1_000 + i,
+                json: "{}".into(),
+            };
+            ledger.commit(id, 1_000, receipt, 1_000 + i).unwrap();
+        }
+        let conn = ledger.lock();
+        for sql in [
+            owners_of_sql(),
+            "SELECT key FROM reservation_keys WHERE reservation_id = ?1 ORDER BY key".into(),
+        ] {
+            let statement = conn.prepare_cached(&sql).unwrap();
+            assert_eq!(
+                statement.get_status(rusqlite::StatementStatus::RePrepare),
+                0,
+                "{sql}"
+            );
+        }
+    }
+
     /// The queries every paid call makes by fingerprint read open payments through a partial
     /// index of open reservations, never the whole history of reservations.
     #[test]
