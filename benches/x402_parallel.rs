@@ -7,7 +7,9 @@
 //!   settle, which nobody can avoid), timed on the wire by a proxy in front of the seller, plus
 //!   the way there and back (the median over the pre-signed requests, sent through the same
 //!   proxy). The figure is the same call's, not the difference of two calls whose settle times
-//!   differ by more than it. The same for `@x402/fetch`; and, as a cross-check, the plain
+//!   differ by more than it. Half the pre-signed requests are sent right behind their unpaid
+//!   request (as before), half after the ~20 ms of idle tollgate's process has before its call;
+//!   the figure is given over each. The same for `@x402/fetch`; and, as a cross-check, the plain
 //!   differences of alternating pairs. While these are timed the sellers and chains run at the
 //!   lowest CPU priority (`renice`), so that what they still do after answering is not counted
 //!   as the next buyer's; `X402_BENCH_PAUSE_MS` pauses before each call (default 0);
@@ -164,9 +166,17 @@ struct Sequential {
     /// The pairs' differences (tollgate call minus pre-signed request), the noisy cross-check.
     pairs: Vec<f64>,
     /// Each pre-signed request's latency minus its time at the seller: what the way to the
-    /// seller and back costs any client (loopback, the proxy, waking up).
+    /// seller and back costs any client (loopback, the proxy, waking up). Sent right after
+    /// the unpaid request (every other call).
     wire: Vec<f64>,
+    /// The same for a pre-signed request sent after [`IDLE_LIKE_TOLLGATE`] of idle (the
+    /// other calls), as tollgate's paid request is.
+    wire_idle: Vec<f64>,
 }
+
+/// How long tollgate's process sits idle before each timed call: the pre-signed request's
+/// time at the seller (verify + settle on anvil).
+const IDLE_LIKE_TOLLGATE: Duration = Duration::from_millis(20);
 
 /// Paid calls made one at a time, alternating: a paid request sent with a pre-signed
 /// `PAYMENT-SIGNATURE` (the seller's verify + settle, which nobody can avoid), then a paid call
@@ -204,6 +214,12 @@ fn sequential(
             for (name, value) in &proof.headers {
                 paid = paid.header(name, value);
             }
+            // Every other pre-signed request waits as long as tollgate waits before its call
+            // (the seller's ~20 ms), so that its way there and back is measured from idle
+            // too, not right behind the unpaid request on a warm connection.
+            if i % 2 == 1 {
+                tokio::time::sleep(IDLE_LIKE_TOLLGATE).await;
+            }
             let t0 = Instant::now();
             let r = paid.send().await.unwrap();
             let status = r.status();
@@ -233,7 +249,11 @@ fn sequential(
             out.processing.push(through - at_seller.iter().sum::<f64>());
             out.requests.push(at_seller.len());
             out.pairs.push(through - presigned);
-            out.wire.push(wire);
+            if i % 2 == 1 {
+                out.wire_idle.push(wire);
+            } else {
+                out.wire.push(wire);
+            }
         }
     }
     session.finish();
@@ -413,6 +433,14 @@ fn main() {
          {q3:.2}); {one_request} of {SEQUENTIAL} calls paid at once at the price the seller \
          asked before (no 402 round trip)",
         median(seq.through.clone()),
+    );
+    let wire_idle = median(seq.wire_idle.clone());
+    let over_idle = seq.own.iter().map(|x| x - wire_idle).collect::<Vec<f64>>();
+    let (i1, own_idle, i3) = quartiles(&over_idle);
+    println!(
+        "  over a pre-signed request sent after {} ms idle, as tollgate's is (its way there and \
+         back median {wire_idle:.2} ms): median {own_idle:.2} ms (quartiles {i1:.2} to {i3:.2})",
+        IDLE_LIKE_TOLLGATE.as_millis()
     );
     let (p1, processing, p3) = quartiles(&over(&seq.processing));
     println!(
