@@ -18,6 +18,12 @@
 //! * spawn → first paid result: a fresh `tollgate serve`, initialize, one paid call;
 //! * fsyncs per paid call (with `strace`, when installed).
 //!
+//! To compare two builds or settings within one run (machines here drift by ±0.2 ms between
+//! runs, more than most changes are worth), set `X402_AB_BIN` to another `tollgate` binary
+//! and/or `X402_AB_ENV=NAME=value` for the second process: the bench then only alternates
+//! paid calls between this build (A) and the other (B), `X402_AB_CALLS` each (default 150),
+//! and prints both own costs and the median of the paired differences.
+//!
 //! Run: `cargo bench --bench x402_parallel` after `scripts/test` installed the peers. Prints
 //! figures; asserts only that nothing failed unexpectedly. Machines here are shared: compare
 //! the figures of one run with each other, not across runs.
@@ -305,6 +311,98 @@ fn fetch_own(seller: &str, key: &str, timed: &timing_proxy::Intervals) -> Result
         .collect())
 }
 
+/// The second side of an A/B comparison: another binary, another environment, or both.
+struct AbOther {
+    program: Option<PathBuf>,
+    env: Option<(String, String)>,
+}
+
+impl AbOther {
+    fn from_env() -> Option<AbOther> {
+        let program = std::env::var_os("X402_AB_BIN").map(PathBuf::from);
+        let env = std::env::var("X402_AB_ENV").ok().map(|pair| {
+            let (name, value) = pair.split_once('=').expect("X402_AB_ENV is NAME=value");
+            (name.to_owned(), value.to_owned())
+        });
+        (program.is_some() || env.is_some()).then_some(AbOther { program, env })
+    }
+}
+
+/// Paid calls alternating between this build (A) and `other` (B), each after the same idle,
+/// each call's own cost (minus its paid request's time at the seller) paired with the other's.
+fn compare(
+    other: &AbOther,
+    peers: &x402_peer::X402Peers,
+    seller: &str,
+    timed: &timing_proxy::Intervals,
+    config: &Path,
+    key: &str,
+) {
+    let calls: usize = std::env::var("X402_AB_CALLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(150);
+    let dir = tempfile::tempdir().unwrap();
+    let config_b = setup(dir.path(), peers, seller);
+    let mut env_b = vec![("TOLLGATE_EVM_KEY", key)];
+    if let Some((name, value)) = &other.env {
+        env_b.push((name.as_str(), value.as_str()));
+    }
+    let mut a = Session::start(config, &[("TOLLGATE_EVM_KEY", key)]);
+    let mut b = match &other.program {
+        Some(program) => Session::start_program(program, &config_b, &env_b),
+        None => Session::start(&config_b, &env_b),
+    };
+    let mut own = [Vec::new(), Vec::new()];
+    let mut id = 1u64;
+    for i in 0..calls + 2 {
+        for (side, session) in [&mut a, &mut b].into_iter().enumerate() {
+            std::thread::sleep(IDLE_LIKE_TOLLGATE);
+            let t0 = Instant::now();
+            session.call_tool(id, "weather", json!({"city": format!("ab{i}")}));
+            let r = session.response(id).expect("tollgate answered");
+            let t1 = Instant::now();
+            id += 1;
+            assert!(
+                r["result"]["structuredContent"]["payment"].is_object(),
+                "{r}"
+            );
+            if i >= 2 {
+                let at_seller = timed.between(t0, t1).last().copied().unwrap_or_default();
+                own[side].push((t1 - t0).as_secs_f64() * 1e3 - at_seller);
+            }
+        }
+    }
+    a.finish();
+    b.finish();
+    let describe = format!(
+        "{}{}",
+        other
+            .program
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "this build".into()),
+        other
+            .env
+            .as_ref()
+            .map(|(n, v)| format!(" with {n}={v}"))
+            .unwrap_or_default()
+    );
+    for (side, name) in [
+        (0, "A (this build)".to_owned()),
+        (1, format!("B ({describe})")),
+    ] {
+        let (q1, m, q3) = quartiles(&own[side]);
+        println!(
+            "{name}: {calls} paid calls, each minus its paid request's time at the seller (the \
+             way there and back included): median {m:.3} ms (quartiles {q1:.3} to {q3:.3})"
+        );
+    }
+    let paired: Vec<f64> = own[1].iter().zip(&own[0]).map(|(b, a)| b - a).collect();
+    let (q1, m, q3) = quartiles(&paired);
+    println!("B - A, call by call: median {m:+.3} ms (quartiles {q1:+.3} to {q3:+.3})");
+}
+
 fn quartiles(v: &[f64]) -> (f64, f64, f64) {
     let mut sorted = v.to_vec();
     sorted.sort_by(|a, b| a.total_cmp(b));
@@ -419,6 +517,10 @@ fn main() {
         }
     };
     nice("19");
+    if let Some(other) = AbOther::from_env() {
+        compare(&other, &peers, &proxied, &timed, &config, &key);
+        return;
+    }
     let seq = sequential(&runtime, &proxied, &peers, &timed, &config, &key);
     // A pre-signed paid request costs its client the seller's time plus the way there and back.
     let wire = median(seq.wire.clone());

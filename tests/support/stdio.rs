@@ -38,8 +38,27 @@ impl Session {
         Session::spawn(config, &env, Stdio::from(file))
     }
 
+    /// Like [`Session::start`], with another `tollgate` binary (a bench comparing two builds).
+    pub fn start_program(program: &Path, config: &Path, env: &[(&str, &str)]) -> Session {
+        Session::spawn_program(program, config, env, Stdio::null())
+    }
+
     fn spawn(config: &Path, env: &[(&str, &str)], stderr: Stdio) -> Session {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tollgate"));
+        Session::spawn_program(
+            Path::new(env!("CARGO_BIN_EXE_tollgate")),
+            config,
+            env,
+            stderr,
+        )
+    }
+
+    fn spawn_program(
+        program: &Path,
+        config: &Path,
+        env: &[(&str, &str)],
+        stderr: Stdio,
+    ) -> Session {
+        let mut cmd = Command::new(program);
         cmd.args(["serve", "--config"])
             .arg(config)
             .env("RUST_LOG", "off")
