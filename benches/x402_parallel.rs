@@ -15,7 +15,8 @@
 //!   as the next buyer's; `X402_BENCH_PAUSE_MS` pauses before each call (default 0);
 //! * throughput with 8 calls in flight on one MCP session, distinct and identical arguments,
 //!   and `@x402/fetch` with 8 concurrent loops: calls/s and errors;
-//! * spawn → first paid result: a fresh `tollgate serve`, initialize, one paid call;
+//! * spawn → first paid result: a fresh `tollgate serve`, initialize, one paid call (timed
+//!   before the loads, while the seller is at rest);
 //! * fsyncs per paid call (with `strace`, when installed).
 //!
 //! To compare two builds or settings within one run (machines here drift by ±0.2 ms between
@@ -570,6 +571,15 @@ fn main() {
         median(seq.presigned.clone()),
     );
 
+    // Before the loads: after `@x402/fetch`'s 10 s of load the seller and its chain take
+    // seconds to drain, and a paid request then waits ~80 ms at the seller instead of ~20.
+    let spawn: Vec<f64> = (0..5).map(|_| first_paid(&config, &key)).collect();
+    println!(
+        "spawn → first paid result: median {:.1} ms (of 5: {:?})",
+        median(spawn.clone()),
+        spawn.iter().map(|m| m.round()).collect::<Vec<_>>()
+    );
+
     for identical in [false, true] {
         let what = if identical { "identical" } else { "distinct" };
         let (ok, errors, rate, first) = load(&config, &key, identical);
@@ -588,12 +598,6 @@ fn main() {
         );
     }
 
-    let spawn: Vec<f64> = (0..5).map(|_| first_paid(&config, &key)).collect();
-    println!(
-        "spawn → first paid result: median {:.1} ms (of 5: {:?})",
-        median(spawn.clone()),
-        spawn.iter().map(|m| m.round()).collect::<Vec<_>>()
-    );
     match fsyncs(&config, &key, 20) {
         Some((per_call, micros)) => println!(
             "fsync/fdatasync per paid call (strace, 20 calls): {per_call:.1}, {micros:.0} µs each \
