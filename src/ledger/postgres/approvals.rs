@@ -32,7 +32,11 @@ fn decode(row: &Row) -> Result<Approval, LedgerError> {
 /// The approval, its row locked until the transaction ends.
 async fn lock(tx: &Transaction<'_>, id: &str) -> Result<Option<Approval>, LedgerError> {
     tx.query_opt(
-        &format!("SELECT {COLUMNS} FROM approvals WHERE id = $1 FOR UPDATE"),
+        &tx.prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM approvals WHERE id = $1 FOR UPDATE"
+        ))
+        .await
+        .map_err(db)?,
         &[&id],
     )
     .await
@@ -54,7 +58,9 @@ async fn expire_if_due(
     );
     if open && now >= approval.expires_at {
         tx.execute(
-            "UPDATE approvals SET state = 'expired' WHERE id = $1",
+            &tx.prepare_cached("UPDATE approvals SET state = 'expired' WHERE id = $1")
+                .await
+                .map_err(db)?,
             &[&approval.id],
         )
         .await
@@ -75,8 +81,13 @@ impl Approvals for PostgresLedger {
             let client = self.client().await?;
             client
                 .execute(
-                    "INSERT INTO approvals (id, state, tool, amount_usd_micros, facts_json,
+                    &client
+                        .prepare_cached(
+                            "INSERT INTO approvals (id, state, tool, amount_usd_micros, facts_json,
                          created_at, expires_at) VALUES ($1, 'pending', $2, $3, $4, $5, $6)",
+                        )
+                        .await
+                        .map_err(db)?,
                     &[&a.id, &a.tool, &amount, &a.facts_json, &now, &expires],
                 )
                 .await
@@ -104,18 +115,24 @@ impl Approvals for PostgresLedger {
             let mut client = self.client().await?;
             let tx = client.transaction().await.map_err(db)?;
             tx.execute(
-                "UPDATE approvals SET state = 'expired'
+                &tx.prepare_cached(
+                    "UPDATE approvals SET state = 'expired'
                  WHERE state IN ('pending', 'approved') AND expires_at <= $1",
+                )
+                .await
+                .map_err(db)?,
                 &[&now_sql],
             )
             .await
             .map_err(db)?;
             let rows = tx
                 .query(
-                    &format!(
+                    &tx.prepare_cached(&format!(
                         "SELECT {COLUMNS} FROM approvals WHERE state = 'pending'
                          ORDER BY created_at, id"
-                    ),
+                    ))
+                    .await
+                    .map_err(db)?,
                     &[],
                 )
                 .await
@@ -151,8 +168,12 @@ impl Approvals for PostgresLedger {
                 ApprovalState::Denied
             };
             tx.execute(
-                "UPDATE approvals SET state = $2, decided_at = $3, decided_by = $4
+                &tx.prepare_cached(
+                    "UPDATE approvals SET state = $2, decided_at = $3, decided_by = $4
                  WHERE id = $1 AND state = 'pending'",
+                )
+                .await
+                .map_err(db)?,
                 &[&id, &state.as_str(), &now_sql, &channel],
             )
             .await
@@ -187,8 +208,12 @@ impl Approvals for PostgresLedger {
                 return Ok(Redeemed::Refused(found, reason));
             }
             tx.execute(
-                "UPDATE approvals SET state = 'used', used_at = $2
+                &tx.prepare_cached(
+                    "UPDATE approvals SET state = 'used', used_at = $2
                  WHERE id = $1 AND state = 'approved'",
+                )
+                .await
+                .map_err(db)?,
                 &[&id, &now_sql],
             )
             .await

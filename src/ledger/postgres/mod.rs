@@ -228,14 +228,25 @@ impl PostgresLedger {
             let client = self.client().await?;
             client
                 .execute(
-                    "INSERT INTO ledger_meta (name, value) VALUES ($1, $2)
+                    &client
+                        .prepare_cached(
+                            "INSERT INTO ledger_meta (name, value) VALUES ($1, $2)
                      ON CONFLICT (name) DO NOTHING",
+                        )
+                        .await
+                        .map_err(db)?,
                     &[&name, &value],
                 )
                 .await
                 .map_err(db)?;
             Ok(client
-                .query_one("SELECT value FROM ledger_meta WHERE name = $1", &[&name])
+                .query_one(
+                    &client
+                        .prepare_cached("SELECT value FROM ledger_meta WHERE name = $1")
+                        .await
+                        .map_err(db)?,
+                    &[&name],
+                )
                 .await
                 .map_err(db)?
                 .get(0))
@@ -338,9 +349,13 @@ impl Reservations for PostgresLedger {
             match state {
                 ReservationState::Reserved => {
                     tx.execute(
-                        "UPDATE reservations
+                        &tx.prepare_cached(
+                            "UPDATE reservations
                          SET state = 'pending', proof_json = $2, valid_before = $3
                          WHERE id = $1",
+                        )
+                        .await
+                        .map_err(db)?,
                         &[&id.0, &proof_json, &valid_before],
                     )
                     .await
@@ -349,7 +364,9 @@ impl Reservations for PostgresLedger {
                 ReservationState::Pending => {
                     let recorded: Option<String> = tx
                         .query_one(
-                            "SELECT proof_json FROM reservations WHERE id = $1",
+                            &tx.prepare_cached("SELECT proof_json FROM reservations WHERE id = $1")
+                                .await
+                                .map_err(db)?,
                             &[&id.0],
                         )
                         .await
@@ -391,7 +408,11 @@ impl Reservations for PostgresLedger {
                 });
             }
             tx.execute(
-                "UPDATE reservations SET proof_json = $2, valid_before = $3 WHERE id = $1",
+                &tx.prepare_cached(
+                    "UPDATE reservations SET proof_json = $2, valid_before = $3 WHERE id = $1",
+                )
+                .await
+                .map_err(db)?,
                 &[&id.0, &proof_json, &valid_before],
             )
             .await
@@ -434,7 +455,11 @@ impl Reservations for PostgresLedger {
             if state == ReservationState::Committed {
                 let recorded = tx
                     .query_opt(
-                        "SELECT receipt_id FROM receipts WHERE reservation_id = $1",
+                        &tx.prepare_cached(
+                            "SELECT receipt_id FROM receipts WHERE reservation_id = $1",
+                        )
+                        .await
+                        .map_err(db)?,
                         &[&id.0],
                     )
                     .await
@@ -452,7 +477,9 @@ impl Reservations for PostgresLedger {
             }
             let existing = tx
                 .query_opt(
-                    "SELECT reservation_id FROM receipts WHERE receipt_id = $1",
+                    &tx.prepare_cached("SELECT reservation_id FROM receipts WHERE receipt_id = $1")
+                        .await
+                        .map_err(db)?,
                     &[&receipt.receipt_id],
                 )
                 .await
@@ -464,17 +491,25 @@ impl Reservations for PostgresLedger {
                 });
             }
             tx.execute(
-                "UPDATE reservations
+                &tx.prepare_cached(
+                    "UPDATE reservations
                  SET state = 'committed', actual_usd_micros = $2, settled_at = $3,
                      owner = NULL, lease_until = NULL
                  WHERE id = $1",
+                )
+                .await
+                .map_err(db)?,
                 &[&id.0, &actual, &now_sql],
             )
             .await
             .map_err(db)?;
             tx.execute(
-                "INSERT INTO receipts (reservation_id, receipt_id, at, committed_at, json)
+                &tx.prepare_cached(
+                    "INSERT INTO receipts (reservation_id, receipt_id, at, committed_at, json)
                  VALUES ($1, $2, $3, $4, $5)",
+                )
+                .await
+                .map_err(db)?,
                 &[
                     &id.0,
                     &receipt.receipt_id,
@@ -489,28 +524,40 @@ impl Reservations for PostgresLedger {
             let hour = now_sql / HOUR_SECS;
             // Key order, as `reserve` locks them: no deadlock between the two.
             tx.execute(
-                "INSERT INTO key_totals (key, spent_usd_micros)
+                &tx.prepare_cached(
+                    "INSERT INTO key_totals (key, spent_usd_micros)
                  SELECT k, $2 FROM unnest($1::text[]) AS k ORDER BY k
                  ON CONFLICT (key) DO UPDATE
                  SET spent_usd_micros = key_totals.spent_usd_micros + excluded.spent_usd_micros,
                      reserved_usd_micros = key_totals.reserved_usd_micros - $3",
+                )
+                .await
+                .map_err(db)?,
                 &[&keys, &actual, &held],
             )
             .await
             .map_err(db)?;
             tx.execute(
-                "INSERT INTO spend (key, at, reservation_id, amount_usd_micros)
+                &tx.prepare_cached(
+                    "INSERT INTO spend (key, at, reservation_id, amount_usd_micros)
                  SELECT k, $2, $3, $4 FROM unnest($1::text[]) AS k",
+                )
+                .await
+                .map_err(db)?,
                 &[&keys, &now_sql, &id.0, &actual],
             )
             .await
             .map_err(db)?;
             tx.execute(
-                "INSERT INTO spend_hours (key, hour, amount_usd_micros)
+                &tx.prepare_cached(
+                    "INSERT INTO spend_hours (key, hour, amount_usd_micros)
                  SELECT k, $2, $3 FROM unnest($1::text[]) AS k ORDER BY k
                  ON CONFLICT (key, hour) DO UPDATE
                  SET amount_usd_micros = spend_hours.amount_usd_micros
                                          + excluded.amount_usd_micros",
+                )
+                .await
+                .map_err(db)?,
                 &[&keys, &hour, &actual],
             )
             .await
@@ -538,9 +585,13 @@ impl Reservations for PostgresLedger {
                 }
             }
             tx.execute(
-                "UPDATE reservations
+                &tx.prepare_cached(
+                    "UPDATE reservations
                  SET state = 'released', settled_at = $2, owner = NULL, lease_until = NULL
                  WHERE id = $1",
+                )
+                .await
+                .map_err(db)?,
                 &[&id.0, &now_sql],
             )
             .await
@@ -548,8 +599,12 @@ impl Reservations for PostgresLedger {
             let keys = keys_of(&tx, id).await?;
             for key in &keys {
                 tx.execute(
-                    "UPDATE key_totals SET reserved_usd_micros = reserved_usd_micros - $2
+                    &tx.prepare_cached(
+                        "UPDATE key_totals SET reserved_usd_micros = reserved_usd_micros - $2
                      WHERE key = $1",
+                    )
+                    .await
+                    .map_err(db)?,
                     &[key, &reserved],
                 )
                 .await
@@ -566,10 +621,12 @@ impl Reservations for PostgresLedger {
             let tx = snapshot(&mut client).await?;
             let rows = tx
                 .query(
-                    &format!(
+                    &tx.prepare_cached(&format!(
                         "SELECT {PENDING_COLUMNS} FROM reservations
                          WHERE state IN ('reserved', 'pending') ORDER BY id"
-                    ),
+                    ))
+                    .await
+                    .map_err(db)?,
                     &[],
                 )
                 .await
@@ -620,8 +677,12 @@ impl Reservations for PostgresLedger {
             for key in keys {
                 for row in tx
                     .query(
-                        "SELECT at, reservation_id FROM spend WHERE key = $1 AND at >= $2
+                        &tx.prepare_cached(
+                            "SELECT at, reservation_id FROM spend WHERE key = $1 AND at >= $2
                          ORDER BY at DESC, reservation_id DESC LIMIT $3",
+                        )
+                        .await
+                        .map_err(db)?,
                         &[key, &since, &limit_sql],
                     )
                     .await
@@ -656,8 +717,12 @@ impl Reservations for PostgresLedger {
             let tx = snapshot(&mut client).await?;
             let ids: Vec<i64> = tx
                 .query(
-                    "SELECT reservation_id FROM receipts WHERE committed_at >= $1
+                    &tx.prepare_cached(
+                        "SELECT reservation_id FROM receipts WHERE committed_at >= $1
                      ORDER BY committed_at DESC, reservation_id DESC LIMIT $2",
+                    )
+                    .await
+                    .map_err(db)?,
                     &[&since, &limit_sql],
                 )
                 .await
@@ -701,10 +766,15 @@ impl Reservations for PostgresLedger {
             let client = self.client().await?;
             client
                 .query(
-                    "SELECT b.key, b.parent, b.label, b.limit_usd_micros, b.first_seen,
+                    &client
+                        .prepare_cached(
+                            "SELECT b.key, b.parent, b.label, b.limit_usd_micros, b.first_seen,
                             COALESCE(t.spent_usd_micros, 0), COALESCE(t.reserved_usd_micros, 0)
                      FROM budgets b LEFT JOIN key_totals t ON t.key = b.key
                      ORDER BY b.first_seen, b.key",
+                        )
+                        .await
+                        .map_err(db)?,
                     &[],
                 )
                 .await
@@ -763,8 +833,13 @@ impl Owners for PostgresLedger {
             let client = self.client().await?;
             let renewed = client
                 .execute(
-                    "UPDATE reservations SET lease_until = $3
+                    &client
+                        .prepare_cached(
+                            "UPDATE reservations SET lease_until = $3
                      WHERE id = ANY($1) AND owner = $2 AND state IN ('reserved', 'pending')",
+                        )
+                        .await
+                        .map_err(db)?,
                     &[&ids, &owner, &until],
                 )
                 .await
@@ -778,8 +853,13 @@ impl Owners for PostgresLedger {
             let client = self.client().await?;
             client
                 .execute(
-                    "UPDATE reservations SET owner = NULL, lease_until = NULL
+                    &client
+                        .prepare_cached(
+                            "UPDATE reservations SET owner = NULL, lease_until = NULL
                      WHERE id = $1 AND owner = $2 AND state IN ('reserved', 'pending')",
+                        )
+                        .await
+                        .map_err(db)?,
                     &[&id.0, &owner],
                 )
                 .await
@@ -803,12 +883,14 @@ impl Owners for PostgresLedger {
             // the winner sees the new owner and finds nothing (or an older unknown proof).
             let found = tx
                 .query_opt(
-                    &format!(
+                    &tx.prepare_cached(&format!(
                         "SELECT id FROM reservations
                          WHERE fingerprint = $1 AND state = 'pending'
                            AND proof_json IS NOT NULL AND {UNOWNED}
                          ORDER BY id DESC LIMIT 1 FOR UPDATE"
-                    ),
+                    ))
+                    .await
+                    .map_err(db)?,
                     &[&fingerprint, &now_sql],
                 )
                 .await
@@ -818,7 +900,11 @@ impl Owners for PostgresLedger {
             };
             let id = ReservationId(found.get(0));
             tx.execute(
-                "UPDATE reservations SET owner = $2, lease_until = $3 WHERE id = $1",
+                &tx.prepare_cached(
+                    "UPDATE reservations SET owner = $2, lease_until = $3 WHERE id = $1",
+                )
+                .await
+                .map_err(db)?,
                 &[&id.0, &lease.owner, &until],
             )
             .await
@@ -861,11 +947,13 @@ impl Owners for PostgresLedger {
             // conditions on the new owner, and claims nothing.
             let claimed = tx
                 .execute(
-                    &format!(
+                    &tx.prepare_cached(&format!(
                         "UPDATE reservations SET owner = $3, lease_until = $4
                          WHERE id = $1 AND state IN ('reserved', 'pending') AND {UNOWNED}
                            AND NOT (state = 'reserved' AND owner IS NULL AND created_at > $5)"
-                    ),
+                    ))
+                    .await
+                    .map_err(db)?,
                     &[&id.0, &now_sql, &lease.owner, &until, &young],
                 )
                 .await
@@ -887,8 +975,13 @@ impl Revocations for PostgresLedger {
             let client = self.client().await?;
             client
                 .execute(
-                    "INSERT INTO revocations (id, at) VALUES ($1, $2)
+                    &client
+                        .prepare_cached(
+                            "INSERT INTO revocations (id, at) VALUES ($1, $2)
                      ON CONFLICT (id) DO NOTHING",
+                        )
+                        .await
+                        .map_err(db)?,
                     &[&id, &now],
                 )
                 .await
@@ -929,7 +1022,11 @@ async fn lock_reservation(
 ) -> Result<(ReservationState, i64), LedgerError> {
     let row = tx
         .query_opt(
-            "SELECT state, amount_usd_micros FROM reservations WHERE id = $1 FOR UPDATE",
+            &tx.prepare_cached(
+                "SELECT state, amount_usd_micros FROM reservations WHERE id = $1 FOR UPDATE",
+            )
+            .await
+            .map_err(db)?,
             &[&id.0],
         )
         .await
@@ -941,7 +1038,11 @@ async fn lock_reservation(
 async fn keys_of(tx: &Transaction<'_>, id: ReservationId) -> Result<Vec<String>, LedgerError> {
     Ok(tx
         .query(
-            "SELECT key FROM reservation_keys WHERE reservation_id = $1 ORDER BY key",
+            &tx.prepare_cached(
+                "SELECT key FROM reservation_keys WHERE reservation_id = $1 ORDER BY key",
+            )
+            .await
+            .map_err(db)?,
             &[&id.0],
         )
         .await
@@ -957,7 +1058,11 @@ async fn keys_of(tx: &Transaction<'_>, id: ReservationId) -> Result<Vec<String>,
 async fn usage(tx: &Transaction<'_>, cap: &Cap, now: u64) -> Result<(u64, u64), LedgerError> {
     let totals = tx
         .query_opt(
-            "SELECT spent_usd_micros, reserved_usd_micros FROM key_totals WHERE key = $1",
+            &tx.prepare_cached(
+                "SELECT spent_usd_micros, reserved_usd_micros FROM key_totals WHERE key = $1",
+            )
+            .await
+            .map_err(db)?,
             &[&cap.key],
         )
         .await
@@ -985,11 +1090,15 @@ async fn windowed(
     let first_whole_hour = start / HOUR_SECS + 1;
     let row = tx
         .query_one(
-            "SELECT
+            &tx.prepare_cached(
+                "SELECT
                (SELECT COALESCE(SUM(amount_usd_micros), 0)::BIGINT FROM spend
                  WHERE key = $1 AND at > $2 AND at < $3),
                (SELECT COALESCE(SUM(amount_usd_micros), 0)::BIGINT FROM spend_hours
                  WHERE key = $1 AND hour >= $4)",
+            )
+            .await
+            .map_err(db)?,
             &[
                 &cap.key,
                 &start,
@@ -1132,7 +1241,11 @@ async fn load_pending(
 ) -> Result<PendingPayment, LedgerError> {
     let rows = tx
         .query(
-            &format!("SELECT {PENDING_COLUMNS} FROM reservations WHERE id = $1"),
+            &tx.prepare_cached(&format!(
+                "SELECT {PENDING_COLUMNS} FROM reservations WHERE id = $1"
+            ))
+            .await
+            .map_err(db)?,
             &[&id.0],
         )
         .await
@@ -1186,8 +1299,12 @@ async fn keys_of_many(
     }
     for row in tx
         .query(
-            "SELECT reservation_id, key FROM reservation_keys
+            &tx.prepare_cached(
+                "SELECT reservation_id, key FROM reservation_keys
              WHERE reservation_id = ANY($1) ORDER BY reservation_id, key",
+            )
+            .await
+            .map_err(db)?,
             &[&ids],
         )
         .await
@@ -1205,11 +1322,15 @@ async fn load_receipts(tx: &Transaction<'_>, ids: &[i64]) -> Result<Vec<ReceiptR
     }
     let rows = tx
         .query(
-            "SELECT r.reservation_id, r.receipt_id, v.call_id, v.tool, v.payee, v.protocol,
+            &tx.prepare_cached(
+                "SELECT r.reservation_id, r.receipt_id, v.call_id, v.tool, v.payee, v.protocol,
                     v.amount_usd_micros, v.actual_usd_micros, r.at, r.committed_at, r.json,
                     v.meta_json
              FROM receipts r JOIN reservations v ON v.id = r.reservation_id
              WHERE r.reservation_id = ANY($1)",
+            )
+            .await
+            .map_err(db)?,
             &[&ids],
         )
         .await

@@ -12,7 +12,9 @@ impl Tokens for PostgresLedger {
             let client = self.client().await?;
             client
                 .execute(
-                    "INSERT INTO l402_tokens
+                    &client
+                        .prepare_cached(
+                            "INSERT INTO l402_tokens
                      (origin, service, scheme, macaroon, preimage, payment_hash, expires_at,
                       created_at)
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
@@ -20,6 +22,9 @@ impl Tokens for PostgresLedger {
                      SET scheme = excluded.scheme, macaroon = excluded.macaroon,
                          preimage = excluded.preimage, payment_hash = excluded.payment_hash,
                          expires_at = excluded.expires_at, created_at = excluded.created_at",
+                        )
+                        .await
+                        .map_err(db)?,
                     &[
                         &token.origin,
                         &token.service,
@@ -47,8 +52,8 @@ impl Tokens for PostgresLedger {
             let client = self.client().await?;
             let row = client
                 .query_opt(
-                    "SELECT scheme, macaroon, preimage, payment_hash, expires_at, created_at
-                     FROM l402_tokens WHERE origin = $1 AND service = $2",
+                    &client.prepare_cached("SELECT scheme, macaroon, preimage, payment_hash, expires_at, created_at
+                     FROM l402_tokens WHERE origin = $1 AND service = $2").await.map_err(db)?,
                     &[&origin, &service],
                 )
                 .await
@@ -90,8 +95,13 @@ impl Tokens for PostgresLedger {
             let client = self.client().await?;
             client
                 .execute(
-                    "DELETE FROM l402_tokens
+                    &client
+                        .prepare_cached(
+                            "DELETE FROM l402_tokens
                      WHERE origin = $1 AND service = $2 AND payment_hash = $3",
+                        )
+                        .await
+                        .map_err(db)?,
                     &[&origin, &service, &payment_hash],
                 )
                 .await
