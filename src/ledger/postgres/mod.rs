@@ -922,7 +922,10 @@ impl Owners for PostgresLedger {
         self.block(async {
             let client = self.client().await?;
             Ok(client
-                .query(OPEN_OF_CALL, &[&fingerprint])
+                .query(
+                    &client.prepare_cached(OPEN_OF_CALL).await.map_err(db)?,
+                    &[&fingerprint],
+                )
                 .await
                 .map_err(db)?
                 .iter()
