@@ -4,7 +4,7 @@
 use deadpool_postgres::Transaction;
 use tokio_postgres::Row;
 
-use super::{PostgresLedger, db, from_sql, to_sql};
+use super::{Cached as _, PostgresLedger, db, from_sql, to_sql};
 use crate::ledger::LedgerError;
 use crate::ledger::approvals::{
     Approval, ApprovalState, Approvals, Decided, NewApproval, Redeemed,
@@ -31,16 +31,11 @@ fn decode(row: &Row) -> Result<Approval, LedgerError> {
 
 /// The approval, its row locked until the transaction ends.
 async fn lock(tx: &Transaction<'_>, id: &str) -> Result<Option<Approval>, LedgerError> {
-    tx.query_opt(
-        &tx.prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM approvals WHERE id = $1 FOR UPDATE"
-        ))
-        .await
-        .map_err(db)?,
+    tx.query_opt_cached(
+        &format!("SELECT {COLUMNS} FROM approvals WHERE id = $1 FOR UPDATE"),
         &[&id],
     )
-    .await
-    .map_err(db)?
+    .await?
     .as_ref()
     .map(decode)
     .transpose()
@@ -57,14 +52,11 @@ async fn expire_if_due(
         ApprovalState::Pending | ApprovalState::Approved
     );
     if open && now >= approval.expires_at {
-        tx.execute(
-            &tx.prepare_cached("UPDATE approvals SET state = 'expired' WHERE id = $1")
-                .await
-                .map_err(db)?,
+        tx.execute_cached(
+            "UPDATE approvals SET state = 'expired' WHERE id = $1",
             &[&approval.id],
         )
-        .await
-        .map_err(db)?;
+        .await?;
         approval.state = ApprovalState::Expired;
     }
     Ok(approval)
@@ -80,18 +72,12 @@ impl Approvals for PostgresLedger {
         self.block(async {
             let client = self.client().await?;
             client
-                .execute(
-                    &client
-                        .prepare_cached(
-                            "INSERT INTO approvals (id, state, tool, amount_usd_micros, facts_json,
+                .execute_cached(
+                    "INSERT INTO approvals (id, state, tool, amount_usd_micros, facts_json,
                          created_at, expires_at) VALUES ($1, 'pending', $2, $3, $4, $5, $6)",
-                        )
-                        .await
-                        .map_err(db)?,
                     &[&a.id, &a.tool, &amount, &a.facts_json, &now, &expires],
                 )
-                .await
-                .map_err(db)?;
+                .await?;
             Ok(())
         })
     }
@@ -114,29 +100,21 @@ impl Approvals for PostgresLedger {
         self.block(async {
             let mut client = self.client().await?;
             let tx = client.transaction().await.map_err(db)?;
-            tx.execute(
-                &tx.prepare_cached(
-                    "UPDATE approvals SET state = 'expired'
+            tx.execute_cached(
+                "UPDATE approvals SET state = 'expired'
                  WHERE state IN ('pending', 'approved') AND expires_at <= $1",
-                )
-                .await
-                .map_err(db)?,
                 &[&now_sql],
             )
-            .await
-            .map_err(db)?;
+            .await?;
             let rows = tx
-                .query(
-                    &tx.prepare_cached(&format!(
+                .query_cached(
+                    &format!(
                         "SELECT {COLUMNS} FROM approvals WHERE state = 'pending'
                          ORDER BY created_at, id"
-                    ))
-                    .await
-                    .map_err(db)?,
+                    ),
                     &[],
                 )
-                .await
-                .map_err(db)?;
+                .await?;
             let found = rows.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
             tx.commit().await.map_err(db)?;
             Ok(found)
@@ -167,17 +145,12 @@ impl Approvals for PostgresLedger {
             } else {
                 ApprovalState::Denied
             };
-            tx.execute(
-                &tx.prepare_cached(
-                    "UPDATE approvals SET state = $2, decided_at = $3, decided_by = $4
+            tx.execute_cached(
+                "UPDATE approvals SET state = $2, decided_at = $3, decided_by = $4
                  WHERE id = $1 AND state = 'pending'",
-                )
-                .await
-                .map_err(db)?,
                 &[&id, &state.as_str(), &now_sql, &channel],
             )
-            .await
-            .map_err(db)?;
+            .await?;
             tx.commit().await.map_err(db)?;
             found.state = state;
             found.decided_at = Some(now);
@@ -207,17 +180,12 @@ impl Approvals for PostgresLedger {
             if let Err(reason) = check(&found) {
                 return Ok(Redeemed::Refused(found, reason));
             }
-            tx.execute(
-                &tx.prepare_cached(
-                    "UPDATE approvals SET state = 'used', used_at = $2
+            tx.execute_cached(
+                "UPDATE approvals SET state = 'used', used_at = $2
                  WHERE id = $1 AND state = 'approved'",
-                )
-                .await
-                .map_err(db)?,
                 &[&id, &now_sql],
             )
-            .await
-            .map_err(db)?;
+            .await?;
             tx.commit().await.map_err(db)?;
             found.state = ApprovalState::Used;
             found.used_at = Some(now);

@@ -31,8 +31,9 @@ mod transfer;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use deadpool_postgres::{Object, Pool, PoolError, Transaction};
-use tokio_postgres::IsolationLevel;
+use deadpool_postgres::{GenericClient, Object, Pool, PoolError, Transaction};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{IsolationLevel, Row};
 
 use super::{
     BudgetNode, BudgetRow, Cap, CapStatus, Lease, LedgerError, NewReceipt, NewReservation, Owners,
@@ -91,6 +92,51 @@ impl Drop for PostgresLedger {
 }
 
 /// Maps a driver error to the ledger's, naming no URL (the driver's messages carry none).
+/// How the backend runs its statements, on a connection or in a transaction: each is prepared
+/// once per pooled connection (deadpool's cache) and then only bound and run. A statement
+/// sent as text is prepared again by tokio-postgres on every call, one more round trip to
+/// the database each time (a payment's ledger work took 4.8 ms instead of 2.7 on a local
+/// database).
+pub(super) trait Cached: GenericClient {
+    async fn execute_cached(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<u64, LedgerError> {
+        let statement = self.prepare_cached(sql).await.map_err(db)?;
+        self.execute(&statement, params).await.map_err(db)
+    }
+
+    async fn query_cached(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, LedgerError> {
+        let statement = self.prepare_cached(sql).await.map_err(db)?;
+        self.query(&statement, params).await.map_err(db)
+    }
+
+    async fn query_one_cached(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Row, LedgerError> {
+        let statement = self.prepare_cached(sql).await.map_err(db)?;
+        self.query_one(&statement, params).await.map_err(db)
+    }
+
+    async fn query_opt_cached(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>, LedgerError> {
+        let statement = self.prepare_cached(sql).await.map_err(db)?;
+        self.query_opt(&statement, params).await.map_err(db)
+    }
+}
+
+impl<C: GenericClient> Cached for C {}
+
 pub(super) fn db(e: tokio_postgres::Error) -> LedgerError {
     LedgerError::Database(match e.as_db_error() {
         Some(d) => format!("{}: {}", d.code().code(), d.message()),
@@ -227,28 +273,15 @@ impl PostgresLedger {
         self.block(async {
             let client = self.client().await?;
             client
-                .execute(
-                    &client
-                        .prepare_cached(
-                            "INSERT INTO ledger_meta (name, value) VALUES ($1, $2)
+                .execute_cached(
+                    "INSERT INTO ledger_meta (name, value) VALUES ($1, $2)
                      ON CONFLICT (name) DO NOTHING",
-                        )
-                        .await
-                        .map_err(db)?,
                     &[&name, &value],
                 )
-                .await
-                .map_err(db)?;
+                .await?;
             Ok(client
-                .query_one(
-                    &client
-                        .prepare_cached("SELECT value FROM ledger_meta WHERE name = $1")
-                        .await
-                        .map_err(db)?,
-                    &[&name],
-                )
-                .await
-                .map_err(db)?
+                .query_one_cached("SELECT value FROM ledger_meta WHERE name = $1", &[&name])
+                .await?
                 .get(0))
         })
     }
@@ -314,22 +347,17 @@ impl Reservations for PostgresLedger {
             let tx = client.transaction().await.map_err(db)?;
             let id = reserve_in(&tx, &r, now).await?;
             let proved = prove(id).map_err(LedgerError::NotProved)?;
-            tx.execute(
-                &tx.prepare_cached(
-                    "UPDATE reservations SET state = 'pending', proof_json = $2,
+            tx.execute_cached(
+                "UPDATE reservations SET state = 'pending', proof_json = $2,
                             valid_before = $3
                      WHERE id = $1",
-                )
-                .await
-                .map_err(db)?,
                 &[
                     &id.0,
                     &proved.proof_json,
                     &to_sql("time", proved.valid_before)?,
                 ],
             )
-            .await
-            .map_err(db)?;
+            .await?;
             tx.commit().await.map_err(db)?;
             Ok(id)
         })
@@ -348,29 +376,21 @@ impl Reservations for PostgresLedger {
             let (state, _) = lock_reservation(&tx, id).await?;
             match state {
                 ReservationState::Reserved => {
-                    tx.execute(
-                        &tx.prepare_cached(
-                            "UPDATE reservations
+                    tx.execute_cached(
+                        "UPDATE reservations
                          SET state = 'pending', proof_json = $2, valid_before = $3
                          WHERE id = $1",
-                        )
-                        .await
-                        .map_err(db)?,
                         &[&id.0, &proof_json, &valid_before],
                     )
-                    .await
-                    .map_err(db)?;
+                    .await?;
                 }
                 ReservationState::Pending => {
                     let recorded: Option<String> = tx
-                        .query_one(
-                            &tx.prepare_cached("SELECT proof_json FROM reservations WHERE id = $1")
-                                .await
-                                .map_err(db)?,
+                        .query_one_cached(
+                            "SELECT proof_json FROM reservations WHERE id = $1",
                             &[&id.0],
                         )
-                        .await
-                        .map_err(db)?
+                        .await?
                         .get(0);
                     if recorded.as_deref() != Some(proof_json) {
                         return Err(LedgerError::ProofAlreadyRecorded(id));
@@ -407,16 +427,11 @@ impl Reservations for PostgresLedger {
                     action: "replace the proof of",
                 });
             }
-            tx.execute(
-                &tx.prepare_cached(
-                    "UPDATE reservations SET proof_json = $2, valid_before = $3 WHERE id = $1",
-                )
-                .await
-                .map_err(db)?,
+            tx.execute_cached(
+                "UPDATE reservations SET proof_json = $2, valid_before = $3 WHERE id = $1",
                 &[&id.0, &proof_json, &valid_before],
             )
-            .await
-            .map_err(db)?;
+            .await?;
             tx.commit().await.map_err(db)?;
             Ok(())
         })
@@ -454,16 +469,11 @@ impl Reservations for PostgresLedger {
             };
             if state == ReservationState::Committed {
                 let recorded = tx
-                    .query_opt(
-                        &tx.prepare_cached(
-                            "SELECT receipt_id FROM receipts WHERE reservation_id = $1",
-                        )
-                        .await
-                        .map_err(db)?,
+                    .query_opt_cached(
+                        "SELECT receipt_id FROM receipts WHERE reservation_id = $1",
                         &[&id.0],
                     )
-                    .await
-                    .map_err(db)?
+                    .await?
                     .map(|row| row.get::<_, String>(0));
                 return if recorded.as_deref() == Some(receipt.receipt_id.as_str()) {
                     Ok(())
@@ -476,40 +486,28 @@ impl Reservations for PostgresLedger {
                 };
             }
             let existing = tx
-                .query_opt(
-                    &tx.prepare_cached("SELECT reservation_id FROM receipts WHERE receipt_id = $1")
-                        .await
-                        .map_err(db)?,
+                .query_opt_cached(
+                    "SELECT reservation_id FROM receipts WHERE receipt_id = $1",
                     &[&receipt.receipt_id],
                 )
-                .await
-                .map_err(db)?;
+                .await?;
             if let Some(existing) = existing {
                 return Err(LedgerError::ReceiptAlreadyRecorded {
                     receipt_id: receipt.receipt_id,
                     existing: ReservationId(existing.get(0)),
                 });
             }
-            tx.execute(
-                &tx.prepare_cached(
-                    "UPDATE reservations
+            tx.execute_cached(
+                "UPDATE reservations
                  SET state = 'committed', actual_usd_micros = $2, settled_at = $3,
                      owner = NULL, lease_until = NULL
                  WHERE id = $1",
-                )
-                .await
-                .map_err(db)?,
                 &[&id.0, &actual, &now_sql],
             )
-            .await
-            .map_err(db)?;
-            tx.execute(
-                &tx.prepare_cached(
-                    "INSERT INTO receipts (reservation_id, receipt_id, at, committed_at, json)
+            .await?;
+            tx.execute_cached(
+                "INSERT INTO receipts (reservation_id, receipt_id, at, committed_at, json)
                  VALUES ($1, $2, $3, $4, $5)",
-                )
-                .await
-                .map_err(db)?,
                 &[
                     &id.0,
                     &receipt.receipt_id,
@@ -518,50 +516,34 @@ impl Reservations for PostgresLedger {
                     &receipt.json,
                 ],
             )
-            .await
-            .map_err(db)?;
+            .await?;
             let keys = keys_of(&tx, id).await?;
             let hour = now_sql / HOUR_SECS;
             // Key order, as `reserve` locks them: no deadlock between the two.
-            tx.execute(
-                &tx.prepare_cached(
-                    "INSERT INTO key_totals (key, spent_usd_micros)
+            tx.execute_cached(
+                "INSERT INTO key_totals (key, spent_usd_micros)
                  SELECT k, $2 FROM unnest($1::text[]) AS k ORDER BY k
                  ON CONFLICT (key) DO UPDATE
                  SET spent_usd_micros = key_totals.spent_usd_micros + excluded.spent_usd_micros,
                      reserved_usd_micros = key_totals.reserved_usd_micros - $3",
-                )
-                .await
-                .map_err(db)?,
                 &[&keys, &actual, &held],
             )
-            .await
-            .map_err(db)?;
-            tx.execute(
-                &tx.prepare_cached(
-                    "INSERT INTO spend (key, at, reservation_id, amount_usd_micros)
+            .await?;
+            tx.execute_cached(
+                "INSERT INTO spend (key, at, reservation_id, amount_usd_micros)
                  SELECT k, $2, $3, $4 FROM unnest($1::text[]) AS k",
-                )
-                .await
-                .map_err(db)?,
                 &[&keys, &now_sql, &id.0, &actual],
             )
-            .await
-            .map_err(db)?;
-            tx.execute(
-                &tx.prepare_cached(
-                    "INSERT INTO spend_hours (key, hour, amount_usd_micros)
+            .await?;
+            tx.execute_cached(
+                "INSERT INTO spend_hours (key, hour, amount_usd_micros)
                  SELECT k, $2, $3 FROM unnest($1::text[]) AS k ORDER BY k
                  ON CONFLICT (key, hour) DO UPDATE
                  SET amount_usd_micros = spend_hours.amount_usd_micros
                                          + excluded.amount_usd_micros",
-                )
-                .await
-                .map_err(db)?,
                 &[&keys, &hour, &actual],
             )
-            .await
-            .map_err(db)?;
+            .await?;
             tx.commit().await.map_err(db)?;
             Ok(())
         })
@@ -584,31 +566,21 @@ impl Reservations for PostgresLedger {
                     });
                 }
             }
-            tx.execute(
-                &tx.prepare_cached(
-                    "UPDATE reservations
+            tx.execute_cached(
+                "UPDATE reservations
                  SET state = 'released', settled_at = $2, owner = NULL, lease_until = NULL
                  WHERE id = $1",
-                )
-                .await
-                .map_err(db)?,
                 &[&id.0, &now_sql],
             )
-            .await
-            .map_err(db)?;
+            .await?;
             let keys = keys_of(&tx, id).await?;
             for key in &keys {
-                tx.execute(
-                    &tx.prepare_cached(
-                        "UPDATE key_totals SET reserved_usd_micros = reserved_usd_micros - $2
+                tx.execute_cached(
+                    "UPDATE key_totals SET reserved_usd_micros = reserved_usd_micros - $2
                      WHERE key = $1",
-                    )
-                    .await
-                    .map_err(db)?,
                     &[key, &reserved],
                 )
-                .await
-                .map_err(db)?;
+                .await?;
             }
             tx.commit().await.map_err(db)?;
             Ok(())
@@ -620,17 +592,14 @@ impl Reservations for PostgresLedger {
             let mut client = self.client().await?;
             let tx = snapshot(&mut client).await?;
             let rows = tx
-                .query(
-                    &tx.prepare_cached(&format!(
+                .query_cached(
+                    &format!(
                         "SELECT {PENDING_COLUMNS} FROM reservations
                          WHERE state IN ('reserved', 'pending') ORDER BY id"
-                    ))
-                    .await
-                    .map_err(db)?,
+                    ),
                     &[],
                 )
-                .await
-                .map_err(db)?;
+                .await?;
             let payments = load_pending_rows(&tx, rows).await?;
             tx.commit().await.map_err(db)?;
             Ok(payments)
@@ -676,17 +645,12 @@ impl Reservations for PostgresLedger {
             let mut newest: BTreeSet<(i64, i64)> = BTreeSet::new();
             for key in keys {
                 for row in tx
-                    .query(
-                        &tx.prepare_cached(
-                            "SELECT at, reservation_id FROM spend WHERE key = $1 AND at >= $2
+                    .query_cached(
+                        "SELECT at, reservation_id FROM spend WHERE key = $1 AND at >= $2
                          ORDER BY at DESC, reservation_id DESC LIMIT $3",
-                        )
-                        .await
-                        .map_err(db)?,
                         &[key, &since, &limit_sql],
                     )
-                    .await
-                    .map_err(db)?
+                    .await?
                 {
                     newest.insert((row.get(0), row.get(1)));
                 }
@@ -716,17 +680,12 @@ impl Reservations for PostgresLedger {
             let mut client = self.client().await?;
             let tx = snapshot(&mut client).await?;
             let ids: Vec<i64> = tx
-                .query(
-                    &tx.prepare_cached(
-                        "SELECT reservation_id FROM receipts WHERE committed_at >= $1
+                .query_cached(
+                    "SELECT reservation_id FROM receipts WHERE committed_at >= $1
                      ORDER BY committed_at DESC, reservation_id DESC LIMIT $2",
-                    )
-                    .await
-                    .map_err(db)?,
                     &[&since, &limit_sql],
                 )
-                .await
-                .map_err(db)?
+                .await?
                 .iter()
                 .map(|row| row.get(0))
                 .collect();
@@ -765,20 +724,14 @@ impl Reservations for PostgresLedger {
         let rows = self.block(async {
             let client = self.client().await?;
             client
-                .query(
-                    &client
-                        .prepare_cached(
-                            "SELECT b.key, b.parent, b.label, b.limit_usd_micros, b.first_seen,
+                .query_cached(
+                    "SELECT b.key, b.parent, b.label, b.limit_usd_micros, b.first_seen,
                             COALESCE(t.spent_usd_micros, 0), COALESCE(t.reserved_usd_micros, 0)
                      FROM budgets b LEFT JOIN key_totals t ON t.key = b.key
                      ORDER BY b.first_seen, b.key",
-                        )
-                        .await
-                        .map_err(db)?,
                     &[],
                 )
                 .await
-                .map_err(db)
         })?;
         let rows = rows
             .iter()
@@ -832,18 +785,12 @@ impl Owners for PostgresLedger {
         self.block(async {
             let client = self.client().await?;
             let renewed = client
-                .execute(
-                    &client
-                        .prepare_cached(
-                            "UPDATE reservations SET lease_until = $3
+                .execute_cached(
+                    "UPDATE reservations SET lease_until = $3
                      WHERE id = ANY($1) AND owner = $2 AND state IN ('reserved', 'pending')",
-                        )
-                        .await
-                        .map_err(db)?,
                     &[&ids, &owner, &until],
                 )
-                .await
-                .map_err(db)?;
+                .await?;
             Ok(usize::try_from(renewed).unwrap_or(usize::MAX))
         })
     }
@@ -852,18 +799,12 @@ impl Owners for PostgresLedger {
         self.block(async {
             let client = self.client().await?;
             client
-                .execute(
-                    &client
-                        .prepare_cached(
-                            "UPDATE reservations SET owner = NULL, lease_until = NULL
+                .execute_cached(
+                    "UPDATE reservations SET owner = NULL, lease_until = NULL
                      WHERE id = $1 AND owner = $2 AND state IN ('reserved', 'pending')",
-                        )
-                        .await
-                        .map_err(db)?,
                     &[&id.0, &owner],
                 )
-                .await
-                .map_err(db)?;
+                .await?;
             Ok(())
         })
     }
@@ -882,33 +823,25 @@ impl Owners for PostgresLedger {
             // FOR UPDATE re-checks the row once it holds the lock: a claimant that waited for
             // the winner sees the new owner and finds nothing (or an older unknown proof).
             let found = tx
-                .query_opt(
-                    &tx.prepare_cached(&format!(
+                .query_opt_cached(
+                    &format!(
                         "SELECT id FROM reservations
                          WHERE fingerprint = $1 AND state = 'pending'
                            AND proof_json IS NOT NULL AND {UNOWNED}
                          ORDER BY id DESC LIMIT 1 FOR UPDATE"
-                    ))
-                    .await
-                    .map_err(db)?,
+                    ),
                     &[&fingerprint, &now_sql],
                 )
-                .await
-                .map_err(db)?;
+                .await?;
             let Some(found) = found else {
                 return Ok(None);
             };
             let id = ReservationId(found.get(0));
-            tx.execute(
-                &tx.prepare_cached(
-                    "UPDATE reservations SET owner = $2, lease_until = $3 WHERE id = $1",
-                )
-                .await
-                .map_err(db)?,
+            tx.execute_cached(
+                "UPDATE reservations SET owner = $2, lease_until = $3 WHERE id = $1",
                 &[&id.0, &lease.owner, &until],
             )
-            .await
-            .map_err(db)?;
+            .await?;
             let payment = load_pending(&tx, id).await?;
             tx.commit().await.map_err(db)?;
             Ok(Some(payment))
@@ -922,12 +855,8 @@ impl Owners for PostgresLedger {
         self.block(async {
             let client = self.client().await?;
             Ok(client
-                .query(
-                    &client.prepare_cached(OPEN_OF_CALL).await.map_err(db)?,
-                    &[&fingerprint],
-                )
-                .await
-                .map_err(db)?
+                .query_cached(OPEN_OF_CALL, &[&fingerprint])
+                .await?
                 .iter()
                 .map(|row| (ReservationId(row.get(0)), row.get(1)))
                 .collect())
@@ -949,18 +878,15 @@ impl Owners for PostgresLedger {
             // One UPDATE: a concurrent claimant waits for the row, then re-checks the
             // conditions on the new owner, and claims nothing.
             let claimed = tx
-                .execute(
-                    &tx.prepare_cached(&format!(
+                .execute_cached(
+                    &format!(
                         "UPDATE reservations SET owner = $3, lease_until = $4
                          WHERE id = $1 AND state IN ('reserved', 'pending') AND {UNOWNED}
                            AND NOT (state = 'reserved' AND owner IS NULL AND created_at > $5)"
-                    ))
-                    .await
-                    .map_err(db)?,
+                    ),
                     &[&id.0, &now_sql, &lease.owner, &until, &young],
                 )
-                .await
-                .map_err(db)?;
+                .await?;
             if claimed == 0 {
                 return Ok(None);
             }
@@ -977,18 +903,12 @@ impl Revocations for PostgresLedger {
         self.block(async {
             let client = self.client().await?;
             client
-                .execute(
-                    &client
-                        .prepare_cached(
-                            "INSERT INTO revocations (id, at) VALUES ($1, $2)
+                .execute_cached(
+                    "INSERT INTO revocations (id, at) VALUES ($1, $2)
                      ON CONFLICT (id) DO NOTHING",
-                        )
-                        .await
-                        .map_err(db)?,
                     &[&id, &now],
                 )
-                .await
-                .map_err(db)?;
+                .await?;
             Ok(())
         })
     }
@@ -999,11 +919,13 @@ impl Revocations for PostgresLedger {
         }
         self.block(async {
             let client = self.client().await?;
-            let stmt = client
-                .prepare_cached("SELECT EXISTS (SELECT 1 FROM revocations WHERE id = ANY($1))")
-                .await
-                .map_err(db)?;
-            Ok(client.query_one(&stmt, &[&ids]).await.map_err(db)?.get(0))
+            Ok(client
+                .query_one_cached(
+                    "SELECT EXISTS (SELECT 1 FROM revocations WHERE id = ANY($1))",
+                    &[&ids],
+                )
+                .await?
+                .get(0))
         })
     }
 }
@@ -1024,32 +946,22 @@ async fn lock_reservation(
     id: ReservationId,
 ) -> Result<(ReservationState, i64), LedgerError> {
     let row = tx
-        .query_opt(
-            &tx.prepare_cached(
-                "SELECT state, amount_usd_micros FROM reservations WHERE id = $1 FOR UPDATE",
-            )
-            .await
-            .map_err(db)?,
+        .query_opt_cached(
+            "SELECT state, amount_usd_micros FROM reservations WHERE id = $1 FOR UPDATE",
             &[&id.0],
         )
-        .await
-        .map_err(db)?
+        .await?
         .ok_or(LedgerError::UnknownReservation(id))?;
     Ok((ReservationState::parse(row.get(0))?, row.get(1)))
 }
 
 async fn keys_of(tx: &Transaction<'_>, id: ReservationId) -> Result<Vec<String>, LedgerError> {
     Ok(tx
-        .query(
-            &tx.prepare_cached(
-                "SELECT key FROM reservation_keys WHERE reservation_id = $1 ORDER BY key",
-            )
-            .await
-            .map_err(db)?,
+        .query_cached(
+            "SELECT key FROM reservation_keys WHERE reservation_id = $1 ORDER BY key",
             &[&id.0],
         )
-        .await
-        .map_err(db)?
+        .await?
         .iter()
         .map(|row| row.get(0))
         .collect())
@@ -1060,16 +972,11 @@ async fn keys_of(tx: &Transaction<'_>, id: ReservationId) -> Result<Vec<String>,
 /// hour (as SQLite's `usage`).
 async fn usage(tx: &Transaction<'_>, cap: &Cap, now: u64) -> Result<(u64, u64), LedgerError> {
     let totals = tx
-        .query_opt(
-            &tx.prepare_cached(
-                "SELECT spent_usd_micros, reserved_usd_micros FROM key_totals WHERE key = $1",
-            )
-            .await
-            .map_err(db)?,
+        .query_opt_cached(
+            "SELECT spent_usd_micros, reserved_usd_micros FROM key_totals WHERE key = $1",
             &[&cap.key],
         )
-        .await
-        .map_err(db)?
+        .await?
         .map(|row| (row.get::<_, i64>(0), row.get::<_, i64>(1)));
     let (lifetime, reserved) = totals.unwrap_or((0, 0));
     Ok((
@@ -1092,16 +999,12 @@ async fn windowed(
     let start = to_sql("time", start)?;
     let first_whole_hour = start / HOUR_SECS + 1;
     let row = tx
-        .query_one(
-            &tx.prepare_cached(
-                "SELECT
+        .query_one_cached(
+            "SELECT
                (SELECT COALESCE(SUM(amount_usd_micros), 0)::BIGINT FROM spend
                  WHERE key = $1 AND at > $2 AND at < $3),
                (SELECT COALESCE(SUM(amount_usd_micros), 0)::BIGINT FROM spend_hours
                  WHERE key = $1 AND hour >= $4)",
-            )
-            .await
-            .map_err(db)?,
             &[
                 &cap.key,
                 &start,
@@ -1109,8 +1012,7 @@ async fn windowed(
                 &first_whole_hour,
             ],
         )
-        .await
-        .map_err(db)?;
+        .await?;
     let (partial, whole): (i64, i64) = (row.get(0), row.get(1));
     partial
         .checked_add(whole)
@@ -1129,12 +1031,8 @@ async fn reserve_in(
     let now_sql = to_sql("time", now)?;
     if r.unless_call_open
         && !tx
-            .query(
-                &tx.prepare_cached(OPEN_OF_CALL).await.map_err(db)?,
-                &[&r.fingerprint],
-            )
-            .await
-            .map_err(db)?
+            .query_cached(OPEN_OF_CALL, &[&r.fingerprint])
+            .await?
             .is_empty()
     {
         return Err(LedgerError::CallOpen);
@@ -1152,21 +1050,16 @@ async fn reserve_in(
     // reservations sharing keys take them in the same order, so they never deadlock. Checked
     // after; a cap that does not fit rolls it all back.
     let held = tx
-        .query(
-            &tx.prepare_cached(
-                "INSERT INTO key_totals (key, reserved_usd_micros)
+        .query_cached(
+            "INSERT INTO key_totals (key, reserved_usd_micros)
                  SELECT k, $2 FROM unnest($1::text[]) AS k ORDER BY k
                  ON CONFLICT (key) DO UPDATE
                  SET reserved_usd_micros = key_totals.reserved_usd_micros
                                            + excluded.reserved_usd_micros
                  RETURNING key, spent_usd_micros, reserved_usd_micros",
-            )
-            .await
-            .map_err(db)?,
             &[&keys, &amount],
         )
-        .await
-        .map_err(db)?;
+        .await?;
     // (lifetime spend, reserved before this reservation) per key.
     let totals: BTreeMap<String, (i64, i64)> = held
         .iter()
@@ -1196,15 +1089,11 @@ async fn reserve_in(
         None => (None, None),
     };
     let id: i64 = tx
-        .query_one(
-            &tx.prepare_cached(
-                "INSERT INTO reservations (call_id, fingerprint, state, amount_usd_micros, tool,
+        .query_one_cached(
+            "INSERT INTO reservations (call_id, fingerprint, state, amount_usd_micros, tool,
                          payee, protocol, meta_json, created_at, owner, lease_until)
                  VALUES ($1, $2, 'reserved', $3, $4, $5, $6, $7, $8, $9, $10)
                  RETURNING id",
-            )
-            .await
-            .map_err(db)?,
             &[
                 &r.call_id,
                 &r.fingerprint,
@@ -1218,20 +1107,14 @@ async fn reserve_in(
                 &lease_until,
             ],
         )
-        .await
-        .map_err(db)?
+        .await?
         .get(0);
-    tx.execute(
-        &tx.prepare_cached(
-            "INSERT INTO reservation_keys (reservation_id, key)
+    tx.execute_cached(
+        "INSERT INTO reservation_keys (reservation_id, key)
              SELECT $1, k FROM unnest($2::text[]) AS k",
-        )
-        .await
-        .map_err(db)?,
         &[&id, &keys],
     )
-    .await
-    .map_err(db)?;
+    .await?;
     Ok(ReservationId(id))
 }
 
@@ -1243,16 +1126,11 @@ async fn load_pending(
     id: ReservationId,
 ) -> Result<PendingPayment, LedgerError> {
     let rows = tx
-        .query(
-            &tx.prepare_cached(&format!(
-                "SELECT {PENDING_COLUMNS} FROM reservations WHERE id = $1"
-            ))
-            .await
-            .map_err(db)?,
+        .query_cached(
+            &format!("SELECT {PENDING_COLUMNS} FROM reservations WHERE id = $1"),
             &[&id.0],
         )
-        .await
-        .map_err(db)?;
+        .await?;
     load_pending_rows(tx, rows)
         .await?
         .pop()
@@ -1301,17 +1179,12 @@ async fn keys_of_many(
         return Ok(keys);
     }
     for row in tx
-        .query(
-            &tx.prepare_cached(
-                "SELECT reservation_id, key FROM reservation_keys
+        .query_cached(
+            "SELECT reservation_id, key FROM reservation_keys
              WHERE reservation_id = ANY($1) ORDER BY reservation_id, key",
-            )
-            .await
-            .map_err(db)?,
             &[&ids],
         )
-        .await
-        .map_err(db)?
+        .await?
     {
         keys.entry(row.get(0)).or_default().push(row.get(1));
     }
@@ -1324,20 +1197,15 @@ async fn load_receipts(tx: &Transaction<'_>, ids: &[i64]) -> Result<Vec<ReceiptR
         return Ok(Vec::new());
     }
     let rows = tx
-        .query(
-            &tx.prepare_cached(
-                "SELECT r.reservation_id, r.receipt_id, v.call_id, v.tool, v.payee, v.protocol,
+        .query_cached(
+            "SELECT r.reservation_id, r.receipt_id, v.call_id, v.tool, v.payee, v.protocol,
                     v.amount_usd_micros, v.actual_usd_micros, r.at, r.committed_at, r.json,
                     v.meta_json
              FROM receipts r JOIN reservations v ON v.id = r.reservation_id
              WHERE r.reservation_id = ANY($1)",
-            )
-            .await
-            .map_err(db)?,
             &[&ids],
         )
-        .await
-        .map_err(db)?;
+        .await?;
     let mut keys = keys_of_many(tx, ids).await?;
     let mut by_id: BTreeMap<i64, ReceiptRow> = BTreeMap::new();
     for row in &rows {

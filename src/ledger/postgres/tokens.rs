@@ -1,6 +1,6 @@
 //! Paid L402 tokens on PostgreSQL: one row per (origin, service), shared by every host.
 
-use super::{PostgresLedger, db, from_sql, to_sql};
+use super::{Cached as _, PostgresLedger, from_sql, to_sql};
 use crate::ledger::LedgerError;
 use crate::ledger::tokens::{PaidToken, Tokens};
 
@@ -11,10 +11,8 @@ impl Tokens for PostgresLedger {
         self.block(async {
             let client = self.client().await?;
             client
-                .execute(
-                    &client
-                        .prepare_cached(
-                            "INSERT INTO l402_tokens
+                .execute_cached(
+                    "INSERT INTO l402_tokens
                      (origin, service, scheme, macaroon, preimage, payment_hash, expires_at,
                       created_at)
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
@@ -22,9 +20,6 @@ impl Tokens for PostgresLedger {
                      SET scheme = excluded.scheme, macaroon = excluded.macaroon,
                          preimage = excluded.preimage, payment_hash = excluded.payment_hash,
                          expires_at = excluded.expires_at, created_at = excluded.created_at",
-                        )
-                        .await
-                        .map_err(db)?,
                     &[
                         &token.origin,
                         &token.service,
@@ -36,8 +31,7 @@ impl Tokens for PostgresLedger {
                         &created,
                     ],
                 )
-                .await
-                .map_err(db)?;
+                .await?;
             Ok(())
         })
     }
@@ -51,13 +45,12 @@ impl Tokens for PostgresLedger {
         let found = self.block(async {
             let client = self.client().await?;
             let row = client
-                .query_opt(
-                    &client.prepare_cached("SELECT scheme, macaroon, preimage, payment_hash, expires_at, created_at
-                     FROM l402_tokens WHERE origin = $1 AND service = $2").await.map_err(db)?,
+                .query_opt_cached(
+                    "SELECT scheme, macaroon, preimage, payment_hash, expires_at, created_at
+                     FROM l402_tokens WHERE origin = $1 AND service = $2",
                     &[&origin, &service],
                 )
-                .await
-                .map_err(db)?;
+                .await?;
             row.map(|row| {
                 Ok(PaidToken {
                     origin: origin.to_owned(),
@@ -94,18 +87,12 @@ impl Tokens for PostgresLedger {
         self.block(async {
             let client = self.client().await?;
             client
-                .execute(
-                    &client
-                        .prepare_cached(
-                            "DELETE FROM l402_tokens
+                .execute_cached(
+                    "DELETE FROM l402_tokens
                      WHERE origin = $1 AND service = $2 AND payment_hash = $3",
-                        )
-                        .await
-                        .map_err(db)?,
                     &[&origin, &service, &payment_hash],
                 )
-                .await
-                .map_err(db)?;
+                .await?;
             Ok(())
         })
     }
