@@ -850,9 +850,12 @@ fn state_of(
     Ok((ReservationState::parse(&state)?, amount))
 }
 
+/// The cap keys of reservation ?1, in key order.
+const KEYS_OF: &str = "SELECT key FROM reservation_keys WHERE reservation_id = ?1 ORDER BY key";
+
 fn keys_of(tx: &Transaction<'_>, id: ReservationId) -> Result<Vec<String>, LedgerError> {
     Ok(tx
-        .prepare_cached("SELECT key FROM reservation_keys WHERE reservation_id = ?1 ORDER BY key")?
+        .prepare_cached(KEYS_OF)?
         .query_map([id.0], |row| row.get(0))?
         .collect::<Result<_, _>>()?)
 }
@@ -1090,10 +1093,7 @@ mod tests {
             ledger.commit(id, 1_000, receipt, 1_000 + i).unwrap();
         }
         let conn = ledger.lock();
-        for sql in [
-            owners_of_sql(),
-            "SELECT key FROM reservation_keys WHERE reservation_id = ?1 ORDER BY key".into(),
-        ] {
+        for sql in [owners_of_sql(), KEYS_OF.to_owned()] {
             let statement = conn.prepare_cached(&sql).unwrap();
             assert_eq!(
                 statement.get_status(rusqlite::StatementStatus::RePrepare),
