@@ -142,7 +142,8 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    // Held to the end of `main`: the log's last lines are written before the process exits.
+    let log = init_logging(cli.log_format);
     // Before any client is built, whichever command runs.
     tollgate::install_tls_provider();
     let outcome = match cli.command {
@@ -180,20 +181,25 @@ fn main() -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            // The log's last lines first, then why the command failed.
+            drop(log);
             eprintln!("tollgate: {e:#}");
             ExitCode::from(2)
         }
     }
 }
 
-fn init_logging(format: LogFormat) {
+/// The log goes to stderr without ever making a call wait for it (see [`cli::log`]).
+fn init_logging(format: LogFormat) -> cli::log::Flush {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("tollgate=info,rmcp=warn"));
+    let (stderr, flush) = cli::log::Stderr::start(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(stderr);
     match format {
         LogFormat::Text => builder.with_ansi(false).init(),
         LogFormat::Json => builder.json().init(),
     }
+    flush
 }

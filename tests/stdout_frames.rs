@@ -5,6 +5,20 @@ use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
+/// `tollgate serve` on `dir/tollgate.toml` with every log level on and all three of its
+/// standard streams piped.
+fn serve_logging_every_frame(dir: &std::path::Path) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["serve", "--config"])
+        .arg(dir.join("tollgate.toml"))
+        .env("RUST_LOG", "trace")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 #[test]
 fn every_stdout_line_is_a_json_rpc_message_even_with_debug_logs() {
     let dir = tempfile::tempdir().unwrap();
@@ -22,15 +36,7 @@ headers = { "X-Key" = "${TOLLGATE_UNSET_VARIABLE_FOR_TEST}" }
 "#,
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .args(["serve", "--config"])
-        .arg(dir.path().join("tollgate.toml"))
-        .env("RUST_LOG", "trace")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = serve_logging_every_frame(dir.path());
     let requests = [
         r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"0"}}}"#,
         r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
@@ -65,5 +71,84 @@ headers = { "X-Key" = "${TOLLGATE_UNSET_VARIABLE_FOR_TEST}" }
         ids,
         [1, 2, 3, 4, 5],
         "every request answered once:\n{stdout}"
+    );
+}
+
+/// A host that pipes stderr and never reads it (or reads it only at the end) must not stall
+/// tollgate: once the pipe is full, a process writing its log there inline waits for the
+/// reader. The log is written by a thread of its own; lines it cannot place are dropped and
+/// counted, and the calls go on.
+#[test]
+fn a_host_that_never_reads_stderr_does_not_stall_the_calls() {
+    use std::io::{BufRead, BufReader, Read};
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("tools")).unwrap();
+    std::fs::write(dir.path().join("tollgate.toml"), "tools_dir = \"tools\"\n").unwrap();
+    // Every frame is logged: the 64 KiB pipe fills within a few requests.
+    let mut child = serve_logging_every_frame(dir.path());
+    let mut stdin = child.stdin.take().unwrap();
+    // Answers are read on a thread, so a stall shows as a timeout, not a hung test.
+    let (answers, answered) = mpsc::channel();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            let message: Value = serde_json::from_str(&line)
+                .unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {line:?}"));
+            if answers.send(message).is_err() {
+                break;
+            }
+        }
+    });
+    writeln!(
+        stdin,
+        r#"{{"jsonrpc":"2.0","id":0,"method":"initialize","params":{{"protocolVersion":"2025-11-25","capabilities":{{}},"clientInfo":{{"name":"t","version":"0"}}}}}}"#
+    )
+    .unwrap();
+    writeln!(
+        stdin,
+        r#"{{"jsonrpc":"2.0","method":"notifications/initialized"}}"#
+    )
+    .unwrap();
+    let answer = |id: i64| loop {
+        let message = answered
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("request {id} was not answered: the process stalled"));
+        if message["id"] == id {
+            return message;
+        }
+    };
+    answer(0);
+    for id in 1..=500 {
+        writeln!(
+            stdin,
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/list"}}"#
+        )
+        .unwrap();
+        assert!(answer(id)["result"]["tools"].is_array());
+    }
+    // Now the host reads what is left of stderr, and the process ends.
+    drop(stdin);
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let told = stderr
+        .lines()
+        .filter(|l| l.contains("log lines dropped here: stderr was not being read"))
+        .count();
+    eprintln!("{told} reports of dropped log lines");
+    // Lines queued while the pipe was full may have been dropped, the very last among them;
+    // what reaches stderr at the end is then the mark of the gap.
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("stdin closed; exiting") || last.contains("log lines dropped here"),
+        "the log's end reaches stderr before the process exits: {last:?}"
     );
 }

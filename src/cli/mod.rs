@@ -8,6 +8,7 @@ pub mod check;
 pub mod demo;
 pub mod init;
 pub mod ledger;
+pub mod log;
 pub mod reconcile;
 pub mod serve;
 pub mod token;
