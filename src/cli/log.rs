@@ -129,12 +129,12 @@ impl Drop for Flush {
 }
 
 /// One log event, as the subscriber formats it.
-pub struct Line {
+pub struct Line<'a> {
     bytes: Vec<u8>,
-    to: Stderr,
+    to: &'a Stderr,
 }
 
-impl Write for Line {
+impl Write for Line<'_> {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
         self.bytes.extend_from_slice(bytes);
         Ok(bytes.len())
@@ -145,7 +145,7 @@ impl Write for Line {
     }
 }
 
-impl Drop for Line {
+impl Drop for Line<'_> {
     fn drop(&mut self) {
         if !self.bytes.is_empty() {
             self.to.queue(std::mem::take(&mut self.bytes));
@@ -154,12 +154,12 @@ impl Drop for Line {
 }
 
 impl<'a> MakeWriter<'a> for Stderr {
-    type Writer = Line;
+    type Writer = Line<'a>;
 
-    fn make_writer(&'a self) -> Line {
+    fn make_writer(&'a self) -> Line<'a> {
         Line {
             bytes: Vec::new(),
-            to: self.clone(),
+            to: self,
         }
     }
 }

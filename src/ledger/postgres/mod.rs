@@ -91,7 +91,6 @@ impl Drop for PostgresLedger {
     }
 }
 
-/// Maps a driver error to the ledger's, naming no URL (the driver's messages carry none).
 /// How the backend runs its statements, on a connection or in a transaction: each is prepared
 /// once per pooled connection (deadpool's cache) and then only bound and run. A statement
 /// sent as text is prepared again by tokio-postgres on every call, one more round trip to
@@ -137,6 +136,7 @@ pub(super) trait Cached: GenericClient {
 
 impl<C: GenericClient> Cached for C {}
 
+/// Maps a driver error to the ledger's, naming no URL (the driver's messages carry none).
 pub(super) fn db(e: tokio_postgres::Error) -> LedgerError {
     LedgerError::Database(match e.as_db_error() {
         Some(d) => format!("{}: {}", d.code().code(), d.message()),
