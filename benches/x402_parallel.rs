@@ -10,14 +10,18 @@
 //!   differ by more than it. Half the pre-signed requests are sent right behind their unpaid
 //!   request (as before), half after the ~20 ms of idle tollgate's process has before its call;
 //!   the figure is given over each. The same for `@x402/fetch`; and, as a cross-check, the plain
-//!   differences of alternating pairs. While these are timed the sellers and chains run at the
-//!   lowest CPU priority (`renice`), so that what they still do after answering is not counted
-//!   as the next buyer's; `X402_BENCH_PAUSE_MS` pauses before each call (default 0);
+//!   differences of alternating pairs. Beside each paid call, a free call after the same idle
+//!   gives the floor every call pays on this machine (MCP over stdio, waking up, one request),
+//!   so the figure splits into that floor and what paying adds. While these are timed the
+//!   sellers and chains run at the lowest CPU priority (`renice`), so that what they still do
+//!   after answering is not counted as the next buyer's; `X402_BENCH_PAUSE_MS` pauses before
+//!   each call (default 0);
 //! * throughput with 8 calls in flight on one MCP session, distinct and identical arguments,
 //!   and `@x402/fetch` with 8 concurrent loops: calls/s and errors;
 //! * spawn → first paid result: a fresh `tollgate serve`, initialize, one paid call (timed
 //!   before the loads, while the seller is at rest);
-//! * fsyncs per paid call (with `strace`, when installed).
+//! * fsyncs per paid call and their wall-clock time after the same idle (with `strace`, when
+//!   installed).
 //!
 //! To compare two builds or settings within one run (machines here drift by ±0.2 ms between
 //! runs, more than most changes are worth), set `X402_AB_BIN` to another `tollgate` binary
@@ -89,7 +93,9 @@ fn setup(dir: &Path, peers: &x402_peer::X402Peers, seller: &str) -> PathBuf {
             "[[tool]]\nname = \"weather\"\ndescription = \"paid\"\nurl = \"{0}/weather?city={{city}}\"\n\
              max_price = \"0.01 USD\"\ninput_schema = {{ type = \"object\", properties = {{ city = {{ type = \"string\" }} }} }}\n\n\
              [[tool]]\nname = \"same\"\ndescription = \"paid, no arguments\"\nurl = \"{0}/weather?city=Paris\"\n\
-             max_price = \"0.01 USD\"\n",
+             max_price = \"0.01 USD\"\n\n\
+             [[tool]]\nname = \"free\"\ndescription = \"free\"\nurl = \"{0}/free?city={{city}}\"\n\
+             input_schema = {{ type = \"object\", properties = {{ city = {{ type = \"string\" }} }} }}\n",
             seller
         ),
     )
@@ -179,6 +185,10 @@ struct Sequential {
     /// The same for a pre-signed request sent after [`IDLE_LIKE_TOLLGATE`] of idle (the
     /// other calls), as tollgate's paid request is.
     wire_idle: Vec<f64>,
+    /// A free call through tollgate, after the same idle as a paid one, minus its request's
+    /// time at the seller: what every call costs (MCP over stdio, waking up, the request),
+    /// paid or not. The paid call's own cost less this is what paying adds.
+    free: Vec<f64>,
 }
 
 /// How long tollgate's process sits idle before each timed call: the pre-signed request's
@@ -261,6 +271,22 @@ fn sequential(
             } else {
                 out.wire.push(wire);
             }
+        }
+        // The floor: a free call after the same idle as the paid call had.
+        std::thread::sleep(IDLE_LIKE_TOLLGATE + pause());
+        let id = 10_000 + i as u64;
+        let t0 = Instant::now();
+        session.call_tool(id, "free", json!({"city": format!("f{i}")}));
+        let r = session.response(id).expect("tollgate answered");
+        let t1 = Instant::now();
+        assert_eq!(
+            r["result"]["structuredContent"]["result"]["free"],
+            json!(true),
+            "{r}"
+        );
+        let at_seller: f64 = timed.between(t0, t1).iter().sum();
+        if i >= 2 {
+            out.free.push((t1 - t0).as_secs_f64() * 1e3 - at_seller);
         }
     }
     session.finish();
@@ -404,6 +430,11 @@ fn compare(
     println!("B - A, call by call: median {m:+.3} ms (quartiles {q1:+.3} to {q3:+.3})");
 }
 
+/// Each of `v` minus `wire` (ms).
+fn over_idle_of(v: &[f64], wire: f64) -> Vec<f64> {
+    v.iter().map(|x| x - wire).collect()
+}
+
 fn quartiles(v: &[f64]) -> (f64, f64, f64) {
     let mut sorted = v.to_vec();
     sorted.sort_by(|a, b| a.total_cmp(b));
@@ -438,7 +469,7 @@ fn fsyncs(config: &Path, key: &str, calls: usize) -> Option<(f64, f64)> {
     }
     let out = tempfile::NamedTempFile::new().ok()?;
     let mut child = Command::new("strace")
-        .args(["-f", "-c", "-e", "trace=fsync,fdatasync", "-o"])
+        .args(["-f", "-c", "-w", "-e", "trace=fsync,fdatasync", "-o"])
         .arg(out.path())
         .arg(env!("CARGO_BIN_EXE_tollgate"))
         .args(["serve", "--config"])
@@ -464,6 +495,9 @@ fn fsyncs(config: &Path, key: &str, calls: usize) -> Option<(f64, f64)> {
         let mut line = String::new();
         stdout.read_line(&mut line).ok()?; // initialize
         for i in 0..calls {
+            // The same idle as before a timed call: a flush after idle costs more than one
+            // right behind another.
+            std::thread::sleep(IDLE_LIKE_TOLLGATE);
             send(
                 json!({"jsonrpc": "2.0", "id": i + 1, "method": "tools/call",
                         "params": {"name": "weather", "arguments": {"city": format!("f{i}")}}}),
@@ -538,12 +572,19 @@ fn main() {
         median(seq.through.clone()),
     );
     let wire_idle = median(seq.wire_idle.clone());
-    let over_idle = seq.own.iter().map(|x| x - wire_idle).collect::<Vec<f64>>();
+    let over_idle = over_idle_of(&seq.own, wire_idle);
     let (i1, own_idle, i3) = quartiles(&over_idle);
     println!(
         "  over a pre-signed request sent after {} ms idle, as tollgate's is (its way there and \
          back median {wire_idle:.2} ms): median {own_idle:.2} ms (quartiles {i1:.2} to {i3:.2})",
         IDLE_LIKE_TOLLGATE.as_millis()
+    );
+    let (f1, free, f3) = quartiles(&over_idle_of(&seq.free, wire_idle));
+    println!(
+        "  the floor, a free call after the same idle (MCP over stdio, waking up, its request; \
+         its time at the seller and the way there and back taken out): median {free:.2} ms \
+         (quartiles {f1:.2} to {f3:.2}); what paying adds to it: {:.2} ms",
+        own_idle - free
     );
     let (p1, processing, p3) = quartiles(&over(&seq.processing));
     println!(
@@ -600,8 +641,10 @@ fn main() {
 
     match fsyncs(&config, &key, 20) {
         Some((per_call, micros)) => println!(
-            "fsync/fdatasync per paid call (strace, 20 calls): {per_call:.1}, {micros:.0} µs each \
-             on this disk (the reservation's, which must reach the disk before the proof leaves)"
+            "fsync/fdatasync per paid call (strace, 20 calls, each after {} ms idle): \
+             {per_call:.1}, {micros:.0} µs each on this disk (the reservation's, which must reach \
+             the disk before the proof leaves, and every few calls the log's copy into the file)",
+            IDLE_LIKE_TOLLGATE.as_millis()
         ),
         None => println!("fsyncs per paid call: strace is not installed (apt-get install strace)"),
     }
