@@ -430,8 +430,9 @@ fn compare(
     println!("B - A, call by call: median {m:+.3} ms (quartiles {q1:+.3} to {q3:+.3})");
 }
 
-/// Each of `v` minus `wire` (ms).
-fn over_idle_of(v: &[f64], wire: f64) -> Vec<f64> {
+/// Each of `v` minus `wire` (ms): a call's latency over a pre-signed request's way there and
+/// back.
+fn minus(v: &[f64], wire: f64) -> Vec<f64> {
     v.iter().map(|x| x - wire).collect()
 }
 
@@ -559,7 +560,7 @@ fn main() {
     let seq = sequential(&runtime, &proxied, &peers, &timed, &config, &key);
     // A pre-signed paid request costs its client the seller's time plus the way there and back.
     let wire = median(seq.wire.clone());
-    let over = |v: &[f64]| v.iter().map(|x| x - wire).collect::<Vec<f64>>();
+    let over = |v: &[f64]| minus(v, wire);
     let (q1, own, q3) = quartiles(&over(&seq.own));
     let one_request = seq.requests.iter().filter(|n| **n == 1).count();
     println!(
@@ -572,14 +573,14 @@ fn main() {
         median(seq.through.clone()),
     );
     let wire_idle = median(seq.wire_idle.clone());
-    let over_idle = over_idle_of(&seq.own, wire_idle);
+    let over_idle = minus(&seq.own, wire_idle);
     let (i1, own_idle, i3) = quartiles(&over_idle);
     println!(
         "  over a pre-signed request sent after {} ms idle, as tollgate's is (its way there and \
          back median {wire_idle:.2} ms): median {own_idle:.2} ms (quartiles {i1:.2} to {i3:.2})",
         IDLE_LIKE_TOLLGATE.as_millis()
     );
-    let (f1, free, f3) = quartiles(&over_idle_of(&seq.free, wire_idle));
+    let (f1, free, f3) = quartiles(&minus(&seq.free, wire_idle));
     println!(
         "  the floor, a free call after the same idle (MCP over stdio, waking up, its request; \
          its time at the seller and the way there and back taken out): median {free:.2} ms \

@@ -383,7 +383,11 @@ pub async fn serve(
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
-            permit = connections.clone().acquire_owned() => permit.expect("never closed"),
+            permit = connections.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                // Only closing the semaphore ends the wait this way, and nothing closes it.
+                Err(_) => break,
+            },
             () = &mut shutdown => break,
         };
         let (stream, _peer) = tokio::select! {
